@@ -1,0 +1,158 @@
+//! `App::build` turns settings into a bound, ready-to-run server with its background tasks;
+//! `run_until_stopped` serves until the stop future resolves, then shuts down in order.
+//! `main` and the integration tests both go through here.
+
+use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{HttpResponse, dev::Server, middleware::from_fn, web};
+use anyhow::Context;
+
+use crate::{
+    bus::{EventBus, RabbitBus, Topology},
+    cache::{RedisCache, StatusCache},
+    config::Settings,
+    health::{self, Readiness},
+    http::{Authenticator, middleware::observe},
+    roles::{self, Deps},
+    shutdown::Shutdown,
+    store::Store,
+    telemetry,
+};
+
+pub struct App {
+    server: Server,
+    port: u16,
+    shutdown: Shutdown,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    /// Binds the listener and starts background work. Never fails because a dependency is
+    /// down: connections open lazily and retry, and readiness says what is missing.
+    pub async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App> {
+        let auth = Arc::new(Authenticator::from_settings(&settings.jwt, settings.dev_auth)?);
+        let roles_label = settings.roles.to_string();
+        let mut readiness = Readiness::default();
+
+        let (store, background_store) = match &settings.database_url {
+            Some(url) => {
+                let store = Store::new(url.expose(), settings.db_pool_size).context("invalid --database-url")?;
+                let background = Store::new(url.expose(), 4).context("invalid --database-url")?;
+                (Some(store), Some(background))
+            }
+            None => (None, None),
+        };
+        let (db_ready_tx, db_ready) = tokio::sync::watch::channel(false);
+        if let Some(store) = &background_store {
+            start_migrations(store.clone(), db_ready_tx, &shutdown);
+            let store = store.clone();
+            let migrated = db_ready.clone();
+            readiness.add("database", move || {
+                let store = store.clone();
+                let migrated = *migrated.borrow();
+                async move {
+                    if !migrated {
+                        return Err("migrations not applied yet".to_owned());
+                    }
+                    store.ping().await.map_err(|e| e.to_string())
+                }
+            });
+        }
+        let cache: Option<Arc<dyn StatusCache>> = match &settings.redis_url {
+            Some(url) => Some(Arc::new(RedisCache::new(url.expose(), settings.db_pool_size).context("invalid --redis-url")?)),
+            None => None,
+        };
+        let bus: Option<Arc<dyn EventBus>> = settings.amqp_url.as_ref().map(|url| {
+            let topology = Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit };
+            RabbitBus::start(url.clone(), topology, &format!("contoso-{roles_label}"), &shutdown) as Arc<dyn EventBus>
+        });
+
+        let shutdown_timeout = settings.shutdown_timeout;
+        let listen = settings.listen;
+        let workers = settings.http_workers;
+        let deps = Deps { settings, auth: auth.clone(), store, background_store, cache, bus, db_ready };
+        let routes = roles::start(&deps, &shutdown, &mut readiness)?;
+
+        let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+        let port = listener.local_addr()?.port();
+        let readiness = web::Data::new(readiness);
+        let shutdown_data = web::Data::new(shutdown.clone());
+        let auth_data = web::Data::from(auth);
+        let prometheus = telemetry::prometheus();
+        let mut server = actix_web::HttpServer::new(move || {
+            let mut app = actix_web::App::new()
+                .wrap(from_fn(observe))
+                .app_data(readiness.clone())
+                .app_data(shutdown_data.clone())
+                .app_data(auth_data.clone())
+                .configure(health::configure)
+                .route("/metrics", web::get().to(move || async move { HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus.render()) }));
+            for r in &routes {
+                app = app.configure(|cfg| r(cfg));
+            }
+            app.default_service(web::to(HttpResponse::NotFound))
+        })
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout.as_secs().max(1));
+        if let Some(n) = workers {
+            server = server.workers(n.max(1));
+        }
+        let server = server.listen(listener)?.run();
+        tracing::info!(roles = %roles_label, %port, "contoso listening");
+        Ok(App { server, port, shutdown, shutdown_timeout })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `stop` resolves, then: readiness fails; HTTP stops accepting and finishes
+    /// in-flight requests; background loops are cancelled and settle; all within the timeout.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        tokio::select! {
+            res = &mut server => {
+                // The server ended on its own (it should not): still stop background work.
+                self.shutdown.token.cancel();
+                res??;
+                return Ok(());
+            }
+            () = stop => {}
+        }
+        self.shutdown.start_draining();
+        let _ = tokio::time::timeout_at(deadline, handle.stop(true)).await;
+        self.shutdown.token.cancel();
+        self.shutdown.tasks.close();
+        if tokio::time::timeout_at(deadline, self.shutdown.tasks.wait()).await.is_err() {
+            tracing::warn!("background tasks did not finish within the shutdown timeout");
+        }
+        let _ = tokio::time::timeout_at(deadline, server).await;
+        tracing::info!("contoso stopped");
+        Ok(())
+    }
+}
+
+/// Applies migrations in the background, retrying with backoff while the database is away.
+fn start_migrations(store: Store, done: tokio::sync::watch::Sender<bool>, shutdown: &Shutdown) {
+    let token = shutdown.token.clone();
+    shutdown.spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match store.migrate().await {
+                Ok(()) => {
+                    done.send_replace(true);
+                    tracing::info!("database migrations applied");
+                    return;
+                }
+                Err(err) => tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "database not ready"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = token.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+}

@@ -1,0 +1,215 @@
+//! `EventBus` on RabbitMQ with lapin. A supervisor task owns the connection: it connects with
+//! backoff (also at start, so a missing broker never crash-loops the process), declares the
+//! topology, publishes the live connection to users through a watch channel, and starts over
+//! when the connection dies.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use tokio::sync::{Notify, watch};
+
+use super::{BusError, EventBus, Outgoing, Queue, Topology};
+use crate::{config::Secret, shutdown::Shutdown, telemetry::names};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A live connection and the confirm-mode channel publishes go through.
+pub struct Live {
+    pub connection: Connection,
+    publish: Channel,
+}
+
+pub struct RabbitBus {
+    topology: Topology,
+    live: watch::Receiver<Option<Arc<Live>>>,
+    /// Publishers kick the supervisor when they see the connection fail.
+    kick: Arc<Notify>,
+}
+
+impl RabbitBus {
+    /// Starts the supervisor on `shutdown.tasks`; returns at once.
+    pub fn start(url: Secret, topology: Topology, name: &str, shutdown: &Shutdown) -> Arc<Self> {
+        let (tx, rx) = watch::channel(None);
+        let kick = Arc::new(Notify::new());
+        let bus = Arc::new(Self { topology: topology.clone(), live: rx, kick: kick.clone() });
+        let token = shutdown.token.clone();
+        let name = name.to_owned();
+        shutdown.spawn(async move { supervise(url, topology, name, tx, kick, token).await });
+        bus
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The live connection, if any, without waiting.
+    pub fn current(&self) -> Option<Arc<Live>> {
+        self.live.borrow().clone()
+    }
+
+    /// Waits until a connection is live (or `None` when the bus shut down).
+    pub async fn connected(&self) -> Option<Arc<Live>> {
+        let mut rx = self.live.clone();
+        let res = rx.wait_for(|live| live.is_some()).await.ok().and_then(|live| live.clone());
+        res
+    }
+
+    fn properties(msg: &Outgoing) -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(msg.event_id.to_string().into())
+            .with_type(msg.routing_key.clone().into())
+            .with_delivery_mode(2)
+            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+    }
+}
+
+async fn supervise(url: Secret, topology: Topology, name: String, tx: watch::Sender<Option<Arc<Live>>>, kick: Arc<Notify>, token: tokio_util::sync::CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let attempt = tokio::select! {
+            res = tokio::time::timeout(CONNECT_TIMEOUT, connect(&url, &topology, &name)) => res.unwrap_or_else(|_| Err("connect timed out".to_owned())),
+            () = token.cancelled() => break,
+        };
+        match attempt {
+            Ok(live) => {
+                let live = Arc::new(live);
+                if !first {
+                    metrics::counter!(names::BUS_RECONNECTS).increment(1);
+                }
+                first = false;
+                tracing::info!("connected to rabbitmq");
+                backoff = Duration::from_millis(100);
+                tx.send_replace(Some(live.clone()));
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        () = kick.notified() => {}
+                        () = token.cancelled() => {
+                            tx.send_replace(None);
+                            let _ = live.connection.close(200, "shutting down".into()).await;
+                            return;
+                        }
+                    }
+                    if !live.connection.status().connected() || !live.publish.status().connected() {
+                        break;
+                    }
+                }
+                tx.send_replace(None);
+                tracing::warn!("rabbitmq connection lost, reconnecting");
+                let _ = live.connection.close(200, "reconnecting".into()).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "rabbitmq unreachable");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = token.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    tx.send_replace(None);
+}
+
+async fn connect(url: &Secret, topology: &Topology, name: &str) -> Result<Live, String> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
+    let connection = Connection::connect(url.expose(), props).await.map_err(|e| e.to_string())?;
+    let setup = async {
+        let channel = connection.create_channel().await?;
+        declare(&channel, topology).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        let publish = connection.create_channel().await?;
+        publish.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok::<_, lapin::Error>(publish)
+    };
+    match setup.await {
+        Ok(publish) => Ok(Live { connection, publish }),
+        Err(err) => {
+            let _ = connection.close(200, "setup failed".into()).await;
+            Err(err.to_string())
+        }
+    }
+}
+
+/// Declares everything of CONTRACT §4, idempotently: whichever role starts first creates it.
+pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(t.exchange().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    channel.exchange_declare(t.dead_letter_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+    for queue in Queue::ALL {
+        let name = t.queue(queue);
+        let mut args = FieldTable::default();
+        // Quorum queues count deliveries and dead-letter past the limit: poison cannot loop forever.
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(t.delivery_limit as i32));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(t.dead_letter_exchange().into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(name.clone().into()));
+        let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(name.clone().into(), opts, args).await?;
+        for key in queue.bindings() {
+            channel.queue_bind(name.clone().into(), t.exchange().into(), (*key).into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        }
+        let dlq = t.dead_letter_queue(queue);
+        let mut dl_args = FieldTable::default();
+        dl_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        channel.queue_declare(dlq.clone().into(), opts, dl_args).await?;
+        channel.queue_bind(dlq.into(), t.dead_letter_exchange().into(), name.into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventBus for RabbitBus {
+    async fn publish(&self, batch: &[Outgoing]) -> Vec<Result<(), BusError>> {
+        let Some(live) = self.current() else {
+            return batch.iter().map(|_| Err(BusError::Unavailable("not connected".into()))).collect();
+        };
+        let exchange: ShortString = self.topology.exchange().into();
+        // Send everything first, then await the confirms: one round trip for the whole batch.
+        let mut pending = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let res = live.publish.basic_publish(exchange.clone(), msg.routing_key.clone().into(), opts, &msg.payload, Self::properties(msg)).await;
+            pending.push(res);
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for res in pending {
+            let outcome = match res {
+                Err(err) => Err(BusError::Unavailable(err.to_string())),
+                Ok(confirm) => match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                    Err(_) => Err(BusError::Unavailable("no confirm from the broker".into())),
+                    Ok(Err(err)) => Err(BusError::Unavailable(err.to_string())),
+                    Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+                    Ok(Ok(Confirmation::Ack(Some(_)))) => Err(BusError::Refused("unroutable".into())),
+                    Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Refused("nacked".into())),
+                    Ok(Ok(Confirmation::NotRequested)) => Err(BusError::Refused("confirms not enabled".into())),
+                },
+            };
+            match &outcome {
+                Ok(()) => metrics::counter!(names::PUBLISH_CONFIRMS).increment(1),
+                Err(_) => metrics::counter!(names::PUBLISH_FAILURES).increment(1),
+            }
+            results.push(outcome);
+        }
+        if results.iter().any(|r| matches!(r, Err(BusError::Unavailable(_)))) {
+            self.kick.notify_one();
+        }
+        results
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        match self.current() {
+            Some(live) if live.connection.status().connected() => Ok(()),
+            _ => Err(BusError::Unavailable("not connected".into())),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The names and shape of CONTRACT §4 in one place: exchange `contoso.orders` (topic), the
+//! two work queues and their dead-letter queues. A prefix isolates deployments sharing a vhost.
+
+/// The two work queues of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// `contoso.order-process`, bound to `order.accepted`.
+    OrderProcess,
+    /// `contoso.order-notification`, bound to `order.processed` and `order.failed`.
+    OrderNotification,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 2] = [Queue::OrderProcess, Queue::OrderNotification];
+
+    pub fn base_name(self) -> &'static str {
+        match self {
+            Queue::OrderProcess => "contoso.order-process",
+            Queue::OrderNotification => "contoso.order-notification",
+        }
+    }
+
+    pub fn bindings(self) -> &'static [&'static str] {
+        match self {
+            Queue::OrderProcess => &["order.accepted"],
+            Queue::OrderNotification => &["order.processed", "order.failed"],
+        }
+    }
+}
+
+/// Concrete names for one deployment (`--bus-prefix`, empty in production).
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub prefix: String,
+    /// Deliveries before the broker dead-letters a message (`x-delivery-limit`).
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn exchange(&self) -> String {
+        format!("{}contoso.orders", self.prefix)
+    }
+
+    /// Where dead letters go: a direct exchange routing by the source queue's name.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}contoso.orders.dead-letter", self.prefix)
+    }
+
+    pub fn queue(&self, queue: Queue) -> String {
+        format!("{}{}", self.prefix, queue.base_name())
+    }
+
+    pub fn dead_letter_queue(&self, queue: Queue) -> String {
+        format!("{}{}.dead-letter", self.prefix, queue.base_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_without_prefix() {
+        let t = Topology { prefix: String::new(), delivery_limit: 10 };
+        assert_eq!(t.exchange(), "contoso.orders");
+        assert_eq!(t.queue(Queue::OrderProcess), "contoso.order-process");
+        assert_eq!(t.queue(Queue::OrderNotification), "contoso.order-notification");
+        assert_eq!(t.dead_letter_queue(Queue::OrderProcess), "contoso.order-process.dead-letter");
+    }
+}

@@ -1,0 +1,373 @@
+//! Settings: every setting is a flag, a `CONTOSO_*` variable and a key of the optional
+//! `--config` TOML file, merged flag > environment > file > default (CONTRACT §1).
+//! `Settings::load` is the only place that reads the environment or the file.
+
+use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Parser, builder::BoolishValueParser};
+use serde::Deserialize;
+
+/// A value that must never reach a log line or `--help`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// A role this binary can play (CONTRACT §1). `all` is a spelling of the three together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Accept,
+    Process,
+    Notify,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Accept, Role::Process, Role::Notify];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Accept => "accept",
+            Role::Process => "process",
+            Role::Notify => "notify",
+        }
+    }
+}
+
+/// The set of roles one process plays, parsed from `accept,notify` or `all`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSet {
+    roles: BTreeSet<Role>,
+    /// `all` was asked for: embedded defaults apply where URLs are not given (CONTRACT §1).
+    pub all: bool,
+}
+
+impl RoleSet {
+    pub fn contains(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Role> + '_ {
+        self.roles.iter().copied()
+    }
+}
+
+impl fmt::Display for RoleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.all {
+            return f.write_str("all");
+        }
+        let names: Vec<_> = self.iter().map(Role::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl FromStr for RoleSet {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let mut roles = BTreeSet::new();
+        let mut all = false;
+        for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "accept" => roles.insert(Role::Accept),
+                "process" => roles.insert(Role::Process),
+                "notify" => roles.insert(Role::Notify),
+                "all" => {
+                    all = true;
+                    roles.extend(Role::ALL);
+                    true
+                }
+                other => return Err(format!("unknown role '{other}': valid roles are accept, process, notify, all")),
+            };
+        }
+        if roles.is_empty() {
+            return Err("no role given: valid roles are accept, process, notify, all".into());
+        }
+        Ok(Self { roles, all })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// The raw settings as clap and the config file see them: every field optional, so the
+/// merge can tell "not given" from "given as the default".
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(name = "contoso", version, about = "Contoso order notifications: order API, processor and SignalR hub in one binary")]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSettings {
+    /// Roles to run: accept, process, notify, all, or a comma list such as accept,notify (required)
+    #[arg(long, env = "CONTOSO_ROLE")]
+    pub role: Option<String>,
+    /// TOML file with settings (keys are the flag names with '_' for '-'); flags and environment win over it
+    #[arg(long, env = "CONTOSO_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// HTTP and WebSocket listen address [default: 0.0.0.0:8080]
+    #[arg(long, env = "CONTOSO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// postgres://... (production) or sqlite://PATH; required except for role all
+    #[arg(long, env = "CONTOSO_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// redis://host:port/db; required except for role all
+    #[arg(long, env = "CONTOSO_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    /// amqp://user:pass@host:5672/%2f; required except for role all
+    #[arg(long, env = "CONTOSO_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<Secret>,
+    /// HS256 shared secret for JWT validation
+    #[arg(long, env = "CONTOSO_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// PEM file with the RS256 or ES256 public key for JWT validation
+    #[arg(long, env = "CONTOSO_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required token issuer (iss); not checked when unset
+    #[arg(long, env = "CONTOSO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required token audience (aud); not checked when unset
+    #[arg(long, env = "CONTOSO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on exp and nbf, in seconds [default: 30]
+    #[arg(long, env = "CONTOSO_JWT_LEEWAY")]
+    pub jwt_leeway: Option<u64>,
+    /// Redis backplane channel prefix [default: contoso-signalr]
+    #[arg(long, env = "CONTOSO_CHANNEL_PREFIX")]
+    pub channel_prefix: Option<String>,
+    /// Hub name in backplane channels [default: Contoso.OrderNotification.Hubs.OrderStatusHub]
+    #[arg(long, env = "CONTOSO_HUB_NAME")]
+    pub hub_name: Option<String>,
+    /// Simulated work per order in role process, in milliseconds [default: 500]
+    #[arg(long, env = "CONTOSO_PROCESS_DELAY_MS")]
+    pub process_delay_ms: Option<u64>,
+    /// TTL of order:map:* and order:status:*, in seconds [default: 86400]
+    #[arg(long, env = "CONTOSO_STATUS_TTL")]
+    pub status_ttl: Option<u64>,
+    /// While this file exists, readiness fails [default: /tmp/draining]
+    #[arg(long, env = "CONTOSO_DRAIN_FILE")]
+    pub drain_file: Option<PathBuf>,
+    /// Seconds from SIGTERM to exit, at most [default: 25]
+    #[arg(long, env = "CONTOSO_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<u64>,
+    /// Notify: seconds over which Close messages are spread on SIGTERM [default: 5]
+    #[arg(long, env = "CONTOSO_DRAIN_SPREAD")]
+    pub drain_spread: Option<u64>,
+    /// Enable POST /api/dev/token (never in production) [default: off]
+    #[arg(long, env = "CONTOSO_DEV_AUTH", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub dev_auth: Option<bool>,
+    /// Log format, json or pretty [default: json]
+    #[arg(long, env = "CONTOSO_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter in tracing's EnvFilter syntax [default: info]
+    #[arg(long, env = "CONTOSO_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Unacknowledged deliveries per consumer (also the processing concurrency) [default: 32]
+    #[arg(long, env = "CONTOSO_PREFETCH")]
+    pub prefetch: Option<u16>,
+    /// Prefix for every exchange and queue name, to share a vhost between isolated deployments or test runs [default: none]
+    #[arg(long, env = "CONTOSO_BUS_PREFIX")]
+    pub bus_prefix: Option<String>,
+    /// Database connections per pool [default: 16]
+    #[arg(long, env = "CONTOSO_DB_POOL_SIZE")]
+    pub db_pool_size: Option<usize>,
+    /// Outbox relay poll interval in milliseconds (it also wakes at once after each commit) [default: 500]
+    #[arg(long, env = "CONTOSO_OUTBOX_POLL_MS")]
+    pub outbox_poll_ms: Option<u64>,
+    /// Deliveries of one message before it is dead-lettered (quorum queue delivery limit) [default: 10]
+    #[arg(long, env = "CONTOSO_DELIVERY_LIMIT")]
+    pub delivery_limit: Option<u32>,
+    /// HTTP worker threads [default: number of CPUs]
+    #[arg(long, env = "CONTOSO_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+}
+
+/// How a JWT is validated. At least one key is present when a role needs authentication.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub secret: Option<Secret>,
+    pub public_key: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
+
+/// The typed, merged settings every other module receives.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub roles: RoleSet,
+    pub listen: SocketAddr,
+    pub database_url: Option<Secret>,
+    pub redis_url: Option<Secret>,
+    pub amqp_url: Option<Secret>,
+    pub jwt: JwtSettings,
+    pub channel_prefix: String,
+    pub hub_name: String,
+    pub process_delay: Duration,
+    pub status_ttl: Duration,
+    pub drain_file: PathBuf,
+    pub shutdown_timeout: Duration,
+    pub drain_spread: Duration,
+    pub dev_auth: bool,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub prefetch: u16,
+    pub bus_prefix: String,
+    pub db_pool_size: usize,
+    pub outbox_poll: Duration,
+    pub delivery_limit: u32,
+    pub http_workers: Option<usize>,
+}
+
+/// A settings problem, printed as the single line the process exits with.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("missing {flag} ({env}), required by role {role}")]
+    Missing { flag: String, env: String, role: String },
+    #[error("invalid --role (CONTOSO_ROLE): {0}")]
+    Role(String),
+    #[error("missing --role (CONTOSO_ROLE): valid roles are accept, process, notify, all")]
+    NoRole,
+    #[error("cannot read config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("invalid {flag} ({env}): {message}")]
+    Invalid { flag: &'static str, env: &'static str, message: String },
+}
+
+impl Settings {
+    /// Parses the process's flags and environment (and the config file they name).
+    /// `--help` and `--version` print and exit here, as clap does.
+    pub fn load() -> Result<Self, SettingsError> {
+        Self::from_raw(RawSettings::parse())
+    }
+
+    /// Parses explicit arguments; the environment is still read (clap's `env`), as in production.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, SettingsError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let raw = RawSettings::try_parse_from(args).map_err(|e| SettingsError::Invalid {
+            flag: "arguments",
+            env: "-",
+            message: e.to_string().lines().next().unwrap_or_default().to_owned(),
+        })?;
+        Self::from_raw(raw)
+    }
+
+    pub fn from_raw(cli: RawSettings) -> Result<Self, SettingsError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => RawSettings::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                cli.$field.clone().or(file.$field.clone())
+            };
+        }
+        let roles_raw = pick!(role).ok_or(SettingsError::NoRole)?;
+        let roles: RoleSet = roles_raw.parse().map_err(SettingsError::Role)?;
+        let settings = Settings {
+            listen: pick!(listen).unwrap_or_else(|| "0.0.0.0:8080".parse().expect("valid default")),
+            database_url: pick!(database_url),
+            redis_url: pick!(redis_url),
+            amqp_url: pick!(amqp_url),
+            jwt: JwtSettings {
+                secret: pick!(jwt_secret).filter(|s| !s.expose().is_empty()),
+                public_key: pick!(jwt_public_key),
+                issuer: pick!(jwt_issuer),
+                audience: pick!(jwt_audience),
+                leeway: Duration::from_secs(pick!(jwt_leeway).unwrap_or(30)),
+            },
+            channel_prefix: pick!(channel_prefix).unwrap_or_else(|| "contoso-signalr".into()),
+            hub_name: pick!(hub_name).unwrap_or_else(|| "Contoso.OrderNotification.Hubs.OrderStatusHub".into()),
+            process_delay: Duration::from_millis(pick!(process_delay_ms).unwrap_or(500)),
+            status_ttl: Duration::from_secs(pick!(status_ttl).unwrap_or(86_400)),
+            drain_file: pick!(drain_file).unwrap_or_else(|| "/tmp/draining".into()),
+            shutdown_timeout: Duration::from_secs(pick!(shutdown_timeout).unwrap_or(25)),
+            drain_spread: Duration::from_secs(pick!(drain_spread).unwrap_or(5)),
+            dev_auth: pick!(dev_auth).unwrap_or(false),
+            log_format: pick!(log_format).unwrap_or(LogFormat::Json),
+            log_level: pick!(log_level).unwrap_or_else(|| "info".into()),
+            prefetch: pick!(prefetch).unwrap_or(32).max(1),
+            bus_prefix: pick!(bus_prefix).unwrap_or_default(),
+            db_pool_size: pick!(db_pool_size).unwrap_or(16).max(1),
+            outbox_poll: Duration::from_millis(pick!(outbox_poll_ms).unwrap_or(500).max(10)),
+            delivery_limit: pick!(delivery_limit).unwrap_or(10).max(1),
+            http_workers: pick!(http_workers),
+            roles,
+        };
+        settings.check_required()?;
+        Ok(settings)
+    }
+
+    /// Split roles need the real services; `all` falls back to embedded ones (CONTRACT §1).
+    fn check_required(&self) -> Result<(), SettingsError> {
+        if self.status_ttl.is_zero() {
+            return Err(SettingsError::Invalid { flag: "--status-ttl", env: "CONTOSO_STATUS_TTL", message: "must be at least 1 second".into() });
+        }
+        for role in self.roles.iter() {
+            let name = if self.roles.all { "all" } else { role.as_str() };
+            let needs: &[(&Option<Secret>, &str, &str)] = match role {
+                Role::Accept | Role::Process | Role::Notify => &[
+                    (&self.database_url, "--database-url", "CONTOSO_DATABASE_URL"),
+                    (&self.redis_url, "--redis-url", "CONTOSO_REDIS_URL"),
+                    (&self.amqp_url, "--amqp-url", "CONTOSO_AMQP_URL"),
+                ],
+            };
+            for (value, flag, env) in needs {
+                if value.is_none() {
+                    return Err(missing(flag, env, name));
+                }
+            }
+            let needs_auth = matches!(role, Role::Accept | Role::Notify);
+            if needs_auth && self.jwt.secret.is_none() && self.jwt.public_key.is_none() && !self.dev_auth {
+                return Err(missing("--jwt-secret or --jwt-public-key", "CONTOSO_JWT_SECRET or CONTOSO_JWT_PUBLIC_KEY", name));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn missing(flag: &str, env: &str, role: &str) -> SettingsError {
+    SettingsError::Missing { flag: flag.into(), env: env.into(), role: role.into() }
+}
+
+fn read_file(path: &std::path::Path) -> Result<RawSettings, SettingsError> {
+    let err = |message: String| SettingsError::File { path: path.display().to_string(), message };
+    if !path.exists() {
+        return Err(err("no such file".into()));
+    }
+    config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<RawSettings>())
+        .map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

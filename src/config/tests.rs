@@ -1,0 +1,83 @@
+use super::*;
+
+fn base() -> Vec<&'static str> {
+    vec!["contoso", "--database-url", "postgres://x", "--redis-url", "redis://x", "--amqp-url", "amqp://x", "--jwt-secret", "s"]
+}
+
+#[test]
+fn unknown_role_lists_the_valid_ones() {
+    let err = "accept,frobnicate".parse::<RoleSet>().unwrap_err();
+    assert_eq!(err, "unknown role 'frobnicate': valid roles are accept, process, notify, all");
+}
+
+#[test]
+fn comma_lists_and_all_parse() {
+    let set: RoleSet = "accept,notify".parse().unwrap();
+    assert!(set.contains(Role::Accept) && set.contains(Role::Notify) && !set.contains(Role::Process));
+    let all: RoleSet = "all".parse().unwrap();
+    assert!(all.all && Role::ALL.iter().all(|r| all.contains(*r)));
+}
+
+#[test]
+fn missing_database_url_names_flag_variable_and_role() {
+    let err = Settings::try_from_args(["contoso", "--role", "accept", "--jwt-secret", "s"]).unwrap_err();
+    assert_eq!(err.to_string(), "missing --database-url (CONTOSO_DATABASE_URL), required by role accept");
+}
+
+#[test]
+fn defaults_apply_when_nothing_is_given() {
+    let mut args = base();
+    args.extend(["--role", "accept"]);
+    let s = Settings::try_from_args(args).unwrap();
+    assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(s.channel_prefix, "contoso-signalr");
+    assert_eq!(s.status_ttl, Duration::from_secs(86_400));
+    assert_eq!(s.shutdown_timeout, Duration::from_secs(25));
+    assert!(!s.dev_auth);
+    assert_eq!(s.prefetch, 32);
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let mut args = base();
+    args.extend(["--role", "accept"]);
+    let s = Settings::try_from_args(args).unwrap();
+    let shown = format!("{s:?}");
+    assert!(!shown.contains("postgres://x"), "{shown}");
+    assert!(shown.contains("Secret(***)"));
+}
+
+#[test]
+fn file_values_apply_below_flags() {
+    let dir = std::env::temp_dir().join(format!("contoso-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("contoso.toml");
+    std::fs::write(&path, "role = \"accept\"\nstatus_ttl = 60\nchannel_prefix = \"from-file\"\n").unwrap();
+    let mut args = base();
+    args.extend(["--config", path.to_str().unwrap(), "--channel-prefix", "from-flag"]);
+    let s = Settings::try_from_args(args).unwrap();
+    assert_eq!(s.status_ttl, Duration::from_secs(60));
+    assert_eq!(s.channel_prefix, "from-flag");
+    assert!(s.roles.contains(Role::Accept));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unknown_keys_in_the_file_are_an_error() {
+    let dir = std::env::temp_dir().join(format!("contoso-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("contoso.toml");
+    std::fs::write(&path, "role = \"accept\"\nstatus_tll = 60\n").unwrap();
+    let mut args = base();
+    args.extend(["--config", path.to_str().unwrap()]);
+    let err = Settings::try_from_args(args).unwrap_err().to_string();
+    assert!(err.contains("status_tll"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn dev_auth_flag_without_value_means_on() {
+    let mut args = base();
+    args.extend(["--role", "accept", "--dev-auth"]);
+    assert!(Settings::try_from_args(args).unwrap().dev_auth);
+}

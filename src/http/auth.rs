@@ -1,0 +1,143 @@
+//! JWT authentication shared by the HTTP API and the hub: HS256 with a shared secret and/or
+//! RS256/ES256 with a public key. The token header's `alg` picks the key, and an `alg` with no
+//! key of its family is refused, so `alg: none` and algorithm confusion cannot pass.
+
+use std::time::Duration;
+
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use serde::{Deserialize, Serialize};
+
+use crate::{config::JwtSettings, domain::UserId, http::ApiError};
+
+/// The authenticated caller of a request or hub connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: UserId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// Validates tokens; with `--dev-auth` it also mints them.
+pub struct Authenticator {
+    hs256: Option<(DecodingKey, EncodingKey)>,
+    public: Option<(DecodingKey, Algorithm)>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Duration,
+    dev_auth: bool,
+}
+
+impl Authenticator {
+    pub fn from_settings(jwt: &JwtSettings, dev_auth: bool) -> anyhow::Result<Self> {
+        let mut hs256 = jwt.secret.as_ref().map(|s| (DecodingKey::from_secret(s.expose().as_bytes()), EncodingKey::from_secret(s.expose().as_bytes())));
+        if hs256.is_none() && dev_auth {
+            // Dev tokens without a configured secret: a random per-process key, so they cannot outlive the process.
+            let secret: [u8; 32] = rand::random();
+            hs256 = Some((DecodingKey::from_secret(&secret), EncodingKey::from_secret(&secret)));
+        }
+        let public = match &jwt.public_key {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read --jwt-public-key {}: {e}", path.display()))?;
+                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    Some((key, Algorithm::RS256))
+                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                    Some((key, Algorithm::ES256))
+                } else {
+                    anyhow::bail!("--jwt-public-key {} is neither an RSA nor an EC public key in PEM", path.display());
+                }
+            }
+        };
+        Ok(Self { hs256, public, issuer: jwt.issuer.clone(), audience: jwt.audience.clone(), leeway: jwt.leeway, dev_auth })
+    }
+
+    pub fn dev_auth(&self) -> bool {
+        self.dev_auth
+    }
+
+    /// Validates a compact JWT and returns the caller named by its `sub`.
+    pub fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref().map(|(d, _)| d),
+            alg => self.public.as_ref().filter(|(_, a)| *a == alg).map(|(d, _)| d),
+        }
+        .ok_or_else(|| AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let data = decode::<Claims>(token, key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let user_id = UserId::parse(&data.claims.sub).map_err(AuthError::Invalid)?;
+        Ok(Caller { user_id })
+    }
+
+    /// Mints an HS256 token for `user` (dev auth only); `None` when dev auth is off.
+    pub fn mint(&self, user: &UserId, ttl: Duration) -> Option<String> {
+        if !self.dev_auth {
+            return None;
+        }
+        let (_, enc) = self.hs256.as_ref()?;
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims { sub: user.to_string(), exp: now + ttl.as_secs(), iat: Some(now) };
+        encode(&Header::new(Algorithm::HS256), &claims, enc).ok()
+    }
+
+    /// The token of a request: `Authorization: Bearer` first, else the `access_token` query
+    /// parameter (browsers cannot set headers on WebSockets).
+    pub fn token_from_request(req: &HttpRequest) -> Option<String> {
+        if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+            let mut parts = value.splitn(2, ' ');
+            if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
+                if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+                    return Some(token.trim().to_owned());
+                }
+            }
+        }
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("access_token").cloned())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(authenticate_request(req))
+    }
+}
+
+fn authenticate_request(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let auth = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no authenticator configured")))?;
+    let token = Authenticator::token_from_request(req).ok_or_else(|| ApiError::Unauthorized(AuthError::Missing.to_string()))?;
+    auth.authenticate(&token).map_err(|e| {
+        tracing::debug!(error = %e, "authentication failed");
+        ApiError::Unauthorized(e.to_string())
+    })
+}

@@ -1,0 +1,14 @@
+//! contoso: real-time order notifications for Contoso Shop. One binary, several roles
+//! (accept, process, notify). Start at `ARCHITECTURE.md` for the map of this crate.
+
+pub mod app;
+pub mod bus;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod health;
+pub mod http;
+pub mod roles;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,63 @@
+//! The one place that lists every role (a closed set). Each role's `start` spawns its
+//! background work on `Shutdown::tasks`, registers its readiness probes and returns the
+//! routes it serves. Roles never call each other: they meet through the bus, cache and store.
+
+pub mod accept;
+pub mod notify;
+pub mod process;
+pub mod relay;
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+use crate::{
+    bus::EventBus,
+    cache::StatusCache,
+    config::{Role, Settings},
+    health::Readiness,
+    http::Authenticator,
+    shutdown::Shutdown,
+    store::Store,
+};
+
+/// Routes a role adds to the HTTP server; called once per actix worker.
+pub type Routes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// The connections to the outside world, built once by `App::build` from the settings.
+/// A field is `None` when no enabled role needs it.
+pub struct Deps {
+    pub settings: Settings,
+    pub auth: Arc<Authenticator>,
+    /// For request handlers (actix worker threads).
+    pub store: Option<Store>,
+    /// For background loops (relay, consumers) on the main runtime, so shutting the HTTP
+    /// workers down never strands a connection they need.
+    pub background_store: Option<Store>,
+    pub cache: Option<Arc<dyn StatusCache>>,
+    pub bus: Option<Arc<dyn EventBus>>,
+    /// Becomes true once migrations are applied; background loops wait for it.
+    pub db_ready: tokio::sync::watch::Receiver<bool>,
+}
+
+pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> anyhow::Result<Vec<Routes>> {
+    let roles = &deps.settings.roles;
+    let mut routes = Vec::new();
+    let relay_wake = if roles.contains(Role::Accept) || roles.contains(Role::Process) {
+        Some(relay::start(deps, shutdown)?)
+    } else {
+        None
+    };
+    if roles.contains(Role::Accept) {
+        routes.push(accept::start(deps, shutdown, readiness, relay_wake.clone().expect("relay runs for accept"))?);
+    }
+    if roles.contains(Role::Process) {
+        process::start(deps, shutdown, readiness)?;
+    }
+    if roles.contains(Role::Notify) {
+        if let Some(r) = notify::start(deps, shutdown, readiness)? {
+            routes.push(r);
+        }
+    }
+    Ok(routes)
+}

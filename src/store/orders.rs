@@ -1,0 +1,252 @@
+//! Orders: the catalogue, placing an order (order, lines, idempotency record and outbox row
+//! in one transaction) and reading a user's orders. Ownership is part of every read query.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable, Selectable, SelectableHelper, upsert::on_constraint};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Store, StoreError, schema::*};
+use crate::domain::{CorrelationId, Event, EventKind, IdempotencyKey, NewOrder, OrderNumber, OrderStatus, UserId};
+
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
+#[diesel(table_name = products)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub id: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub currency: String,
+    #[serde(skip)]
+    pub available: bool,
+}
+
+/// What the accept role answers for a new order.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacedOrder {
+    #[schema(value_type = String, format = Uuid)]
+    pub correlation_id: CorrelationId,
+    pub status: OrderStatus,
+    pub total_cents: i64,
+    pub currency: String,
+}
+
+pub enum PlaceOutcome {
+    Created(PlacedOrder),
+    /// The Idempotency-Key was seen before with the same request: the first answer, verbatim.
+    Replayed { correlation_id: CorrelationId, body: String },
+}
+
+/// An order as its owner sees it (`GET /api/orders/{id}`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    #[schema(value_type = String, format = Uuid)]
+    pub correlation_id: CorrelationId,
+    pub status: OrderStatus,
+    pub order_id: Option<String>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = orders)]
+struct OrderRow {
+    correlation_id: Uuid,
+    status: String,
+    order_number: Option<i64>,
+    total_cents: i64,
+    currency: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<OrderRow> for OrderView {
+    fn from(row: OrderRow) -> Self {
+        Self {
+            correlation_id: CorrelationId(row.correlation_id),
+            status: OrderStatus::parse(&row.status).unwrap_or(OrderStatus::Accepted),
+            order_id: row.order_number.map(|n| OrderNumber(n).to_string()),
+            total_cents: row.total_cents,
+            currency: row.currency,
+            created_at: row.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            updated_at: row.updated_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        }
+    }
+}
+
+/// Runs after every row is written and before COMMIT: its failure rolls the order back.
+pub type BeforeCommit = Box<dyn FnOnce(PlacedOrder) -> BoxFuture<'static, Result<(), String>> + Send>;
+
+/// The idempotency record of a request: key and the fingerprint of the normalised order.
+pub struct Idempotency {
+    pub key: IdempotencyKey,
+    pub request_hash: String,
+}
+
+enum Attempt {
+    Done(PlaceOutcome),
+    /// A concurrent request with the same key committed first; read its answer.
+    LostRace,
+}
+
+impl Store {
+    pub async fn products(&self) -> Result<Vec<Product>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(products::table.select(Product::as_select()).order(products::id).load(&mut *conn).await?)
+    }
+
+    /// Places an order for `user`: prices it from the catalogue, writes the order, its lines,
+    /// the idempotency record and the `order.accepted` outbox row in one transaction, runs
+    /// `before_commit` (the Redis write) and commits. Returns the stored answer on a replay.
+    pub async fn place_order(
+        &self,
+        user: &UserId,
+        order: &NewOrder,
+        idempotency: Option<Idempotency>,
+        before_commit: BeforeCommit,
+    ) -> Result<PlaceOutcome, StoreError> {
+        if let Some(idem) = &idempotency {
+            if let Some(outcome) = self.replay(user, idem).await? {
+                return Ok(outcome);
+            }
+        }
+        match self.try_place(user, order, idempotency.as_ref(), before_commit).await? {
+            Attempt::Done(outcome) => Ok(outcome),
+            Attempt::LostRace => {
+                let idem = idempotency.expect("a race needs a key");
+                self.replay(user, &idem).await?.ok_or_else(|| StoreError::Unavailable("idempotency record vanished".into()))
+            }
+        }
+    }
+
+    async fn replay(&self, user: &UserId, idem: &Idempotency) -> Result<Option<PlaceOutcome>, StoreError> {
+        let mut conn = self.conn().await?;
+        let found: Option<(String, Uuid, String)> = idempotency_keys::table
+            .filter(idempotency_keys::user_id.eq(user.as_str()))
+            .filter(idempotency_keys::key.eq(idem.key.as_str()))
+            .select((idempotency_keys::request_hash, idempotency_keys::correlation_id, idempotency_keys::response_body))
+            .first(&mut *conn)
+            .await
+            .optional()?;
+        match found {
+            None => Ok(None),
+            Some((hash, _, _)) if hash != idem.request_hash => Err(StoreError::IdempotencyMismatch),
+            Some((_, id, body)) => Ok(Some(PlaceOutcome::Replayed { correlation_id: CorrelationId(id), body })),
+        }
+    }
+
+    async fn try_place(&self, user: &UserId, order: &NewOrder, idem: Option<&Idempotency>, before_commit: BeforeCommit) -> Result<Attempt, StoreError> {
+        let mut conn = self.conn().await?;
+        let user = user.clone();
+        let order = order.clone();
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+                let ids: Vec<&str> = order.lines.iter().map(|l| l.product_id.as_str()).collect();
+                let catalogue: HashMap<String, Product> = products::table
+                    .filter(products::id.eq_any(&ids))
+                    .select(Product::as_select())
+                    .load(conn)
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.id.clone(), p))
+                    .collect();
+                let mut currency: Option<String> = None;
+                let mut total: i64 = 0;
+                let mut lines = Vec::with_capacity(order.lines.len());
+                let correlation_id = CorrelationId::new();
+                for (index, line) in order.lines.iter().enumerate() {
+                    let product = catalogue
+                        .get(&line.product_id)
+                        .ok_or_else(|| StoreError::UnknownProduct { index, product_id: line.product_id.clone() })?;
+                    match &currency {
+                        None => currency = Some(product.currency.clone()),
+                        Some(c) if *c != product.currency => return Err(StoreError::MixedCurrencies(c.clone(), product.currency.clone())),
+                        Some(_) => {}
+                    }
+                    total += product.price_cents * line.quantity.get();
+                    lines.push((
+                        order_lines::correlation_id.eq(correlation_id.0),
+                        order_lines::line_no.eq(index as i32),
+                        order_lines::product_id.eq(line.product_id.clone()),
+                        order_lines::quantity.eq(line.quantity.get() as i32),
+                        order_lines::unit_price_cents.eq(product.price_cents),
+                    ));
+                }
+                let currency = currency.expect("an order has at least one line");
+                diesel::insert_into(orders::table)
+                    .values((
+                        orders::correlation_id.eq(correlation_id.0),
+                        orders::user_id.eq(user.as_str()),
+                        orders::status.eq(OrderStatus::Accepted.as_str()),
+                        orders::total_cents.eq(total),
+                        orders::currency.eq(&currency),
+                    ))
+                    .execute(conn)
+                    .await?;
+                diesel::insert_into(order_lines::table).values(&lines).execute(conn).await?;
+                let placed = PlacedOrder { correlation_id, status: OrderStatus::Accepted, total_cents: total, currency };
+                if let Some(idem) = idem {
+                    let body = serde_json::to_string(&placed).expect("answers serialize");
+                    let inserted = diesel::insert_into(idempotency_keys::table)
+                        .values((
+                            idempotency_keys::user_id.eq(user.as_str()),
+                            idempotency_keys::key.eq(idem.key.as_str()),
+                            idempotency_keys::request_hash.eq(&idem.request_hash),
+                            idempotency_keys::correlation_id.eq(correlation_id.0),
+                            idempotency_keys::response_body.eq(body),
+                        ))
+                        .on_conflict(on_constraint("idempotency_keys_pkey"))
+                        .do_nothing()
+                        .execute(conn)
+                        .await?;
+                    if inserted == 0 {
+                        return Err(StoreError::Aborted(LOST_RACE.into()));
+                    }
+                }
+                let event = Event::new(EventKind::Accepted, correlation_id, Utc::now());
+                super::outbox::insert(conn, &event).await?;
+                before_commit(placed.clone()).await.map_err(StoreError::Aborted)?;
+                Ok(Attempt::Done(PlaceOutcome::Created(placed)))
+        })
+        .await
+        .or_else(|err| match err {
+            StoreError::Aborted(msg) if msg == LOST_RACE => Ok(Attempt::LostRace),
+            other => Err(other),
+        })
+    }
+
+    /// The order if `user` owns it; `None` both when it does not exist and when it is someone else's.
+    pub async fn order_for_user(&self, user: &UserId, id: CorrelationId) -> Result<Option<OrderView>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = orders::table
+            .filter(orders::correlation_id.eq(id.0))
+            .filter(orders::user_id.eq(user.as_str()))
+            .select(OrderRow::as_select())
+            .first(&mut *conn)
+            .await
+            .optional()?;
+        Ok(row.map(OrderView::from))
+    }
+
+    /// The user's most recent orders, newest first.
+    pub async fn orders_for_user(&self, user: &UserId, limit: i64) -> Result<Vec<OrderView>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows = orders::table
+            .filter(orders::user_id.eq(user.as_str()))
+            .order((orders::created_at.desc(), orders::correlation_id.desc()))
+            .limit(limit)
+            .select(OrderRow::as_select())
+            .load(&mut *conn)
+            .await?;
+        Ok(rows.into_iter().map(OrderView::from).collect())
+    }
+}
+
+const LOST_RACE: &str = "idempotency key taken by a concurrent request";

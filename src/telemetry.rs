@@ -1,0 +1,56 @@
+//! Logs and metrics: the tracing subscriber (JSON by default) and the one Prometheus
+//! recorder of the process. Metric names live in `names` so dashboards have one source.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::LogFormat;
+
+/// Every metric name the process exports. Labels are documented where they are recorded.
+pub mod names {
+    pub const HTTP_REQUESTS: &str = "contoso_http_requests_total";
+    pub const HTTP_DURATION: &str = "contoso_http_request_duration_seconds";
+    pub const ORDERS_ACCEPTED: &str = "contoso_orders_accepted_total";
+    pub const OUTBOX_BACKLOG: &str = "contoso_outbox_backlog";
+    pub const OUTBOX_PUBLISHED: &str = "contoso_outbox_published_total";
+    pub const PUBLISH_CONFIRMS: &str = "contoso_bus_publish_confirms_total";
+    pub const PUBLISH_FAILURES: &str = "contoso_bus_publish_failures_total";
+    pub const BUS_RECONNECTS: &str = "contoso_bus_reconnects_total";
+    pub const EVENTS_CONSUMED: &str = "contoso_events_consumed_total";
+    pub const EVENTS_ACKED: &str = "contoso_events_acked_total";
+    pub const EVENTS_REQUEUED: &str = "contoso_events_requeued_total";
+    pub const EVENTS_DEAD_LETTERED: &str = "contoso_events_dead_lettered_total";
+    pub const EVENTS_IN_FLIGHT: &str = "contoso_events_in_flight";
+    pub const PROCESSING_DURATION: &str = "contoso_processing_duration_seconds";
+}
+
+/// Installs the global subscriber. Safe to call more than once (tests): later calls are no-ops.
+pub fn init_logging(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let res = match format {
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_current_span(false).with_span_list(false)).try_init(),
+        LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
+    };
+    drop(res);
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Apps built in one test
+/// process share it, as metrics are process-global by design.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .expect("buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test harness); ours still renders what we record through it only
+        // when it is the global one, so prefer installing and ignore a second attempt.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
