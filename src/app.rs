@@ -86,7 +86,11 @@ impl App {
                 .app_data(shutdown_data.clone())
                 .app_data(auth_data.clone())
                 .configure(health::configure)
-                .route("/metrics", web::get().to(move || async move { HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus.render()) }));
+                .route(
+                    "/metrics",
+                    web::get()
+                        .to(move || async move { HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus.render()) }),
+                );
             for r in &routes {
                 app = app.configure(|cfg| r(cfg));
             }

@@ -328,7 +328,11 @@ impl Settings {
     /// Split roles need the real services; `all` falls back to embedded ones (CONTRACT §1).
     fn check_required(&self) -> Result<(), SettingsError> {
         if self.status_ttl.is_zero() {
-            return Err(SettingsError::Invalid { flag: "--status-ttl", env: "CONTOSO_STATUS_TTL", message: "must be at least 1 second".into() });
+            return Err(SettingsError::Invalid {
+                flag: "--status-ttl",
+                env: "CONTOSO_STATUS_TTL",
+                message: "must be at least 1 second".into(),
+            });
         }
         for role in self.roles.iter() {
             let name = if self.roles.all { "all" } else { role.as_str() };

@@ -2,7 +2,12 @@
 
 use std::process::ExitCode;
 
-use contoso::{app::App, config::Settings, shutdown::{self, Shutdown}, telemetry};
+use contoso::{
+    app::App,
+    config::Settings,
+    shutdown::{self, Shutdown},
+    telemetry,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -57,8 +57,7 @@ impl RabbitBus {
     /// Waits until a connection is live (or `None` when the bus shut down).
     pub async fn connected(&self) -> Option<Arc<Live>> {
         let mut rx = self.live.clone();
-        let res = rx.wait_for(|live| live.is_some()).await.ok().and_then(|live| live.clone());
-        res
+        rx.wait_for(|live| live.is_some()).await.ok().and_then(|live| live.clone())
     }
 
     fn properties(msg: &Outgoing) -> BasicProperties {
@@ -71,7 +70,14 @@ impl RabbitBus {
     }
 }
 
-async fn supervise(url: Secret, topology: Topology, name: String, tx: watch::Sender<Option<Arc<Live>>>, kick: Arc<Notify>, token: tokio_util::sync::CancellationToken) {
+async fn supervise(
+    url: Secret,
+    topology: Topology,
+    name: String,
+    tx: watch::Sender<Option<Arc<Live>>>,
+    kick: Arc<Notify>,
+    token: tokio_util::sync::CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -156,13 +162,17 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
         let opts = QueueDeclareOptions { durable: true, ..Default::default() };
         channel.queue_declare(name.clone().into(), opts, args).await?;
         for key in queue.bindings() {
-            channel.queue_bind(name.clone().into(), t.exchange().into(), (*key).into(), QueueBindOptions::default(), FieldTable::default()).await?;
+            channel
+                .queue_bind(name.clone().into(), t.exchange().into(), (*key).into(), QueueBindOptions::default(), FieldTable::default())
+                .await?;
         }
         let dlq = t.dead_letter_queue(queue);
         let mut dl_args = FieldTable::default();
         dl_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         channel.queue_declare(dlq.clone().into(), opts, dl_args).await?;
-        channel.queue_bind(dlq.into(), t.dead_letter_exchange().into(), name.into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        channel
+            .queue_bind(dlq.into(), t.dead_letter_exchange().into(), name.into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
     }
     Ok(())
 }
@@ -178,7 +188,10 @@ impl EventBus for RabbitBus {
         let mut pending = Vec::with_capacity(batch.len());
         for msg in batch {
             let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-            let res = live.publish.basic_publish(exchange.clone(), msg.routing_key.clone().into(), opts, &msg.payload, Self::properties(msg)).await;
+            let res = live
+                .publish
+                .basic_publish(exchange.clone(), msg.routing_key.clone().into(), opts, &msg.payload, Self::properties(msg))
+                .await;
             pending.push(res);
         }
         let mut results = Vec::with_capacity(batch.len());

@@ -23,11 +23,8 @@ impl RedisCache {
     pub fn new(url: &str, size: usize) -> anyhow::Result<Self> {
         let mut cfg = Config::from_url(url);
         let mut pool_cfg = deadpool_redis::PoolConfig::new(size);
-        pool_cfg.timeouts = Timeouts {
-            wait: Some(Duration::from_secs(2)),
-            create: Some(Duration::from_secs(2)),
-            recycle: Some(Duration::from_secs(1)),
-        };
+        pool_cfg.timeouts =
+            Timeouts { wait: Some(Duration::from_secs(2)), create: Some(Duration::from_secs(2)), recycle: Some(Duration::from_secs(1)) };
         cfg.pool = Some(pool_cfg);
         let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
         Ok(Self { pool })

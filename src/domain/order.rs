@@ -148,12 +148,7 @@ mod tests {
 
     fn request(items: Vec<(&str, i64)>) -> OrderRequest {
         OrderRequest {
-            items: Some(
-                items
-                    .into_iter()
-                    .map(|(p, q)| OrderRequestItem { product_id: Some(p.into()), quantity: Some(q) })
-                    .collect(),
-            ),
+            items: Some(items.into_iter().map(|(p, q)| OrderRequestItem { product_id: Some(p.into()), quantity: Some(q) }).collect()),
         }
     }
 

@@ -44,7 +44,8 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn from_settings(jwt: &JwtSettings, dev_auth: bool) -> anyhow::Result<Self> {
-        let mut hs256 = jwt.secret.as_ref().map(|s| (DecodingKey::from_secret(s.expose().as_bytes()), EncodingKey::from_secret(s.expose().as_bytes())));
+        let mut hs256 =
+            jwt.secret.as_ref().map(|s| (DecodingKey::from_secret(s.expose().as_bytes()), EncodingKey::from_secret(s.expose().as_bytes())));
         if hs256.is_none() && dev_auth {
             // Dev tokens without a configured secret: a random per-process key, so they cannot outlive the process.
             let secret: [u8; 32] = rand::random();
@@ -81,7 +82,14 @@ impl Authenticator {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -111,10 +119,11 @@ impl Authenticator {
     pub fn token_from_request(req: &HttpRequest) -> Option<String> {
         if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             let mut parts = value.splitn(2, ' ');
-            if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
-                if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                    return Some(token.trim().to_owned());
-                }
+            if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+                && scheme.eq_ignore_ascii_case("bearer")
+                && !token.trim().is_empty()
+            {
+                return Some(token.trim().to_owned());
             }
         }
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
@@ -134,7 +143,8 @@ impl FromRequest for Caller {
 }
 
 fn authenticate_request(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let auth = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no authenticator configured")))?;
+    let auth =
+        req.app_data::<web::Data<Authenticator>>().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no authenticator configured")))?;
     let token = Authenticator::token_from_request(req).ok_or_else(|| ApiError::Unauthorized(AuthError::Missing.to_string()))?;
     auth.authenticate(&token).map_err(|e| {
         tracing::debug!(error = %e, "authentication failed");

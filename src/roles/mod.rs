@@ -43,21 +43,17 @@ pub struct Deps {
 pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> anyhow::Result<Vec<Routes>> {
     let roles = &deps.settings.roles;
     let mut routes = Vec::new();
-    let relay_wake = if roles.contains(Role::Accept) || roles.contains(Role::Process) {
-        Some(relay::start(deps, shutdown)?)
-    } else {
-        None
-    };
+    let relay_wake = if roles.contains(Role::Accept) || roles.contains(Role::Process) { Some(relay::start(deps, shutdown)?) } else { None };
     if roles.contains(Role::Accept) {
         routes.push(accept::start(deps, shutdown, readiness, relay_wake.clone().expect("relay runs for accept"))?);
     }
     if roles.contains(Role::Process) {
         process::start(deps, shutdown, readiness)?;
     }
-    if roles.contains(Role::Notify) {
-        if let Some(r) = notify::start(deps, shutdown, readiness)? {
-            routes.push(r);
-        }
+    if roles.contains(Role::Notify)
+        && let Some(r) = notify::start(deps, shutdown, readiness)?
+    {
+        routes.push(r);
     }
     Ok(routes)
 }

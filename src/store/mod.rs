@@ -19,7 +19,7 @@ pub use outbox::OutboxRow;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Key of the advisory lock that serialises migrations across pods starting together.
-const MIGRATION_LOCK: i64 = 0x636f_6e74_6f73_6f;
+const MIGRATION_LOCK: i64 = 0x0063_6f6e_746f_736f;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,7 +79,8 @@ impl Store {
         let mut conn = AsyncPgConnection::establish(&self.url).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(&mut conn).await?;
         let mut harness = AsyncMigrationHarness::new(conn);
-        let res = harness.run_pending_migrations(MIGRATIONS).map(|_| ()).map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")));
+        let res =
+            harness.run_pending_migrations(MIGRATIONS).map(|_| ()).map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")));
         let mut conn = harness.into_inner();
         diesel::sql_query("SELECT pg_advisory_unlock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(&mut conn).await?;
         res

@@ -39,7 +39,10 @@ pub struct PlacedOrder {
 pub enum PlaceOutcome {
     Created(PlacedOrder),
     /// The Idempotency-Key was seen before with the same request: the first answer, verbatim.
-    Replayed { correlation_id: CorrelationId, body: String },
+    Replayed {
+        correlation_id: CorrelationId,
+        body: String,
+    },
 }
 
 /// An order as its owner sees it (`GET /api/orders/{id}`).
@@ -113,10 +116,10 @@ impl Store {
         idempotency: Option<Idempotency>,
         before_commit: BeforeCommit,
     ) -> Result<PlaceOutcome, StoreError> {
-        if let Some(idem) = &idempotency {
-            if let Some(outcome) = self.replay(user, idem).await? {
-                return Ok(outcome);
-            }
+        if let Some(idem) = &idempotency
+            && let Some(outcome) = self.replay(user, idem).await?
+        {
+            return Ok(outcome);
         }
         match self.try_place(user, order, idempotency.as_ref(), before_commit).await? {
             Attempt::Done(outcome) => Ok(outcome),
@@ -143,77 +146,83 @@ impl Store {
         }
     }
 
-    async fn try_place(&self, user: &UserId, order: &NewOrder, idem: Option<&Idempotency>, before_commit: BeforeCommit) -> Result<Attempt, StoreError> {
+    async fn try_place(
+        &self,
+        user: &UserId,
+        order: &NewOrder,
+        idem: Option<&Idempotency>,
+        before_commit: BeforeCommit,
+    ) -> Result<Attempt, StoreError> {
         let mut conn = self.conn().await?;
         let user = user.clone();
         let order = order.clone();
         conn.transaction::<_, StoreError, _>(async move |conn| {
-                let ids: Vec<&str> = order.lines.iter().map(|l| l.product_id.as_str()).collect();
-                let catalogue: HashMap<String, Product> = products::table
-                    .filter(products::id.eq_any(&ids))
-                    .select(Product::as_select())
-                    .load(conn)
-                    .await?
-                    .into_iter()
-                    .map(|p| (p.id.clone(), p))
-                    .collect();
-                let mut currency: Option<String> = None;
-                let mut total: i64 = 0;
-                let mut lines = Vec::with_capacity(order.lines.len());
-                let correlation_id = CorrelationId::new();
-                for (index, line) in order.lines.iter().enumerate() {
-                    let product = catalogue
-                        .get(&line.product_id)
-                        .ok_or_else(|| StoreError::UnknownProduct { index, product_id: line.product_id.clone() })?;
-                    match &currency {
-                        None => currency = Some(product.currency.clone()),
-                        Some(c) if *c != product.currency => return Err(StoreError::MixedCurrencies(c.clone(), product.currency.clone())),
-                        Some(_) => {}
-                    }
-                    total += product.price_cents * line.quantity.get();
-                    lines.push((
-                        order_lines::correlation_id.eq(correlation_id.0),
-                        order_lines::line_no.eq(index as i32),
-                        order_lines::product_id.eq(line.product_id.clone()),
-                        order_lines::quantity.eq(line.quantity.get() as i32),
-                        order_lines::unit_price_cents.eq(product.price_cents),
-                    ));
+            let ids: Vec<&str> = order.lines.iter().map(|l| l.product_id.as_str()).collect();
+            let catalogue: HashMap<String, Product> = products::table
+                .filter(products::id.eq_any(&ids))
+                .select(Product::as_select())
+                .load(conn)
+                .await?
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect();
+            let mut currency: Option<String> = None;
+            let mut total: i64 = 0;
+            let mut lines = Vec::with_capacity(order.lines.len());
+            let correlation_id = CorrelationId::new();
+            for (index, line) in order.lines.iter().enumerate() {
+                let product = catalogue
+                    .get(&line.product_id)
+                    .ok_or_else(|| StoreError::UnknownProduct { index, product_id: line.product_id.clone() })?;
+                match &currency {
+                    None => currency = Some(product.currency.clone()),
+                    Some(c) if *c != product.currency => return Err(StoreError::MixedCurrencies(c.clone(), product.currency.clone())),
+                    Some(_) => {}
                 }
-                let currency = currency.expect("an order has at least one line");
-                diesel::insert_into(orders::table)
+                total += product.price_cents * line.quantity.get();
+                lines.push((
+                    order_lines::correlation_id.eq(correlation_id.0),
+                    order_lines::line_no.eq(index as i32),
+                    order_lines::product_id.eq(line.product_id.clone()),
+                    order_lines::quantity.eq(line.quantity.get() as i32),
+                    order_lines::unit_price_cents.eq(product.price_cents),
+                ));
+            }
+            let currency = currency.expect("an order has at least one line");
+            diesel::insert_into(orders::table)
+                .values((
+                    orders::correlation_id.eq(correlation_id.0),
+                    orders::user_id.eq(user.as_str()),
+                    orders::status.eq(OrderStatus::Accepted.as_str()),
+                    orders::total_cents.eq(total),
+                    orders::currency.eq(&currency),
+                ))
+                .execute(conn)
+                .await?;
+            diesel::insert_into(order_lines::table).values(&lines).execute(conn).await?;
+            let placed = PlacedOrder { correlation_id, status: OrderStatus::Accepted, total_cents: total, currency };
+            if let Some(idem) = idem {
+                let body = serde_json::to_string(&placed).expect("answers serialize");
+                let inserted = diesel::insert_into(idempotency_keys::table)
                     .values((
-                        orders::correlation_id.eq(correlation_id.0),
-                        orders::user_id.eq(user.as_str()),
-                        orders::status.eq(OrderStatus::Accepted.as_str()),
-                        orders::total_cents.eq(total),
-                        orders::currency.eq(&currency),
+                        idempotency_keys::user_id.eq(user.as_str()),
+                        idempotency_keys::key.eq(idem.key.as_str()),
+                        idempotency_keys::request_hash.eq(&idem.request_hash),
+                        idempotency_keys::correlation_id.eq(correlation_id.0),
+                        idempotency_keys::response_body.eq(body),
                     ))
+                    .on_conflict(on_constraint("idempotency_keys_pkey"))
+                    .do_nothing()
                     .execute(conn)
                     .await?;
-                diesel::insert_into(order_lines::table).values(&lines).execute(conn).await?;
-                let placed = PlacedOrder { correlation_id, status: OrderStatus::Accepted, total_cents: total, currency };
-                if let Some(idem) = idem {
-                    let body = serde_json::to_string(&placed).expect("answers serialize");
-                    let inserted = diesel::insert_into(idempotency_keys::table)
-                        .values((
-                            idempotency_keys::user_id.eq(user.as_str()),
-                            idempotency_keys::key.eq(idem.key.as_str()),
-                            idempotency_keys::request_hash.eq(&idem.request_hash),
-                            idempotency_keys::correlation_id.eq(correlation_id.0),
-                            idempotency_keys::response_body.eq(body),
-                        ))
-                        .on_conflict(on_constraint("idempotency_keys_pkey"))
-                        .do_nothing()
-                        .execute(conn)
-                        .await?;
-                    if inserted == 0 {
-                        return Err(StoreError::Aborted(LOST_RACE.into()));
-                    }
+                if inserted == 0 {
+                    return Err(StoreError::Aborted(LOST_RACE.into()));
                 }
-                let event = Event::new(EventKind::Accepted, correlation_id, Utc::now());
-                super::outbox::insert(conn, &event).await?;
-                before_commit(placed.clone()).await.map_err(StoreError::Aborted)?;
-                Ok(Attempt::Done(PlaceOutcome::Created(placed)))
+            }
+            let event = Event::new(EventKind::Accepted, correlation_id, Utc::now());
+            super::outbox::insert(conn, &event).await?;
+            before_commit(placed.clone()).await.map_err(StoreError::Aborted)?;
+            Ok(Attempt::Done(PlaceOutcome::Created(placed)))
         })
         .await
         .or_else(|err| match err {

@@ -40,23 +40,17 @@ impl Store {
     pub async fn relay_outbox(&self, limit: i64, publish: Publish) -> Result<(usize, usize), StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction::<_, StoreError, _>(async move |conn| {
-                let rows: Vec<OutboxRow> = outbox::table
-                    .order(outbox::id)
-                    .limit(limit)
-                    .for_update()
-                    .skip_locked()
-                    .select(OutboxRow::as_select())
-                    .load(conn)
-                    .await?;
-                let locked = rows.len();
-                if locked == 0 {
-                    return Ok((0, 0));
-                }
-                let confirmed = publish(rows).await;
-                if !confirmed.is_empty() {
-                    diesel::delete(outbox::table.filter(outbox::id.eq_any(&confirmed))).execute(conn).await?;
-                }
-                Ok((locked, confirmed.len()))
+            let rows: Vec<OutboxRow> =
+                outbox::table.order(outbox::id).limit(limit).for_update().skip_locked().select(OutboxRow::as_select()).load(conn).await?;
+            let locked = rows.len();
+            if locked == 0 {
+                return Ok((0, 0));
+            }
+            let confirmed = publish(rows).await;
+            if !confirmed.is_empty() {
+                diesel::delete(outbox::table.filter(outbox::id.eq_any(&confirmed))).execute(conn).await?;
+            }
+            Ok((locked, confirmed.len()))
         })
         .await
     }

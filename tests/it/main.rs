@@ -1,1 +1,10 @@
+//! The one integration-test binary: real PostgreSQL, Redis and RabbitMQ (URLs from
+//! TEST_DATABASE_URL, TEST_REDIS_URL, TEST_AMQP_URL, defaulting to this machine's services).
+//! A service that cannot be reached fails the tests; nothing is skipped.
 
+mod harness;
+
+mod auth;
+mod lifecycle;
+mod orders_api;
+mod outages;

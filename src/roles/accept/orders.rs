@@ -41,17 +41,16 @@ fn store_error(err: StoreError) -> ApiError {
         StoreError::UnknownProduct { index, product_id } => {
             ApiError::Invalid { field: format!("items[{index}].productId"), message: format!("unknown product '{product_id}'") }
         }
-        StoreError::MixedCurrencies(a, b) => ApiError::Invalid { field: "items".into(), message: format!("items mix currencies {a} and {b}") },
+        StoreError::MixedCurrencies(a, b) => {
+            ApiError::Invalid { field: "items".into(), message: format!("items mix currencies {a} and {b}") }
+        }
         StoreError::IdempotencyMismatch => ApiError::Conflict("Idempotency-Key was already used with a different request".into()),
         StoreError::Unavailable(why) | StoreError::Aborted(why) => ApiError::Unavailable(why),
     }
 }
 
 fn accepted(id: CorrelationId, body: String) -> HttpResponse {
-    HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/api/orders/{id}")))
-        .content_type("application/json")
-        .body(body)
+    HttpResponse::Accepted().insert_header((header::LOCATION, format!("/api/orders/{id}"))).content_type("application/json").body(body)
 }
 
 /// Fingerprint of the normalised order: the same order with other whitespace is the same request.
@@ -72,7 +71,12 @@ fn request_hash(order: &NewOrder) -> String {
         (status = 413, body = crate::http::problem::Problem), (status = 422, body = crate::http::problem::Problem),
         (status = 503, body = crate::http::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn place_order(state: web::Data<AcceptState>, caller: Caller, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn place_order(
+    state: web::Data<AcceptState>,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let request: OrderRequest = parse_json(&body)?;
     let order = NewOrder::try_from(request).map_err(|e| ApiError::Invalid { field: e.field, message: e.message })?;
     let idempotency = match req.headers().get("Idempotency-Key") {
@@ -88,7 +92,8 @@ pub async fn place_order(state: web::Data<AcceptState>, caller: Caller, req: Htt
     let user = caller.user_id.clone();
     // Before COMMIT: the map entry exists before any event for this order can be emitted.
     let before_commit = Box::new(move |placed: crate::store::PlacedOrder| {
-        async move { cache.put_new_order(placed.correlation_id, &user, OrderStatus::Accepted, ttl).await.map_err(|e| e.to_string()) }.boxed()
+        async move { cache.put_new_order(placed.correlation_id, &user, OrderStatus::Accepted, ttl).await.map_err(|e| e.to_string()) }
+            .boxed()
     });
     match state.store.place_order(&caller.user_id, &order, idempotency, before_commit).await.map_err(store_error)? {
         PlaceOutcome::Created(placed) => {

@@ -1,0 +1,35 @@
+# The two commands of the quick start: `make run` (the whole shop on this machine) and
+# `make test` (every test suite against the real services). The rest are their parts.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help run test test-rust lint services bench-accept sweep
+
+help:
+	@echo "make run    - the whole shop (role all) at http://localhost:8080"
+	@echo "make test   - every test suite against real PostgreSQL, Redis and RabbitMQ"
+
+run:
+	$(CARGO) run --release --locked -- --role all --dev-auth --log-format pretty
+
+## Every test: formatting, lints, unit and integration tests against the real services.
+test: lint test-rust
+	@echo "make test: all suites passed"
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test-rust:
+	@eval "$$(scripts/services.sh)" && scripts/sweep.sh && \
+	  $(CARGO) test --locked --all-targets -- --test-threads=4 && scripts/sweep.sh
+
+services:
+	@scripts/services.sh
+
+sweep:
+	@scripts/sweep.sh
+
+bench-accept:
+	@eval "$$(scripts/services.sh)" && bench/accept.sh

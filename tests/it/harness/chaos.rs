@@ -1,0 +1,58 @@
+//! A TCP proxy in front of a real service. `cut` drops every open connection and refuses
+//! new ones (the service looks down to the app); `restore` lets traffic through again.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+pub struct ChaosProxy {
+    pub addr: String,
+    down: Arc<AtomicBool>,
+    /// Bumped on every cut: connection tasks of an older generation close themselves.
+    generation: watch::Sender<u64>,
+}
+
+impl ChaosProxy {
+    pub async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let down = Arc::new(AtomicBool::new(false));
+        let (generation, _) = watch::channel(0u64);
+        let proxy = Self { addr, down: down.clone(), generation: generation.clone() };
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if down.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut gen_rx = generation.subscribe();
+                let born = *gen_rx.borrow();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = gen_rx.wait_for(|g| *g != born) => {}
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,38 @@
+//! Test harness: `spawn_app` runs the real app in-process on port 0 with its own database,
+//! bus prefix and user ids; `BusObserver` watches what reaches RabbitMQ; `ChaosProxy` cuts a
+//! dependency's connections to model an outage without touching the shared services.
+
+pub mod app;
+pub mod bus;
+pub mod chaos;
+pub mod env;
+
+pub use app::{AppOptions, TestApp, spawn_app};
+pub use bus::BusObserver;
+pub use chaos::ChaosProxy;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+/// Conditions are awaited, never slept for.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A user id no other test uses.
+pub fn unique_user(name: &str) -> String {
+    format!("{name}-{}", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,256 @@
+//! The process from the outside: settings precedence and the one-line error for a missing
+//! setting, readiness and the drain file, SIGTERM exiting 0 after finishing its work, and
+//! tokens never reaching the logs. Most of these run the real `contoso` binary.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::harness::{AppOptions, BusObserver, app, env, eventually, spawn_app, unique_user};
+
+const BIN: &str = env!("CARGO_BIN_EXE_contoso");
+
+/// The binary with no CONTOSO_* variables inherited from the test environment.
+fn contoso() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CONTOSO_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn live_on(port: u16) -> bool {
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(10), "the process to listen", || async {
+        client.get(format!("http://127.0.0.1:{port}/health/live")).send().await.ok().map(|r| r.status() == 200)
+    })
+    .await
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_missing_setting_exits_non_zero_with_one_line_naming_flag_and_variable() {
+    let out = contoso().args(["--role", "accept", "--jwt-secret", "s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr, "contoso: missing --database-url (CONTOSO_DATABASE_URL), required by role accept\n");
+
+    let out = contoso().args(["--role", "accept,teleport"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("unknown role 'teleport': valid roles are accept, process, notify, all"), "{stderr}");
+
+    let out = contoso().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("missing --role (CONTOSO_ROLE)"));
+}
+
+#[test]
+fn help_documents_every_setting_and_shows_no_secret_values() {
+    let out = contoso()
+        .arg("--help")
+        .env("CONTOSO_JWT_SECRET", "super-secret-value")
+        .env("CONTOSO_DATABASE_URL", "postgres://u:hunter2@db/x")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--role",
+        "--listen",
+        "--database-url",
+        "--redis-url",
+        "--amqp-url",
+        "--jwt-secret",
+        "--jwt-public-key",
+        "--jwt-issuer",
+        "--jwt-audience",
+        "--channel-prefix",
+        "--hub-name",
+        "--process-delay-ms",
+        "--status-ttl",
+        "--drain-file",
+        "--shutdown-timeout",
+        "--drain-spread",
+        "--dev-auth",
+        "--config",
+        "--log-format",
+        "--prefetch",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+        let env = format!("CONTOSO_{}", flag.trim_start_matches("--").replace('-', "_").to_uppercase());
+        assert!(help.contains(&env), "--help lacks {env}");
+    }
+    assert!(!help.contains("super-secret-value") && !help.contains("hunter2"), "secrets shown in --help");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_beat_environment_beat_file() {
+    let dir = std::env::temp_dir().join(format!("contoso-prec-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    let file = dir.join("contoso.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "role = \"accept\"\nlisten = \"127.0.0.1:{file_port}\"\ndatabase_url = \"postgres://root@127.0.0.1:1/none\"\nredis_url = \"redis://127.0.0.1:1\"\namqp_url = \"amqp://127.0.0.1:1\"\njwt_secret = \"s\"\ndrain_file = \"{}\"\n",
+            dir.join("drain").display()
+        ),
+    )
+    .unwrap();
+    let cases: [(&[&str], Option<u16>, u16); 3] =
+        [(&[], None, file_port), (&[], Some(env_port), env_port), (&["--listen"], Some(env_port), flag_port)];
+    for (flag, env_listen, expected) in cases {
+        let mut cmd = contoso();
+        cmd.arg("--config").arg(&file).arg("--log-level").arg("error");
+        if !flag.is_empty() {
+            cmd.arg("--listen").arg(format!("127.0.0.1:{flag_port}"));
+        }
+        if let Some(p) = env_listen {
+            cmd.env("CONTOSO_LISTEN", format!("127.0.0.1:{p}"));
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        assert!(live_on(expected).await, "expected to listen on {expected}");
+        sigterm(&child);
+        assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_the_drain_file_exists() {
+    let app = spawn_app(AppOptions::default()).await;
+    assert_eq!(app.ready_status().await, (200, json!({ "status": "ready" })));
+    std::fs::write(&app.drain_file, b"").unwrap();
+    let (status, body) = app.ready_status().await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "not-ready");
+    assert!(body["reasons"].as_array().unwrap().iter().any(|r| r == "draining"), "{body}");
+    assert_eq!(app.get("/health/live", None).await.status(), 200, "still live while draining");
+    std::fs::remove_file(&app.drain_file).unwrap();
+    assert_eq!(app.ready_status().await.0, 200);
+    app.stop().await;
+}
+
+/// Runs the binary as role accept against the real services; returns the child, its port and db.
+async fn start_binary(extra: &[&str], bus_prefix: &str) -> (Child, u16, String) {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let db = app::create_database(&id).await;
+    let port = free_port();
+    let mut cmd = contoso();
+    cmd.args(["--role", "accept", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--database-url")
+        .arg(env::database_url(&db))
+        .arg("--redis-url")
+        .arg(env::redis_url())
+        .arg("--amqp-url")
+        .arg(env::amqp_url())
+        .args(["--jwt-secret", "lifecycle-secret", "--bus-prefix", bus_prefix, "--shutdown-timeout", "5"])
+        .arg("--drain-file")
+        .arg(std::env::temp_dir().join(format!("drain-{id}")))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "the binary to become ready", || async {
+        client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await.ok().filter(|r| r.status() == 200).map(|_| ())
+    })
+    .await;
+    (child, port, db)
+}
+
+fn token(secret: &str, user: &str) -> String {
+    jsonwebtoken::encode(
+        &Default::default(),
+        &json!({ "sub": user, "exp": app::now() + 600 }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_after_publishing_what_was_accepted() {
+    let prefix = format!("t-{}.", uuid::Uuid::new_v4().simple());
+    let mut bus = BusObserver::start(&prefix).await;
+    let (mut child, port, db) = start_binary(&[], &prefix).await;
+    let client = reqwest::Client::new();
+    let tok = token("lifecycle-secret", &unique_user("term"));
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let res = client
+            .post(format!("http://127.0.0.1:{port}/api/orders"))
+            .bearer_auth(&tok)
+            .json(&json!({ "items": [{ "productId": "mug", "quantity": 1 }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        ids.push(res.json::<Value>().await.unwrap()["correlationId"].as_str().unwrap().to_owned());
+    }
+    let started = Instant::now();
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(6));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "within --shutdown-timeout");
+    bus.wait_until(Duration::from_secs(10), "every accepted order's event", |seen| {
+        ids.iter().all(|id| seen.iter().any(|o| o.body["correlationId"] == id.as_str()))
+    })
+    .await;
+    app::drop_database(&db).await;
+    app::delete_bus_objects(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_logs() {
+    let prefix = format!("t-{}.", uuid::Uuid::new_v4().simple());
+    let (child, port, db) = start_binary(&["--log-format", "json", "--log-level", "debug"], &prefix).await;
+    let client = reqwest::Client::new();
+    let tok = token("lifecycle-secret", &unique_user("logs"));
+    let bad = token("wrong-secret", "eve");
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(client.get(format!("{base}/api/orders")).bearer_auth(&tok).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{base}/api/orders?access_token={tok}")).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{base}/api/orders")).bearer_auth(&bad).send().await.unwrap().status(), 401);
+    assert_eq!(client.get(format!("{base}/api/orders?access_token={bad}")).send().await.unwrap().status(), 401);
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(logs.contains("\"route\":\"/api/orders\""), "request lines are logged: {logs}");
+    let signature = |t: &str| t.rsplit('.').next().unwrap().to_owned();
+    for t in [&tok, &bad] {
+        assert!(!logs.contains(t.as_str()) && !logs.contains(&signature(t)), "a token leaked into the logs");
+    }
+    assert!(!logs.contains("lifecycle-secret"), "the secret leaked into the logs");
+    for line in logs.lines().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+    }
+    app::drop_database(&db).await;
+    app::delete_bus_objects(&prefix).await;
+}

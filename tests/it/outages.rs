@@ -1,0 +1,144 @@
+//! Dependencies going away (CONTRACT §2): with RabbitMQ down orders are still accepted and
+//! their events go out on its return, exactly once per outbox row; with PostgreSQL or Redis
+//! down the API answers 503 with Retry-After and nothing is half-written anywhere.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use serde_json::{Value, json};
+
+use crate::harness::{AppOptions, BusObserver, ChaosProxy, env, eventually, spawn_app, unique_user};
+
+fn body() -> Value {
+    json!({ "items": [{ "productId": "filter", "quantity": 3 }] })
+}
+
+async fn not_ready_because(app: &crate::harness::TestApp, dependency: &str) {
+    eventually(Duration::from_secs(10), "readiness to report the outage", || async {
+        let (status, body) = app.ready_status().await;
+        let reasons = body["reasons"].to_string();
+        (status == 503 && reasons.contains(dependency)).then_some(())
+    })
+    .await;
+}
+
+/// Correlation ids whose `order:map:*` entry names `user` (a scan of the shared Redis).
+async fn mapped_to(user: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(env::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = {
+        let mut iter: redis::AsyncIter<String> = conn.scan_match("order:map:*").await.unwrap();
+        let mut keys = Vec::new();
+        while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+            keys.push(k.unwrap());
+        }
+        keys
+    };
+    let mut found = Vec::new();
+    for key in keys {
+        let owner: Option<String> = conn.get(&key).await.unwrap();
+        if owner.as_deref() == Some(user) {
+            found.push(key);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_accepted_while_rabbitmq_is_down_are_announced_exactly_once_when_it_returns() {
+    let proxy = ChaosProxy::start(env::host_port(&env::amqp_url())).await;
+    let app = spawn_app(AppOptions { amqp_proxy: Some(&proxy), ..Default::default() }).await;
+    let mut bus = BusObserver::start(&app.bus_prefix).await;
+    let token = app.token(&unique_user("burst"));
+
+    let before = app.post_order(&token, body(), None).await.json::<Value>().await.unwrap();
+    let first = before["correlationId"].as_str().unwrap().to_owned();
+    bus.wait_until(Duration::from_secs(10), "the event of the order placed before the outage", |seen| !seen.is_empty()).await;
+    assert_eq!(bus.for_correlation(&first).len(), 1);
+    eventually(Duration::from_secs(10), "its outbox row confirmed and removed", || async {
+        (app.count("SELECT count(*) AS n FROM outbox").await == 0).then_some(())
+    })
+    .await;
+    proxy.cut();
+    not_ready_because(&app, "rabbitmq").await;
+
+    let mut ids = vec![before["correlationId"].as_str().unwrap().to_owned()];
+    for chunk in 0..5 {
+        let answers = futures_util::future::join_all((0..10).map(|_| app.post_order(&token, body(), None))).await;
+        for res in answers {
+            assert_eq!(res.status(), 202, "accepted while the broker is down (chunk {chunk})");
+            ids.push(res.json::<Value>().await.unwrap()["correlationId"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM outbox").await, 50, "events wait in the outbox");
+
+    proxy.restore();
+    bus.wait_until(Duration::from_secs(30), "all 51 events", |seen| {
+        ids.iter().all(|id| seen.iter().any(|o| o.body["correlationId"] == id.as_str()))
+    })
+    .await;
+    eventually(Duration::from_secs(10), "an empty outbox", || async {
+        (app.count("SELECT count(*) AS n FROM outbox").await == 0).then_some(())
+    })
+    .await;
+    bus.drain_for(Duration::from_millis(500)).await;
+    let counts = bus.counts("order.accepted");
+    for id in &ids {
+        assert_eq!(counts.get(id), Some(&1), "order {id} announced exactly once");
+    }
+    assert_eq!(counts.len(), ids.len());
+    app.wait_ready().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_unreachable_the_api_answers_503_and_writes_nothing() {
+    let proxy = ChaosProxy::start(env::host_port(&env::database_admin_url())).await;
+    let app = spawn_app(AppOptions { db_proxy: Some(&proxy), ..Default::default() }).await;
+    let mut bus = BusObserver::start(&app.bus_prefix).await;
+    let user = unique_user("pgdown");
+    let token = app.token(&user);
+
+    proxy.cut();
+    let res = app.post_order(&token, body(), None).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let problem: Value = res.json().await.unwrap();
+    assert!(!problem["detail"].as_str().unwrap().contains("127.0.0.1"), "no internals leak: {problem}");
+    not_ready_because(&app, "database").await;
+
+    proxy.restore();
+    app.wait_ready().await;
+    assert!(mapped_to(&user).await.is_empty(), "nothing written to Redis");
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM orders WHERE user_id = '{user}'")).await, 0);
+    bus.drain_for(Duration::from_millis(500)).await;
+    assert!(bus.seen.is_empty(), "nothing published: {:?}", bus.seen);
+
+    let ok = app.post_order(&token, body(), None).await;
+    assert_eq!(ok.status(), 202, "serves again once the database is back");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_unreachable_the_order_is_rolled_back() {
+    let proxy = ChaosProxy::start(env::host_port(&env::redis_url())).await;
+    let app = spawn_app(AppOptions { redis_proxy: Some(&proxy), ..Default::default() }).await;
+    let mut bus = BusObserver::start(&app.bus_prefix).await;
+    let user = unique_user("redisdown");
+    let token = app.token(&user);
+
+    proxy.cut();
+    let res = app.post_order(&token, body(), None).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    not_ready_because(&app, "redis").await;
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM orders WHERE user_id = '{user}'")).await, 0, "rolled back");
+    assert_eq!(app.count("SELECT count(*) AS n FROM outbox").await, 0, "no event can exist without its map entry");
+    bus.drain_for(Duration::from_millis(500)).await;
+    assert!(bus.seen.is_empty());
+
+    proxy.restore();
+    app.wait_ready().await;
+    assert_eq!(app.post_order(&token, body(), None).await.status(), 202);
+    app.stop().await;
+}
