@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-rust lint services bench-accept sweep
+.PHONY: help run test test-rust test-chart lint services bench-accept sweep
 
 help:
 	@echo "make run    - the whole shop (role all) at http://localhost:8080"
@@ -14,16 +14,20 @@ run:
 	$(CARGO) run --release --locked -- --role all --dev-auth --log-format pretty
 
 ## Every test: formatting, lints, unit and integration tests against the real services.
-test: lint test-rust
+test: lint test-rust test-chart
 	@echo "make test: all suites passed"
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features failpoints -- -D warnings
 
 test-rust:
 	@eval "$$(scripts/services.sh)" && scripts/sweep.sh && \
-	  $(CARGO) test --locked --all-targets -- --test-threads=4 && scripts/sweep.sh
+	  $(CARGO) test --locked --all-targets --features failpoints -- --test-threads=4 && scripts/sweep.sh
+
+## The Helm chart, Dockerfile and compose file, validated without a cluster.
+test-chart:
+	tests/chart/run.sh
 
 services:
 	@scripts/services.sh

@@ -19,6 +19,8 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(settings.log_format, &settings.log_level);
+    // Reads FAILPOINTS when built with the `failpoints` feature (tests only); a no-op otherwise.
+    let _failpoints = fail::FailScenario::setup();
     let shutdown = Shutdown::new(settings.drain_file.clone());
     let res = match App::build(settings, shutdown).await {
         Ok(app) => app.run_until_stopped(shutdown::signal()).await,

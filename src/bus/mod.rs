@@ -6,6 +6,7 @@ pub mod topology;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use uuid::Uuid;
 
 pub use rabbitmq::RabbitBus;
@@ -27,6 +28,45 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
+/// One message taken from a work queue. It must be settled exactly once; the methods take
+/// `self`, so settling twice does not compile. Dropping it unsettled leaves it with the
+/// broker, which redelivers it when the channel closes.
+pub struct Delivery {
+    pub body: Bytes,
+    pub message_id: Option<String>,
+    /// How many times the broker delivered this message before (quorum `x-delivery-count`).
+    pub delivery_count: u32,
+    settle: Box<dyn Settle>,
+}
+
+/// How a delivery is settled with the system it came from.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), BusError>;
+    /// Back to the queue for another attempt (counts towards the delivery limit).
+    async fn requeue(self: Box<Self>) -> Result<(), BusError>;
+    /// To the queue's dead-letter queue with `reason` in the `x-contoso-reason` header.
+    async fn dead_letter(self: Box<Self>, body: Bytes, reason: String) -> Result<(), BusError>;
+}
+
+impl Delivery {
+    pub fn new(body: Bytes, message_id: Option<String>, delivery_count: u32, settle: Box<dyn Settle>) -> Self {
+        Self { body, message_id, delivery_count, settle }
+    }
+
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.settle.ack().await
+    }
+
+    pub async fn requeue(self) -> Result<(), BusError> {
+        self.settle.requeue().await
+    }
+
+    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), BusError> {
+        self.settle.dead_letter(self.body, reason.into()).await
+    }
+}
+
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Publishes the batch to `contoso.orders` and waits for the broker's confirms; one result
@@ -34,4 +74,7 @@ pub trait EventBus: Send + Sync + 'static {
     async fn publish(&self, batch: &[Outgoing]) -> Vec<Result<(), BusError>>;
     /// Whether the broker is reachable now (readiness).
     async fn ping(&self) -> Result<(), BusError>;
+    /// Consumes `queue` with at most `prefetch` unsettled deliveries. Waits for the broker
+    /// when it is away. The stream ends when the connection is lost: consume again.
+    async fn consume(&self, queue: Queue, prefetch: u16) -> Result<BoxStream<'static, Delivery>, BusError>;
 }

@@ -7,13 +7,19 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio::sync::{Notify, watch};
 
-use super::{BusError, EventBus, Outgoing, Queue, Topology};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream::BoxStream};
+
+use super::{BusError, Delivery, EventBus, Outgoing, Queue, Settle, Topology};
 use crate::{config::Secret, shutdown::Shutdown, telemetry::names};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -156,7 +162,9 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
         let mut args = FieldTable::default();
         // Quorum queues count deliveries and dead-letter past the limit: poison cannot loop forever.
         args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(t.delivery_limit as i32));
+        // The consumers dead-letter with a reason at `delivery_limit`; the broker's own limit
+        // is a backstop a little above it, for a consumer that crashes on every attempt.
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(t.delivery_limit as i32 + 5));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(t.dead_letter_exchange().into()));
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(name.clone().into()));
         let opts = QueueDeclareOptions { durable: true, ..Default::default() };
@@ -224,5 +232,133 @@ impl EventBus for RabbitBus {
             Some(live) if live.connection.status().connected() => Ok(()),
             _ => Err(BusError::Unavailable("not connected".into())),
         }
+    }
+
+    async fn consume(&self, queue: Queue, prefetch: u16) -> Result<BoxStream<'static, Delivery>, BusError> {
+        self.consume_once(queue, prefetch).await
+    }
+}
+
+/// Settles one RabbitMQ delivery; dead letters go out through the confirm-mode channel.
+struct RabbitSettle {
+    acker: Acker,
+    live: Arc<Live>,
+    dead_letter_exchange: String,
+    source_queue: String,
+    message_id: Option<String>,
+}
+
+fn bus_err(err: lapin::Error) -> BusError {
+    BusError::Unavailable(err.to_string())
+}
+
+/// `Ok(false)` from lapin means the acker was poisoned (its channel is gone): the broker
+/// will redeliver, so for the caller the settlement did not happen.
+fn settled(res: Result<bool, lapin::Error>) -> Result<(), BusError> {
+    match res {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(BusError::Unavailable("channel closed before settling".into())),
+        Err(err) => Err(bus_err(err)),
+    }
+}
+
+#[async_trait]
+impl Settle for RabbitSettle {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        settled(self.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), BusError> {
+        settled(self.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await)
+    }
+
+    async fn dead_letter(self: Box<Self>, body: Bytes, reason: String) -> Result<(), BusError> {
+        let mut headers = FieldTable::default();
+        headers.insert("x-contoso-reason".into(), AMQPValue::LongString(reason.clone().into()));
+        headers.insert("x-contoso-source-queue".into(), AMQPValue::LongString(self.source_queue.clone().into()));
+        let mut props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        if let Some(id) = &self.message_id {
+            props = props.with_message_id(id.clone().into());
+        }
+        let confirm = self
+            .live
+            .publish
+            .basic_publish(
+                self.dead_letter_exchange.clone().into(),
+                self.source_queue.clone().into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .map_err(bus_err)?;
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(Ok(Confirmation::Ack(_))) => {}
+            Ok(Ok(other)) => return Err(BusError::Refused(format!("dead letter not confirmed: {other:?}"))),
+            Ok(Err(err)) => return Err(bus_err(err)),
+            Err(_) => return Err(BusError::Unavailable("no confirm for the dead letter".into())),
+        }
+        // Only once the dead letter is safe is the original removed.
+        settled(self.acker.ack(BasicAckOptions::default()).await)
+    }
+}
+
+fn delivery_count(props: &BasicProperties) -> u32 {
+    let Some(headers) = props.headers() else { return 0 };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n as u32,
+        Some(AMQPValue::LongInt(n)) => *n as u32,
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => *n as u32,
+        Some(AMQPValue::ShortShortInt(n)) => *n as u32,
+        _ => 0,
+    }
+}
+
+impl RabbitBus {
+    async fn consume_once(&self, queue: Queue, prefetch: u16) -> Result<BoxStream<'static, Delivery>, BusError> {
+        let live = self.connected().await.ok_or_else(|| BusError::Unavailable("shutting down".into()))?;
+        let channel = live.connection.create_channel().await.map_err(bus_err)?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(bus_err)?;
+        let name = self.topology.queue(queue);
+        let consumer = channel
+            .basic_consume(
+                name.clone().into(),
+                format!("contoso-{}", uuid::Uuid::new_v4().simple()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(bus_err)?;
+        let dlx = self.topology.dead_letter_exchange();
+        let kick = self.kick.clone();
+        let stream = consumer
+            .take_while(move |res| {
+                if let Err(err) = res {
+                    tracing::warn!(error = %err, "consumer stopped");
+                    kick.notify_one();
+                }
+                std::future::ready(res.is_ok())
+            })
+            .filter_map(move |res| {
+                let live = live.clone();
+                let dlx = dlx.clone();
+                let name = name.clone();
+                // The channel lives as long as the stream: dropping it would requeue everything.
+                let _channel = &channel;
+                std::future::ready(res.ok().map(|d| {
+                    let message_id = d.properties.message_id().as_ref().map(|s| s.to_string());
+                    let count = delivery_count(&d.properties);
+                    let settle = RabbitSettle {
+                        acker: d.acker,
+                        live,
+                        dead_letter_exchange: dlx,
+                        source_queue: name,
+                        message_id: message_id.clone(),
+                    };
+                    Delivery::new(Bytes::from(d.data), message_id, count, Box::new(settle))
+                }))
+            });
+        Ok(stream.boxed())
     }
 }

@@ -28,6 +28,7 @@ pub fn status_key(id: CorrelationId) -> String {
 pub trait StatusCache: Send + Sync + 'static {
     /// Writes the user map and the first status in one round trip (`SETEX` both).
     async fn put_new_order(&self, id: CorrelationId, user: &UserId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError>;
+    /// Moves `order:status:*` forward (SETEX); a status that is not further along is ignored.
     async fn set_status(&self, id: CorrelationId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError>;
     async fn status(&self, id: CorrelationId) -> Result<Option<OrderStatus>, CacheError>;
     async fn user_of(&self, id: CorrelationId) -> Result<Option<UserId>, CacheError>;

@@ -49,6 +49,19 @@ async fn bounded<T>(fut: impl std::future::Future<Output = redis::RedisResult<T>
     }
 }
 
+/// SETEX only when the new status is further along than the stored one, so two workers
+/// racing on a redelivered event can never move `order:status:*` backwards.
+const ADVANCE_STATUS: &str = r#"
+local rank = { ACCEPTED = 0, PROCESSING = 1, COMPLETED = 2, FAILED = 2 }
+local current = redis.call('GET', KEYS[1])
+if current and rank[current] and rank[current] >= rank[ARGV[1]] then
+  if current == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+  return 0
+end
+redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"#;
+
 #[async_trait]
 impl StatusCache for RedisCache {
     async fn put_new_order(&self, id: CorrelationId, user: &UserId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError> {
@@ -60,7 +73,10 @@ impl StatusCache for RedisCache {
 
     async fn set_status(&self, id: CorrelationId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError> {
         let mut conn = self.conn().await?;
-        bounded(redis::cmd("SETEX").arg(status_key(id)).arg(ttl.as_secs()).arg(status.as_str()).query_async::<()>(&mut conn)).await
+        let script = redis::Script::new(ADVANCE_STATUS);
+        let mut invocation = script.key(status_key(id));
+        invocation.arg(status.as_str()).arg(ttl.as_secs());
+        bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
     }
 
     async fn status(&self, id: CorrelationId) -> Result<Option<OrderStatus>, CacheError> {

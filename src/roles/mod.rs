@@ -3,6 +3,7 @@
 //! routes it serves. Roles never call each other: they meet through the bus, cache and store.
 
 pub mod accept;
+pub mod consumer;
 pub mod notify;
 pub mod process;
 pub mod relay;
@@ -56,4 +57,18 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> any
         routes.push(r);
     }
     Ok(routes)
+}
+
+/// Readiness probes for Redis and RabbitMQ (the database probe is registered by `App`).
+pub fn add_dependency_probes(readiness: &mut Readiness, cache: &Arc<dyn StatusCache>, bus: &Arc<dyn EventBus>) {
+    let cache = cache.clone();
+    let bus = bus.clone();
+    readiness.add("redis", move || {
+        let cache = cache.clone();
+        async move { cache.ping().await.map_err(|e| e.to_string()) }
+    });
+    readiness.add("rabbitmq", move || {
+        let bus = bus.clone();
+        async move { bus.ping().await.map_err(|e| e.to_string()) }
+    });
 }

@@ -3,6 +3,7 @@
 
 mod orders;
 mod outbox;
+mod processing;
 pub mod schema;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use orders::{Idempotency, OrderView, PlaceOutcome, PlacedOrder, Product};
 pub use outbox::OutboxRow;
+pub use processing::OrderState;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Key of the advisory lock that serialises migrations across pods starting together.

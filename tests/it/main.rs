@@ -8,3 +8,4 @@ mod auth;
 mod lifecycle;
 mod orders_api;
 mod outages;
+mod processing;

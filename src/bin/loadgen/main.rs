@@ -1,1 +1,27 @@
-fn main() {}
+//! `contoso-loadgen`: the load generator of the benchmark suite. Subcommands drive one part
+//! of the system each and print a human summary plus a JSON result (see BENCHMARKS.md).
+
+mod orders;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "contoso-loadgen", about = "Load generator for contoso benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// POST /api/orders at a fixed open-loop rate, or as fast as N workers can (rate 0).
+    Orders(orders::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Orders(args) => orders::run(args).await,
+    }
+}

@@ -30,17 +30,7 @@ pub fn start(deps: &Deps, _shutdown: &Shutdown, readiness: &mut Readiness, relay
     let store = deps.store.clone().context("role accept needs a database")?;
     let cache = deps.cache.clone().context("role accept needs redis")?;
     let bus = deps.bus.clone().context("role accept needs a bus")?;
-    {
-        let cache = cache.clone();
-        readiness.add("redis", move || {
-            let cache = cache.clone();
-            async move { cache.ping().await.map_err(|e| e.to_string()) }
-        });
-        readiness.add("rabbitmq", move || {
-            let bus = bus.clone();
-            async move { bus.ping().await.map_err(|e| e.to_string()) }
-        });
-    }
+    super::add_dependency_probes(readiness, &cache, &bus);
     let state = web::Data::new(AcceptState { store, cache, status_ttl: deps.settings.status_ttl, relay_wake });
     let dev_auth = deps.settings.dev_auth;
     Ok(Arc::new(move |cfg: &mut web::ServiceConfig| {

@@ -27,6 +27,8 @@ pub struct AppOptions<'a> {
     pub no_wait_ready: bool,
     /// Configure no HS256 secret (tests of public-key-only validation).
     pub no_jwt_secret: bool,
+    /// Join another app's deployment: same database, bus prefix and secret (another pod).
+    pub share: Option<&'a TestApp>,
 }
 
 pub struct TestApp {
@@ -38,6 +40,8 @@ pub struct TestApp {
     pub db_name: String,
     pub bus_prefix: String,
     pub drain_file: PathBuf,
+    /// Whether `stop` removes the database and bus objects (false for a pod that joined).
+    owns_resources: bool,
     stop_tx: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -49,9 +53,10 @@ async fn admin() -> AsyncPgConnection {
 pub async fn spawn_app(opts: AppOptions<'_>) -> TestApp {
     init_test_logging();
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let db_name = create_database(&id).await;
-    let bus_prefix = format!("t-{id}.");
-    let secret = format!("secret-{id}");
+    let (db_name, bus_prefix, secret) = match opts.share {
+        Some(other) => (other.db_name.clone(), other.bus_prefix.clone(), other.secret.clone()),
+        None => (create_database(&id).await, format!("t-{id}."), format!("secret-{id}")),
+    };
     let drain_file = std::env::temp_dir().join(format!("contoso-drain-{id}"));
 
     let via = |url: String, proxy: Option<&ChaosProxy>| match proxy {
@@ -106,6 +111,7 @@ pub async fn spawn_app(opts: AppOptions<'_>) -> TestApp {
         db_name,
         bus_prefix,
         drain_file,
+        owns_resources: opts.share.is_none(),
         stop_tx: Some(stop_tx),
         handle: Some(handle),
     };
@@ -164,6 +170,29 @@ impl TestApp {
         AsyncPgConnection::establish(&env::database_url(&self.db_name)).await.unwrap()
     }
 
+    /// Places `n` orders of `body` for `token` and returns their correlation ids.
+    pub async fn place_orders(&self, token: &str, body: &Value, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let res = self.post_order(token, body.clone(), None).await;
+            assert_eq!(res.status(), 202);
+            ids.push(res.json::<Value>().await.unwrap()["correlationId"].as_str().unwrap().to_owned());
+        }
+        ids
+    }
+
+    /// The order's status in the database.
+    pub async fn status_of(&self, id: &str) -> String {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            status: String,
+        }
+        let rows: Vec<Row> =
+            diesel::sql_query(format!("SELECT status FROM orders WHERE correlation_id = '{id}'")).load(&mut self.db().await).await.unwrap();
+        rows.into_iter().next().map(|r| r.status).unwrap_or_default()
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         #[derive(diesel::QueryableByName)]
         struct Count {
@@ -183,8 +212,10 @@ impl TestApp {
             handle.await.expect("app task").expect("app stopped cleanly");
         }
         let _ = std::fs::remove_file(&self.drain_file);
-        drop_database(&self.db_name).await;
-        delete_bus_objects(&self.bus_prefix).await;
+        if self.owns_resources {
+            drop_database(&self.db_name).await;
+            delete_bus_objects(&self.bus_prefix).await;
+        }
     }
 }
 

@@ -5,9 +5,12 @@ use std::{collections::HashMap, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
-    Channel, Connection, ConnectionProperties, ExchangeKind,
-    options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable},
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -26,8 +29,16 @@ pub struct Observed {
 pub struct BusObserver {
     rx: mpsc::UnboundedReceiver<Observed>,
     pub seen: Vec<Observed>,
+    prefix: String,
     _conn: Connection,
-    _channel: Channel,
+    channel: Channel,
+}
+
+/// A message found in a dead-letter queue.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub reason: Option<String>,
 }
 
 impl BusObserver {
@@ -60,7 +71,31 @@ impl BusObserver {
                 }
             }
         });
-        Self { rx, seen: Vec::new(), _conn: conn, _channel: channel }
+        Self { rx, seen: Vec::new(), prefix: bus_prefix.to_owned(), _conn: conn, channel }
+    }
+
+    /// Publishes a raw message to the app's exchange, as another service (or an attacker) could.
+    pub async fn publish(&self, routing_key: &str, body: &[u8], message_id: Option<&str>) {
+        let mut props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+        if let Some(id) = message_id {
+            props = props.with_message_id(id.into());
+        }
+        let exchange = format!("{}contoso.orders", self.prefix);
+        self.channel.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props).await.unwrap();
+    }
+
+    /// Takes every message currently in the dead-letter queue of `queue` (e.g. `contoso.order-process`).
+    pub async fn dead_letters(&self, queue: &str) -> Vec<DeadLetter> {
+        let name = format!("{}{queue}.dead-letter", self.prefix);
+        let mut out = Vec::new();
+        while let Some(msg) = self.channel.basic_get(name.clone().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            let reason = msg.delivery.properties.headers().as_ref().and_then(|h| match h.inner().get("x-contoso-reason") {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                _ => None,
+            });
+            out.push(DeadLetter { body: msg.delivery.data.clone(), reason });
+        }
+        out
     }
 
     /// Waits until `pred` holds over everything seen so far.
@@ -81,6 +116,18 @@ impl BusObserver {
         while let Ok(Some(o)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
             self.seen.push(o);
         }
+    }
+
+    /// Distinct event ids seen per correlation id for `routing_key` (redeliveries of one
+    /// outbox row share an event id).
+    pub fn distinct_events(&self, routing_key: &str) -> HashMap<String, std::collections::HashSet<String>> {
+        let mut out: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for o in self.seen.iter().filter(|o| o.routing_key == routing_key) {
+            out.entry(o.body["correlationId"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .insert(o.body["eventId"].as_str().unwrap_or_default().to_owned());
+        }
+        out
     }
 
     pub fn for_correlation(&self, id: &str) -> Vec<&Observed> {

@@ -1,0 +1,105 @@
+{{- /*
+Names, labels and small computations shared by the contoso templates. A role's objects are named
+"<fullname>-<role>", or just "<fullname>" when the release is already named after the role (contoso-notify).
+*/ -}}
+
+{{- define "contoso.roles" -}}accept process notify{{- end -}}
+
+{{- define "contoso.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "contoso.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* (dict "root" $ "role" "notify") */ -}}
+{{- define "contoso.roleFullname" -}}
+{{- $full := include "contoso.fullname" .root -}}
+{{- if hasSuffix (printf "-%s" .role) $full -}}
+{{- $full -}}
+{{- else -}}
+{{- printf "%s-%s" (trunc (int (sub 62 (len .role))) $full | trimSuffix "-") .role -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "contoso.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "contoso.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: contoso
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- /* (dict "root" $ "role" "notify") */ -}}
+{{- define "contoso.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "contoso.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .role }}
+{{- end -}}
+
+{{- /* (dict "root" $ "role" "notify") */ -}}
+{{- define "contoso.roleLabels" -}}
+{{ include "contoso.labels" .root }}
+app.kubernetes.io/component: {{ .role }}
+{{- end -}}
+
+{{- define "contoso.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "contoso.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "contoso.configName" -}}
+{{- printf "%s-config" (include "contoso.fullname" . | trunc 56 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "contoso.secretName" -}}
+{{- default (include "contoso.fullname" .) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{- define "contoso.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* A settings value as the string an environment variable carries: whole numbers without an exponent. */ -}}
+{{- define "contoso.envValue" -}}
+{{- if kindIs "float64" . -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* The drain settings of a role as JSON: its own drain values over the global ones. (dict "root" $ "role" "notify") */ -}}
+{{- define "contoso.drain" -}}
+{{- $own := (index .root.Values.roles .role).drain | default dict -}}
+{{- merge (deepCopy $own) (deepCopy .root.Values.drain) | toJson -}}
+{{- end -}}
+
+{{- /* Whether a role gets a Service: its own switch, and process also when a ServiceMonitor needs a target. */ -}}
+{{- define "contoso.serviceEnabled" -}}
+{{- $cfg := index .root.Values.roles .role -}}
+{{- if and $cfg.enabled (or $cfg.service.enabled (and (eq .role "process") .root.Values.metrics.serviceMonitor.enabled)) -}}
+true
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,136 @@
+//! The consume loop every consuming role shares: bounded concurrency, and one settlement
+//! policy. Success acks; a poison message is dead-lettered at once with its reason; a
+//! technical failure is retried with backoff (the delivery is held, so nothing spins hot
+//! while a dependency is down) and dead-lettered with its last error at the delivery limit.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    bus::{Delivery, EventBus, Queue},
+    telemetry::names,
+};
+
+/// Why a delivery could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The message itself is wrong; retrying cannot help. `kind` labels the metric.
+    #[error("{reason}")]
+    Poison { kind: &'static str, reason: String },
+    /// A dependency failed; the same message may succeed later.
+    #[error("{0}")]
+    Technical(String),
+}
+
+impl Failure {
+    pub fn poison(kind: &'static str, reason: impl Into<String>) -> Self {
+        Failure::Poison { kind, reason: reason.into() }
+    }
+}
+
+pub struct ConsumerConfig {
+    pub queue: Queue,
+    /// Metric label (the contract's queue name).
+    pub label: &'static str,
+    pub prefetch: u16,
+    /// Deliveries before a technical failure is dead-lettered.
+    pub delivery_limit: u32,
+}
+
+/// Backoff before a failed delivery goes back: 200 ms doubling to 10 s.
+pub fn backoff(delivery_count: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << delivery_count.min(6))).min(Duration::from_secs(10))
+}
+
+/// Consumes until `token` is cancelled; then stops taking deliveries and lets the ones in
+/// flight finish (each ends settled, or unsettled and so redelivered by the broker).
+pub async fn run<H, Fut>(bus: Arc<dyn EventBus>, cfg: ConsumerConfig, token: CancellationToken, handler: H)
+where
+    H: Fn(Arc<[u8]>, Option<String>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send,
+{
+    let handler = Arc::new(handler);
+    let cfg = Arc::new(cfg);
+    let mut failures = 0u32;
+    while !token.is_cancelled() {
+        let stream = tokio::select! {
+            res = bus.consume(cfg.queue, cfg.prefetch) => res,
+            () = token.cancelled() => break,
+        };
+        let stream = match stream {
+            Ok(stream) => {
+                failures = 0;
+                stream
+            }
+            Err(err) => {
+                failures += 1;
+                tracing::warn!(queue = cfg.label, error = %err, "cannot consume, retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(failures)) => {}
+                    () = token.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        tracing::info!(queue = cfg.label, "consuming");
+        stream
+            .take_until(token.clone().cancelled_owned())
+            .for_each_concurrent(usize::from(cfg.prefetch), |delivery| {
+                let handler = handler.clone();
+                let cfg = cfg.clone();
+                let token = token.clone();
+                async move { handle(delivery, &cfg, &token, handler.as_ref()).await }
+            })
+            .await;
+    }
+}
+
+async fn handle<H, Fut>(delivery: Delivery, cfg: &ConsumerConfig, token: &CancellationToken, handler: &H)
+where
+    H: Fn(Arc<[u8]>, Option<String>) -> Fut,
+    Fut: Future<Output = Result<(), Failure>>,
+{
+    let queue = cfg.label;
+    metrics::counter!(names::EVENTS_CONSUMED, "queue" => queue).increment(1);
+    metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).increment(1.0);
+    let started = std::time::Instant::now();
+    let body: Arc<[u8]> = Arc::from(&delivery.body[..]);
+    let res = handler(body, delivery.message_id.clone()).await;
+    metrics::histogram!(names::PROCESSING_DURATION, "queue" => queue).record(started.elapsed().as_secs_f64());
+    let settled = match res {
+        Ok(()) => delivery.ack().await.map(|()| metrics::counter!(names::EVENTS_ACKED, "queue" => queue).increment(1)),
+        Err(Failure::Poison { kind, reason }) => {
+            tracing::warn!(queue, reason = %reason, "dead-lettering a message that cannot be handled");
+            delivery
+                .dead_letter(reason)
+                .await
+                .map(|()| metrics::counter!(names::EVENTS_DEAD_LETTERED, "queue" => queue, "reason" => kind).increment(1))
+        }
+        Err(Failure::Technical(err)) => {
+            let count = delivery.delivery_count;
+            if count + 1 >= cfg.delivery_limit {
+                tracing::error!(queue, error = %err, deliveries = count + 1, "giving up on a message after its delivery limit");
+                delivery
+                    .dead_letter(format!("failed {} times, last error: {err}", count + 1))
+                    .await
+                    .map(|()| metrics::counter!(names::EVENTS_DEAD_LETTERED, "queue" => queue, "reason" => "delivery-limit").increment(1))
+            } else {
+                tracing::warn!(queue, error = %err, deliveries = count + 1, "handling failed, will retry");
+                // Hold the delivery for the backoff: it keeps its prefetch slot, so a dead
+                // dependency slows consumption down instead of spinning on redeliveries.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(count)) => {}
+                    () = token.cancelled() => {}
+                }
+                delivery.requeue().await.map(|()| metrics::counter!(names::EVENTS_REQUEUED, "queue" => queue).increment(1))
+            }
+        }
+    };
+    if let Err(err) = settled {
+        // The broker redelivers an unsettled message; handlers are idempotent.
+        tracing::warn!(queue, error = %err, "could not settle a delivery");
+    }
+    metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).decrement(1.0);
+}

@@ -1,0 +1,134 @@
+"""Helpers of the chart tests: repo paths, the values matrix, and rendering charts/contoso with the real Helm SDK
+(helm-python-sdk binds Helm's Go SDK through its bundled libhelm_c: no helm binary, cluster or network)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "contoso"
+CONFIG_RS = REPO / "src" / "config.rs"
+RELEASE = "contoso"
+NAMESPACE = "shop"
+ROLES = ("accept", "process", "notify")
+
+# The install shapes the chart promises to support; every structural test runs over all of them.
+CASES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "notify-only": {"roles": {"accept": {"enabled": False}, "process": {"enabled": False}}},
+    "all-roles": {
+        "roles": {
+            "accept": {"enabled": True},
+            "process": {"enabled": True, "service": {"enabled": True}},
+            "notify": {"enabled": True, "autoscaling": {"hubConnections": {"enabled": True, "averageValue": 800}}},
+        },
+        "secrets": {
+            "CONTOSO_JWT_SECRET": "test-only-secret",
+            "CONTOSO_DATABASE_URL": "postgres://contoso:pw@db:5432/contoso",
+            "CONTOSO_REDIS_URL": "redis://redis:6379/0",
+            "CONTOSO_AMQP_URL": "amqp://contoso:pw@mq:5672/%2f",
+        },
+        "jwtPublicKey": {"existingSecret": "contoso-jwt-public"},
+        "ingress": {"hosts": ["shop.example.com"], "tls": [{"secretName": "shop-tls", "hosts": ["shop.example.com"]}]},
+        "metrics": {
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "dashboard": {"enabled": True},
+        },
+    },
+    "ingress-off": {"ingress": {"enabled": False}},
+    "existing-secret": {"secrets": {"existingSecret": "contoso-secrets"}},
+}
+
+# Object kinds of the Prometheus Operator: not in the Kubernetes schemas, checked structurally instead.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+@dataclass
+class Rendered:
+    objects: list[dict[str, Any]]
+    notes: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def by_role(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Objects of one kind keyed by their role (app.kubernetes.io/component)."""
+        out = {}
+        for o in self.of_kind(kind):
+            role = o["metadata"]["labels"].get("app.kubernetes.io/component")
+            if role:
+                assert role not in out, f"two {kind} objects for role {role}"
+                out[role] = o
+        return out
+
+    def named(self, kind: str, name: str) -> dict[str, Any]:
+        found = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
+        assert len(found) == 1, f"{kind}/{name}: found {len(found)}"
+        return found[0]
+
+
+def enabled_roles(values: dict[str, Any]) -> list[str]:
+    roles = values.get("roles", {})
+    return [r for r in ROLES if roles.get(r, {}).get("enabled", True)]
+
+
+@lru_cache(maxsize=None)
+def _render(values_json: str, release: str) -> Rendered:
+    values = json.loads(values_json)
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
+    objects, notes = [], ""
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return Rendered(objects=objects, notes=notes, values=values)
+
+
+def render(values: dict[str, Any] | None = None, release: str = RELEASE) -> Rendered:
+    return _render(json.dumps(values or {}, sort_keys=True), release)
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, "one container per pod"
+    return containers[0]
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container(deployment).get("env", [])}
+
+
+PRESTOP = re.compile(r"^touch '(?P<file>/tmp/[^']+)' && sleep (?P<sleep>\d+)$")
+
+
+def prestop(deployment: dict[str, Any]) -> tuple[str, int]:
+    """The drain file and sleep of the preStop hook."""
+    command = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["/bin/sh", "-c"], command
+    match = PRESTOP.match(command[2])
+    assert match, f"preStop does not create the drain file and sleep: {command[2]!r}"
+    return match["file"], int(match["sleep"])
+
+
+def settings_in_config_rs() -> set[str]:
+    """Every CONTOSO_* variable src/config.rs mentions."""
+    return set(re.findall(r"\bCONTOSO_[A-Z0-9_]+\b", CONFIG_RS.read_text()))
+
+
+def flags_in_config_rs() -> set[str]:
+    """The long flags of RawSettings (clap derives them from the field names)."""
+    text = CONFIG_RS.read_text()
+    fields = re.findall(r"#\[arg\(long[^\]]*\)\]\s*(?:#\[[^\]]*\]\s*)*pub (\w+): Option<", text)
+    return {"--" + f.replace("_", "-") for f in fields}

@@ -1,0 +1,539 @@
+"""Tests of charts/contoso: helm lint, Kubernetes schema validation of every rendered object (1.30 and later, strict),
+and the deployment rules of the design: probes, drain and grace period, no session affinity, hardening, schema strictness."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import all_versions
+from packaging.version import Version
+
+import chartlib
+from chartlib import CASES, CHART, CRD_KINDS, ROLES, container, enabled_roles, env_of, prestop, render
+
+# Every schema set kubernetes-validate ships from 1.30 on (it works offline from its bundled schemas).
+KUBE_VERSIONS = [v for v in all_versions() if Version(v) >= Version("1.30")]
+STICKY = re.compile(r"affinity|session-cookie|sticky|upstream-hash-by", re.IGNORECASE)
+
+
+def test_kubernetes_validate_ships_the_versions_we_check():
+    assert KUBE_VERSIONS[0] == "1.30.0"
+    assert len(KUBE_VERSIONS) >= 2, KUBE_VERSIONS
+
+
+# --- helm lint and Kubernetes schemas ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", ["v1.30.0", "v" + all_versions()[-1]])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_helm_lint_is_clean(name, kube_version):
+    report = helm.lint(CHART, CASES[name], strict=True, kube_version=kube_version)
+    assert report["errors"] == [] and report["messages"] == [], report
+
+
+def test_manifests_validate_against_kubernetes_schemas(case):
+    name, rendered = case
+    problems = []
+    for obj in rendered.objects:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                problems.append(f"{version} {obj['kind']}/{obj['metadata']['name']}: {path}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                problems.append(f"{version} {obj['kind']}/{obj['metadata']['name']}: {e.message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_object_names_are_dns_labels(case):
+    _, rendered = case
+    for obj in rendered.objects:
+        name = obj["metadata"]["name"]
+        assert len(name) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+
+
+def test_long_release_names_still_give_valid_names():
+    rendered = render({}, release="a-very-long-release-name-for-the-contoso-order-notifications")
+    names = [o["metadata"]["name"] for o in rendered.objects]
+    assert all(len(n) <= 63 for n in names), names
+    assert len({(o["kind"], o["metadata"]["name"]) for o in rendered.objects}) == len(rendered.objects)
+
+
+# --- objects per install shape -----------------------------------------------------------------------------------
+
+
+def test_one_deployment_hpa_and_pdb_per_enabled_role(case):
+    name, rendered = case
+    roles = set(enabled_roles(CASES[name]))
+    assert set(rendered.by_role("Deployment")) == roles
+    assert set(rendered.by_role("HorizontalPodAutoscaler")) == roles
+    assert set(rendered.by_role("PodDisruptionBudget")) == roles
+    for role, pdb in rendered.by_role("PodDisruptionBudget").items():
+        assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == role
+        assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_services_for_http_roles_and_process_only_for_metrics(case):
+    name, rendered = case
+    roles = enabled_roles(CASES[name])
+    services = rendered.by_role("Service")
+    expected = {r for r in roles if r in ("accept", "notify")}
+    process_svc = CASES[name].get("roles", {}).get("process", {}).get("service", {}).get("enabled", False)
+    monitor = CASES[name].get("metrics", {}).get("serviceMonitor", {}).get("enabled", False)
+    if "process" in roles and (process_svc or monitor):
+        expected.add("process")
+    assert set(services) == expected
+    deployments = rendered.by_role("Deployment")
+    for role, svc in services.items():
+        assert svc["spec"]["selector"] == deployments[role]["spec"]["selector"]["matchLabels"]
+        assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+
+
+def test_roles_run_the_one_image_with_their_role(case):
+    _, rendered = case
+    images = set()
+    for role, dep in rendered.by_role("Deployment").items():
+        c = container(dep)
+        assert c["args"] == ["--role", role]
+        assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+        images.add(c["image"])
+    assert len(images) == 1, images
+
+
+def test_hpa_leaves_replicas_to_itself_and_targets_its_deployment(case):
+    _, rendered = case
+    deployments = rendered.by_role("Deployment")
+    for role, hpa in rendered.by_role("HorizontalPodAutoscaler").items():
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployments[role]["metadata"]["name"]}
+        assert "replicas" not in deployments[role]["spec"], "a fixed replica count would fight the HPA"
+        cpu = [m for m in hpa["spec"]["metrics"] if m["type"] == "Resource"]
+        assert cpu and cpu[0]["resource"]["name"] == "cpu"
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_notify_hpa_keeps_at_least_two_pods(case):
+    _, rendered = case
+    hpas = rendered.by_role("HorizontalPodAutoscaler")
+    if "notify" in hpas:
+        assert hpas["notify"]["spec"]["minReplicas"] == 2
+        scale_down = hpas["notify"]["spec"]["behavior"]["scaleDown"]
+        assert scale_down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+
+
+def test_notify_hpa_connection_metric_hook():
+    hpa = render(CASES["all-roles"]).by_role("HorizontalPodAutoscaler")["notify"]
+    pods = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert pods == [{"metric": {"name": "contoso_hub_connections"}, "target": {"type": "AverageValue", "averageValue": "800"}}]
+    default_hpa = render({}).by_role("HorizontalPodAutoscaler")["notify"]
+    assert [m["type"] for m in default_hpa["spec"]["metrics"]] == ["Resource"], "off by default"
+
+
+def test_autoscaling_off_sets_replicas():
+    rendered = render({"roles": {"notify": {"autoscaling": {"enabled": False}, "replicas": 3}}})
+    assert "notify" not in rendered.by_role("HorizontalPodAutoscaler")
+    assert rendered.by_role("Deployment")["notify"]["spec"]["replicas"] == 3
+
+
+def test_hpa_min_above_max_fails():
+    with pytest.raises(helm.HelmError, match="minReplicas"):
+        render({"roles": {"notify": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}})
+
+
+# --- probes, drain, grace period ----------------------------------------------------------------------------------
+
+
+def test_every_role_has_liveness_readiness_and_startup_probes(case):
+    _, rendered = case
+    for role, dep in rendered.by_role("Deployment").items():
+        c = container(dep)
+        assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}, role
+        assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}, role
+        startup = c["startupProbe"]
+        assert startup["httpGet"]["path"] in ("/health/live", "/health/ready"), role
+        # The startup window must cover a slow start (migrations run at start): at least a minute.
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, role
+        # A draining pod must leave the endpoints well within the preStop sleep.
+        _, sleep = prestop(dep)
+        ready = c["readinessProbe"]
+        assert ready["periodSeconds"] * ready["failureThreshold"] < sleep, role
+
+
+def test_prestop_creates_the_drain_file_the_process_watches(case):
+    _, rendered = case
+    for role, dep in rendered.by_role("Deployment").items():
+        drain_file, sleep = prestop(dep)
+        assert sleep == 15, role
+        assert env_of(dep)["CONTOSO_DRAIN_FILE"] == drain_file == "/tmp/draining"
+        mounts = {m["mountPath"]: m["name"] for m in container(dep)["volumeMounts"]}
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]], "the drain file needs a writable /tmp on a read-only root"
+
+
+def grace_is_enough(dep) -> tuple[int, int]:
+    _, sleep = prestop(dep)
+    env = env_of(dep)
+    needed = sleep + int(env["CONTOSO_DRAIN_SPREAD"]) + int(env["CONTOSO_SHUTDOWN_TIMEOUT"])
+    return dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], needed
+
+
+def test_grace_period_covers_prestop_spread_and_shutdown(case):
+    _, rendered = case
+    for role, dep in rendered.by_role("Deployment").items():
+        grace, needed = grace_is_enough(dep)
+        assert grace >= needed, f"{role}: terminationGracePeriodSeconds {grace} < {needed}"
+        assert grace == needed + 5, "the default margin is 5 s"
+
+
+def test_grace_period_follows_custom_drain_settings():
+    values = {
+        "drain": {"preStopSleepSeconds": 30, "shutdownTimeoutSeconds": 60, "marginSeconds": 2},
+        "roles": {"notify": {"drain": {"spreadSeconds": 20, "file": "/tmp/drain/now"}}},
+    }
+    deployments = render(values).by_role("Deployment")
+    for role, dep in deployments.items():
+        grace, needed = grace_is_enough(dep)
+        assert grace == needed + 2, role
+    assert grace_is_enough(deployments["notify"])[0] == 30 + 20 + 60 + 2
+    assert grace_is_enough(deployments["accept"])[0] == 30 + 5 + 60 + 2
+    assert prestop(deployments["notify"]) == ("/tmp/drain/now", 30)
+    assert env_of(deployments["notify"])["CONTOSO_DRAIN_FILE"] == "/tmp/drain/now"
+
+
+# --- ingress ------------------------------------------------------------------------------------------------------
+
+
+def ingress_routes(ingress) -> dict[str, str]:
+    routes = {}
+    for rule in ingress["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            assert p["pathType"] == "Prefix"
+            assert p["backend"]["service"]["port"] == {"name": "http"}
+            routes[p["path"]] = p["backend"]["service"]["name"]
+    return routes
+
+
+def test_ingress_routes_hub_to_notify_and_the_rest_to_accept(case):
+    name, rendered = case
+    ingresses = rendered.of_kind("Ingress")
+    if name == "ingress-off":
+        assert ingresses == []
+        return
+    (ingress,) = ingresses
+    services = {role: svc["metadata"]["name"] for role, svc in rendered.by_role("Service").items()}
+    roles = enabled_roles(CASES[name])
+    expected = {}
+    if "notify" in roles:
+        expected["/hubs/order-status"] = services["notify"]
+    if "accept" in roles:
+        expected["/api"] = services["accept"]
+        expected["/"] = services["accept"]
+    assert ingress_routes(ingress) == expected
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_ingress_keeps_websockets_open_an_hour(case):
+    _, rendered = case
+    for ingress in rendered.of_kind("Ingress"):
+        annotations = ingress["metadata"]["annotations"]
+        for key in ("proxy-read-timeout", "proxy-send-timeout"):
+            assert int(annotations[f"nginx.ingress.kubernetes.io/{key}"]) >= 3600, key
+
+
+def test_ingress_class_and_annotations_come_from_values():
+    values = {"ingress": {"className": "haproxy", "annotations": {"example.com/timeout": "1h"}, "hosts": ["a.example.com", "b.example.com"]}}
+    ingress = render(values).of_kind("Ingress")[0]
+    assert ingress["spec"]["ingressClassName"] == "haproxy"
+    assert ingress["metadata"]["annotations"]["example.com/timeout"] == "1h"
+    assert [r["host"] for r in ingress["spec"]["rules"]] == ["a.example.com", "b.example.com"]
+
+
+# --- no session affinity ------------------------------------------------------------------------------------------
+
+
+def all_annotations(obj):
+    yield from (obj["metadata"].get("annotations") or {}).items()
+    template = obj.get("spec", {}).get("template", {})
+    yield from (template.get("metadata", {}).get("annotations") or {}).items()
+
+
+def test_no_session_affinity_anywhere(case):
+    _, rendered = case
+    for obj in rendered.objects:
+        if obj["kind"] == "Service":
+            assert obj["spec"].get("sessionAffinity", "None") == "None"
+            assert "sessionAffinityConfig" not in obj["spec"]
+        for key, value in all_annotations(obj):
+            assert not STICKY.search(key), f"{obj['kind']}/{obj['metadata']['name']}: {key}"
+            if obj["kind"] == "Ingress":
+                assert not STICKY.search(str(value)), f"{key}: {value}"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"ingress": {"annotations": {"nginx.ingress.kubernetes.io/affinity": "cookie"}}},
+        {"ingress": {"annotations": {"nginx.ingress.kubernetes.io/session-cookie-name": "route"}}},
+        {"ingress": {"annotations": {"nginx.ingress.kubernetes.io/upstream-hash-by": "$remote_addr"}}},
+        {"roles": {"notify": {"service": {"annotations": {"traefik.ingress.kubernetes.io/service.sticky.cookie": "true"}}}}},
+    ],
+    ids=["affinity", "session-cookie", "upstream-hash-by", "sticky-service"],
+)
+def test_schema_refuses_sticky_session_annotations(values):
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(values)
+
+
+# --- hardening ----------------------------------------------------------------------------------------------------
+
+
+def test_containers_run_non_root_on_a_read_only_root(case):
+    _, rendered = case
+    for role, dep in rendered.by_role("Deployment").items():
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, role
+        assert pod["securityContext"]["runAsUser"] > 0, role
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, role
+        assert pod["automountServiceAccountToken"] is False, role
+        sc = container(dep)["securityContext"]
+        assert sc["runAsNonRoot"] is True, role
+        assert sc["readOnlyRootFilesystem"] is True, role
+        assert sc["allowPrivilegeEscalation"] is False, role
+        assert sc["capabilities"] == {"drop": ["ALL"]}, role
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, role
+        assert "memory" in container(dep)["resources"]["limits"], role
+        assert "cpu" in container(dep)["resources"]["requests"], "the HPA's CPU target needs a request"
+
+
+def test_pods_spread_over_zones_and_nodes(case):
+    _, rendered = case
+    for role, dep in rendered.by_role("Deployment").items():
+        constraints = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert {c["topologyKey"] for c in constraints} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        for c in constraints:
+            assert c["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], role
+
+
+# --- settings and secrets -----------------------------------------------------------------------------------------
+
+
+SECRET_KEYS = {"CONTOSO_JWT_SECRET", "CONTOSO_DATABASE_URL", "CONTOSO_REDIS_URL", "CONTOSO_AMQP_URL"}
+
+
+def test_settings_come_from_the_configmap_and_secrets_from_the_secret(case):
+    name, rendered = case
+    (config,) = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
+    data = config["data"]
+    assert data["CONTOSO_LISTEN"] == "0.0.0.0:8080"
+    assert data["CONTOSO_CHANNEL_PREFIX"] == "contoso-signalr"
+    assert data["CONTOSO_HUB_NAME"] == "Contoso.OrderNotification.Hubs.OrderStatusHub"
+    assert not SECRET_KEYS & set(data), "secrets never go into the ConfigMap"
+    existing = CASES[name].get("secrets", {}).get("existingSecret")
+    secrets = rendered.of_kind("Secret")
+    if existing:
+        assert secrets == []
+        secret_name = existing
+    else:
+        (secret,) = secrets
+        secret_name = secret["metadata"]["name"]
+        assert set(secret.get("data") or {}) <= SECRET_KEYS
+        given = {k for k, v in CASES[name].get("secrets", {}).items() if k in SECRET_KEYS and v}
+        assert set(secret.get("data") or {}) == given
+    for role, dep in rendered.by_role("Deployment").items():
+        env_from = container(dep)["envFrom"]
+        assert {"configMapRef": {"name": config["metadata"]["name"]}} in env_from, role
+        assert {"secretRef": {"name": secret_name}} in env_from, role
+
+
+def test_role_config_overrides_shared_config():
+    values = {"config": {"CONTOSO_PREFETCH": 32}, "roles": {"process": {"config": {"CONTOSO_PREFETCH": 64, "CONTOSO_DEV_AUTH": False}}}}
+    rendered = render(values)
+    env = env_of(rendered.by_role("Deployment")["process"])
+    assert env["CONTOSO_PREFETCH"] == "64"
+    assert env["CONTOSO_DEV_AUTH"] == "false"
+    assert "CONTOSO_PREFETCH" not in env_of(rendered.by_role("Deployment")["accept"])
+
+
+def test_large_numbers_render_without_exponent():
+    rendered = render({"config": {"CONTOSO_STATUS_TTL": 10_000_000}})
+    config = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-config")][0]
+    assert config["data"]["CONTOSO_STATUS_TTL"] == "10000000"
+
+
+def test_jwt_public_key_is_mounted_and_named():
+    dep = render(CASES["all-roles"]).by_role("Deployment")["notify"]
+    assert env_of(dep)["CONTOSO_JWT_PUBLIC_KEY"] == "/etc/contoso/jwt/public.pem"
+    mounts = {m["name"]: m for m in container(dep)["volumeMounts"]}
+    assert mounts["jwt-public-key"] == {"name": "jwt-public-key", "mountPath": "/etc/contoso/jwt", "readOnly": True}
+
+
+def test_chart_covers_every_setting_of_the_binary():
+    """Each CONTOSO_* variable of src/config.rs is a chart value, a secret, or set by the chart itself, and the
+    schema offers no setting the binary does not know."""
+    with helm.Chart.load(CHART) as chart:
+        schema = chart.schema
+    offered = set(schema["definitions"]["settings"]["properties"])
+    secrets = set(schema["properties"]["secrets"]["properties"]) - {"existingSecret"}
+    managed = {"CONTOSO_ROLE", "CONTOSO_LISTEN", "CONTOSO_DRAIN_FILE", "CONTOSO_DRAIN_SPREAD", "CONTOSO_SHUTDOWN_TIMEOUT", "CONTOSO_JWT_PUBLIC_KEY"}
+    # --config names a TOML file; in Kubernetes the ConfigMap's variables take its place.
+    unused = {"CONTOSO_CONFIG"}
+    binary = chartlib.settings_in_config_rs()
+    assert binary - offered - secrets - managed - unused == set(), "settings the chart cannot set"
+    assert offered - binary == set(), "chart settings the binary does not know"
+    assert secrets == SECRET_KEYS
+
+
+# --- values schema ------------------------------------------------------------------------------------------------
+
+
+def test_default_and_matrix_values_pass_the_schema():
+    with helm.Chart.load(CHART) as chart:
+        for values in CASES.values():
+            chart.validate_schema(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"roles": {"notfy": {"enabled": True}}},
+        {"roles": {"notify": {"replica": 3}}},
+        {"roles": {"notify": {"autoscaling": {"minReplica": 2}}}},
+        {"config": {"CONTOSO_CHANEL_PREFIX": "contoso-signalr"}},
+        {"config": {"CONTOSO_PREFETCH": "lots"}},
+        {"config": {"CONTOSO_LOG_FORMAT": "xml"}},
+        {"config": {"CONTOSO_SHUTDOWN_TIMEOUT": 30}},
+        {"ingres": {"enabled": False}},
+        {"drain": {"preStopSleep": 10}},
+        {"drain": {"file": "/var/run/draining"}},
+        {"secrets": {"CONTOSO_REDIS_URL": "localhost:6379"}},
+        {"probes": {"startup": {"path": "/"}}},
+        {"roles": {"accept": {"enabled": False}, "process": {"enabled": False}, "notify": {"enabled": False}}},
+    ],
+    ids=[
+        "role-name",
+        "role-key",
+        "nested-key",
+        "setting-name",
+        "setting-type",
+        "setting-enum",
+        "chart-managed-setting",
+        "top-level-key",
+        "drain-key",
+        "drain-file-outside-tmp",
+        "url-scheme",
+        "probe-path",
+        "no-role",
+    ],
+)
+def test_values_mistakes_fail_schema_validation(values):
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(values)
+        # helm install/template validate the same way before rendering.
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values, name="contoso", namespace="shop")
+    report = helm.lint(CHART, values, strict=True)
+    assert report["errors"], "helm lint reports it too"
+
+
+# --- monitoring ---------------------------------------------------------------------------------------------------
+
+
+def test_monitoring_is_off_by_default(default):
+    kinds = {o["kind"] for o in default.objects}
+    assert not kinds & CRD_KINDS
+    assert not [c for c in default.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_service_monitor_scrapes_every_role_service():
+    rendered = render(CASES["all-roles"])
+    (monitor,) = rendered.of_kind("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = rendered.by_role("Service")
+    assert set(services) == set(ROLES)
+    for svc in services.values():
+        assert selector.items() <= svc["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [chartlib.NAMESPACE]}
+
+
+def test_prometheus_rule_alerts():
+    rendered = render(CASES["all-roles"])
+    (rule,) = rendered.of_kind("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    expected = {
+        "ContosoNotifyNoReadyPods": "kube_deployment_status_replicas_available",
+        "ContosoBackplaneDisconnected": "contoso_backplane_connected",
+        "ContosoEventsDeadLettered": "contoso_events_dead_lettered_total",
+        "ContosoOutboxBacklog": "contoso_outbox_backlog",
+        "ContosoHubHandshakeFailures": "contoso_hub_handshake_failures_total",
+    }
+    assert set(alerts) == set(expected)
+    for name, metric in expected.items():
+        expr = alerts[name]["expr"]
+        assert metric in expr, name
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+        assert f'namespace="{chartlib.NAMESPACE}"' in expr, name
+        assert alerts[name]["labels"]["severity"] in ("warning", "critical")
+        assert alerts[name]["annotations"]["summary"]
+    assert "contoso_backplane_connected{" in alerts["ContosoBackplaneDisconnected"]["expr"]
+    assert alerts["ContosoBackplaneDisconnected"]["expr"].endswith("== 0")
+    assert f'deployment="{rendered.by_role("Deployment")["notify"]["metadata"]["name"]}"' in alerts["ContosoNotifyNoReadyPods"]["expr"]
+
+
+def test_prometheus_rule_skips_notify_alerts_without_notify():
+    values = {"roles": {"notify": {"enabled": False}}, "metrics": {"prometheusRule": {"enabled": True}}}
+    (rule,) = render(values).of_kind("PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {"ContosoEventsDeadLettered", "ContosoOutboxBacklog"}
+
+
+def test_grafana_dashboard_configmap():
+    rendered = render(CASES["all-roles"])
+    (cm,) = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["contoso.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in (
+        "contoso_hub_connections",
+        "contoso_hub_messages_sent_total",
+        "contoso_hub_delivery_latency_seconds_bucket",
+        "contoso_orders_accepted_total",
+        "contoso_http_request_duration_seconds_bucket",
+        "contoso_outbox_backlog",
+        "rabbitmq_queue_messages_ready",
+        "contoso_bus_reconnects_total",
+    ):
+        assert metric in exprs, metric
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert {"Hub connections per pod", "Reconnects", "Queue depths", "Order throughput"} <= titles
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+# --- per-role releases --------------------------------------------------------------------------------------------
+
+
+def test_one_release_per_role_gives_distinct_objects():
+    """The per-role install of OPERATIONS.md: three releases in one namespace must not claim the same object."""
+    seen = {}
+    for role in ROLES:
+        values = {"roles": {r: {"enabled": r == role} for r in ROLES}, "secrets": {"existingSecret": "contoso-secrets"}}
+        for obj in render(values, release=f"contoso-{role}").objects:
+            key = (obj["kind"], obj["metadata"]["name"])
+            assert key not in seen, f"{key} made by both contoso-{seen.get(key)} and contoso-{role}"
+            seen[key] = role
+    assert ("Deployment", "contoso-notify") in seen
+
+
+def test_notes_warn_about_missing_secrets(default):
+    assert "WARNING: not set: CONTOSO_DATABASE_URL" in default.notes
+    assert "WARNING" not in render(CASES["existing-secret"]).notes

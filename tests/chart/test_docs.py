@@ -1,0 +1,50 @@
+"""OPERATIONS.md must not drift from the binary: every CONTOSO_* variable and flag of src/config.rs is documented,
+and the operator-facing facts it states match the chart's defaults."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import chartlib
+from chartlib import REPO, render
+
+OPERATIONS = REPO / "OPERATIONS.md"
+
+
+@pytest.fixture(scope="module")
+def operations() -> str:
+    return OPERATIONS.read_text()
+
+
+def test_config_rs_has_settings_to_check():
+    assert len(chartlib.settings_in_config_rs()) >= 20
+    assert "--drain-spread" in chartlib.flags_in_config_rs()
+
+
+@pytest.mark.parametrize("variable", sorted(chartlib.settings_in_config_rs()))
+def test_every_variable_of_config_rs_is_documented(operations, variable):
+    assert f"`{variable}`" in operations, f"{variable} is missing from OPERATIONS.md"
+
+
+@pytest.mark.parametrize("flag", sorted(chartlib.flags_in_config_rs()))
+def test_every_flag_of_config_rs_is_in_the_settings_table(operations, flag):
+    assert re.search(rf"^\| `{re.escape(flag)}` \| `CONTOSO_", operations, re.M), f"{flag} has no row in the settings table"
+
+
+def test_documented_install_commands_match_the_chart(operations):
+    assert "helm install contoso charts/contoso" in operations
+    for role in chartlib.ROLES:
+        assert f"helm install contoso-{role} " in operations
+    # The grace period the document quotes is the one the chart computes.
+    dep = render({}).by_role("Deployment")["notify"]
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert f"15 + 5 + 25 + 5 = {grace} s" in operations
+
+
+def test_backplane_interop_names_match_the_defaults(operations):
+    config = [c for c in render({}).of_kind("ConfigMap") if c["metadata"]["name"].endswith("-config")][0]["data"]
+    assert f"CONTOSO_CHANNEL_PREFIX={config['CONTOSO_CHANNEL_PREFIX']}" in operations
+    assert config["CONTOSO_HUB_NAME"] in operations
+    assert "ResumeNotifications" in operations and "allowReconnect" in operations
