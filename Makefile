@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-chart lint services bench-accept sweep
+.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle sweep
 
 help:
 	@echo "make run    - the whole shop (role all) at http://localhost:8080"
@@ -14,7 +14,7 @@ run:
 	$(CARGO) run --release --locked -- --role all --dev-auth --log-format pretty
 
 ## Every test: formatting, lints, unit and integration tests against the real services.
-test: lint test-rust test-chart
+test: lint test-rust test-node test-frontend test-chart
 	@echo "make test: all suites passed"
 
 lint:
@@ -24,6 +24,15 @@ lint:
 test-rust:
 	@eval "$$(scripts/services.sh)" && scripts/sweep.sh && \
 	  $(CARGO) test --locked --all-targets --features failpoints -- --test-threads=4 && scripts/sweep.sh
+
+## The official @microsoft/signalr client against the real binary (built by test-rust).
+test-node:
+	@eval "$$(scripts/services.sh)" && cd tests/node && npm ci --no-audit --no-fund --silent && \
+	  CONTOSO_BIN=$(CURDIR)/target/debug/contoso npm test && cd ../.. && scripts/sweep.sh
+
+## The TypeScript client module and the Angular SPA: unit tests and a production build.
+test-frontend:
+	frontend/test.sh
 
 ## The Helm chart, Dockerfile and compose file, validated without a cluster.
 test-chart:
@@ -37,3 +46,6 @@ sweep:
 
 bench-accept:
 	@eval "$$(scripts/services.sh)" && bench/accept.sh
+
+bench-idle:
+	@eval "$$(scripts/services.sh)" && bench/idle.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the real services the tests talk to are up: PostgreSQL, Redis and RabbitMQ
-# (installed with apt-get where missing, started where stopped). Prints the TEST_* exports.
+# (installed with apt-get where missing, started where stopped), and that nginx is installed. Prints the TEST_* exports.
 # Fails loudly when a service cannot be brought up: tests never skip a missing service.
 set -euo pipefail
 
@@ -52,6 +52,9 @@ if ! port_open 5672; then
     wait_port 5672 rabbitmq 90
     rabbitmqctl -q await_startup >&2 || true
 fi
+
+# nginx: the load balancer of the multi-process tests (started by the tests themselves).
+need nginx nginx-light
 
 echo "export TEST_DATABASE_URL=$DB_URL"
 echo "export TEST_REDIS_URL=redis://127.0.0.1:6379/0"

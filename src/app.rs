@@ -8,8 +8,13 @@ use actix_web::{HttpResponse, dev::Server, middleware::from_fn, web};
 use anyhow::Context;
 
 use crate::{
+    backplane::{
+        Backplane,
+        memory::{MemoryBackplane, MemoryHub},
+        redis::RedisBackplane,
+    },
     bus::{EventBus, RabbitBus, Topology},
-    cache::{RedisCache, StatusCache},
+    cache::{NotificationLog, RedisCache, StatusCache},
     config::Settings,
     health::{self, Readiness},
     http::{Authenticator, middleware::observe},
@@ -58,10 +63,28 @@ impl App {
                 }
             });
         }
-        let cache: Option<Arc<dyn StatusCache>> = match &settings.redis_url {
-            Some(url) => Some(Arc::new(RedisCache::new(url.expose(), settings.db_pool_size).context("invalid --redis-url")?)),
+        let redis = match &settings.redis_url {
+            Some(url) => {
+                Some(Arc::new(RedisCache::new(url.expose(), settings.db_pool_size, settings.retention).context("invalid --redis-url")?))
+            }
             None => None,
         };
+        let cache = redis.clone().map(|r| r as Arc<dyn StatusCache>);
+        let notifications = redis.clone().map(|r| r as Arc<dyn NotificationLog>);
+        // Notify pods of one deployment meet on Redis; without Redis (`all` on a laptop) the
+        // process is its own, in-memory backplane.
+        let backplane: Option<Arc<dyn Backplane>> =
+            match (settings.roles.contains(crate::config::Role::Notify), &settings.redis_url, &redis) {
+                (false, _, _) => None,
+                (true, Some(url), Some(redis)) => {
+                    let all = crate::backplane::Channels::new(&settings.channel_prefix, &settings.hub_name).all();
+                    Some(
+                        RedisBackplane::start(url.expose(), redis.pool().clone(), vec![all], shutdown.token.clone())
+                            .context("invalid --redis-url")? as Arc<dyn Backplane>,
+                    )
+                }
+                (true, _, _) => Some(Arc::new(MemoryBackplane::new(Arc::new(MemoryHub::default()))) as Arc<dyn Backplane>),
+            };
         let bus: Option<Arc<dyn EventBus>> = settings.amqp_url.as_ref().map(|url| {
             let topology = Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit };
             RabbitBus::start(url.clone(), topology, &format!("contoso-{roles_label}"), &shutdown) as Arc<dyn EventBus>
@@ -70,7 +93,7 @@ impl App {
         let shutdown_timeout = settings.shutdown_timeout;
         let listen = settings.listen;
         let workers = settings.http_workers;
-        let deps = Deps { settings, auth: auth.clone(), store, background_store, cache, bus, db_ready };
+        let deps = Deps { settings, auth: auth.clone(), store, background_store, cache, bus, notifications, backplane, db_ready };
         let routes = roles::start(&deps, &shutdown, &mut readiness)?;
 
         let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;

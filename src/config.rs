@@ -204,6 +204,30 @@ pub struct RawSettings {
     /// HTTP worker threads [default: number of CPUs]
     #[arg(long, env = "CONTOSO_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// Notify: send a Ping after this many milliseconds without sending [default: 15000]
+    #[arg(long, env = "CONTOSO_KEEP_ALIVE_INTERVAL_MS")]
+    pub keep_alive_interval_ms: Option<u64>,
+    /// Notify: close a connection silent for this many milliseconds, armed after its first Ping [default: 30000]
+    #[arg(long, env = "CONTOSO_CLIENT_TIMEOUT_MS")]
+    pub client_timeout_ms: Option<u64>,
+    /// Notify: milliseconds a client has to send its handshake [default: 15000]
+    #[arg(long, env = "CONTOSO_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Notify: largest incoming hub message in bytes [default: 32768]
+    #[arg(long, env = "CONTOSO_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Notify: outgoing messages queued per connection before a slow client is closed [default: 64]
+    #[arg(long, env = "CONTOSO_SEND_QUEUE")]
+    pub send_queue: Option<usize>,
+    /// Notify: key signing negotiate connection tokens, shared by all notify pods [default: derived from the JWT secret]
+    #[arg(long, env = "CONTOSO_NEGOTIATE_SECRET", hide_env_values = true)]
+    pub negotiate_secret: Option<Secret>,
+    /// Notify: notifications kept per user for ResumeNotifications [default: 1000]
+    #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_MAX")]
+    pub notification_log_max: Option<u64>,
+    /// Notify: seconds a notification is kept for ResumeNotifications [default: 86400]
+    #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_TTL")]
+    pub notification_log_ttl: Option<u64>,
 }
 
 /// How a JWT is validated. At least one key is present when a role needs authentication.
@@ -241,6 +265,9 @@ pub struct Settings {
     pub outbox_poll: Duration,
     pub delivery_limit: u32,
     pub http_workers: Option<usize>,
+    pub hub: crate::hub::HubSettings,
+    pub negotiate_secret: Option<Secret>,
+    pub retention: crate::cache::Retention,
 }
 
 /// A settings problem, printed as the single line the process exits with.
@@ -319,6 +346,19 @@ impl Settings {
             outbox_poll: Duration::from_millis(pick!(outbox_poll_ms).unwrap_or(500).max(10)),
             delivery_limit: pick!(delivery_limit).unwrap_or(10).max(1),
             http_workers: pick!(http_workers),
+            hub: crate::hub::HubSettings {
+                keep_alive: Duration::from_millis(pick!(keep_alive_interval_ms).unwrap_or(15_000).max(10)),
+                client_timeout: Duration::from_millis(pick!(client_timeout_ms).unwrap_or(30_000).max(10)),
+                handshake_timeout: Duration::from_millis(pick!(handshake_timeout_ms).unwrap_or(15_000).max(10)),
+                max_message_size: pick!(max_message_size).unwrap_or(32 * 1024).max(256),
+                send_queue: pick!(send_queue).unwrap_or(64).max(1),
+                negotiate_token_ttl: Duration::from_secs(60),
+            },
+            negotiate_secret: pick!(negotiate_secret),
+            retention: crate::cache::Retention {
+                max_count: pick!(notification_log_max).unwrap_or(1000).max(1),
+                max_age: Duration::from_secs(pick!(notification_log_ttl).unwrap_or(86_400).max(1)),
+            },
             roles,
         };
         settings.check_required()?;

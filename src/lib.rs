@@ -2,12 +2,14 @@
 //! (accept, process, notify). Start at `ARCHITECTURE.md` for the map of this crate.
 
 pub mod app;
+pub mod backplane;
 pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod health;
 pub mod http;
+pub mod hub;
 pub mod roles;
 pub mod shutdown;
 pub mod store;

@@ -6,6 +6,7 @@ mod redis;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 pub use self::redis::RedisCache;
 use crate::domain::{CorrelationId, OrderStatus, UserId};
@@ -14,6 +15,8 @@ use crate::domain::{CorrelationId, OrderStatus, UserId};
 pub enum CacheError {
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+    #[error("invalid notification id '{0}'")]
+    InvalidNotificationId(String),
 }
 
 pub fn map_key(id: CorrelationId) -> String {
@@ -33,4 +36,49 @@ pub trait StatusCache: Send + Sync + 'static {
     async fn status(&self, id: CorrelationId) -> Result<Option<OrderStatus>, CacheError>;
     async fn user_of(&self, id: CorrelationId) -> Result<Option<UserId>, CacheError>;
     async fn ping(&self) -> Result<(), CacheError>;
+}
+
+/// One notification as the per-user log keeps it: its id (increasing per user), the hub
+/// method it is sent as, and its payload without the id (added when sent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedNotification {
+    pub id: String,
+    pub target: String,
+    pub payload: Value,
+}
+
+impl LoggedNotification {
+    /// The argument pushed to clients: the payload with its `notificationId`.
+    pub fn argument(&self) -> Value {
+        let mut payload = self.payload.clone();
+        if let Value::Object(map) = &mut payload {
+            map.insert("notificationId".into(), Value::String(self.id.clone()));
+        }
+        payload
+    }
+}
+
+/// What `since` returns: the retained notifications after an id, in order, and whether
+/// nothing after that id was lost to retention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    pub notifications: Vec<LoggedNotification>,
+    pub complete: bool,
+}
+
+/// The per-user notification log behind `ResumeNotifications` (CONTRACT §5).
+#[async_trait]
+pub trait NotificationLog: Send + Sync + 'static {
+    /// Appends a notification unless `event_id` was logged before, in which case the earlier
+    /// notification is returned (so a redelivered event keeps its notification id).
+    async fn append(&self, user: &UserId, event_id: &str, target: &str, payload: &Value) -> Result<LoggedNotification, CacheError>;
+    /// The user's notifications after `after` (all retained ones when `None`), oldest first.
+    async fn since(&self, user: &UserId, after: Option<&str>) -> Result<Replay, CacheError>;
+}
+
+/// How long and how many notifications the log keeps per user.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_count: u64,
+    pub max_age: Duration,
 }

@@ -6,12 +6,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_redis::{Config, Pool, Runtime, Timeouts, redis};
 
-use super::{CacheError, StatusCache, map_key, status_key};
+use serde_json::Value;
+
+use super::{CacheError, LoggedNotification, NotificationLog, Replay, Retention, StatusCache, map_key, status_key};
 use crate::domain::{CorrelationId, OrderStatus, UserId};
 
 #[derive(Clone)]
 pub struct RedisCache {
     pool: Pool,
+    retention: Retention,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> CacheError {
@@ -20,14 +23,14 @@ fn unavailable(err: impl std::fmt::Display) -> CacheError {
 
 impl RedisCache {
     /// Builds the pool; no connection is opened until the first command.
-    pub fn new(url: &str, size: usize) -> anyhow::Result<Self> {
+    pub fn new(url: &str, size: usize, retention: Retention) -> anyhow::Result<Self> {
         let mut cfg = Config::from_url(url);
         let mut pool_cfg = deadpool_redis::PoolConfig::new(size);
         pool_cfg.timeouts =
             Timeouts { wait: Some(Duration::from_secs(2)), create: Some(Duration::from_secs(2)), recycle: Some(Duration::from_secs(1)) };
         cfg.pool = Some(pool_cfg);
         let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
-        Ok(Self { pool })
+        Ok(Self { pool, retention })
     }
 
     pub fn pool(&self) -> &Pool {
@@ -94,5 +97,104 @@ impl StatusCache for RedisCache {
     async fn ping(&self) -> Result<(), CacheError> {
         let mut conn = self.conn().await?;
         bounded(redis::cmd("PING").query_async::<String>(&mut conn)).await.map(drop)
+    }
+}
+
+/// Keys of one user's log share a hash tag, so the append script stays on one cluster slot.
+fn log_key(user: &UserId) -> String {
+    format!("notify:{{{user}}}:log")
+}
+
+fn event_key(user: &UserId, event_id: &str) -> String {
+    format!("notify:{{{user}}}:event:{event_id}")
+}
+
+/// Appends to the user's stream unless the event was logged before; trims by count and age
+/// and refreshes the TTLs. Returns the notification id (the earlier one for a duplicate).
+const APPEND: &str = r#"
+local existing = redis.call('GET', KEYS[2])
+if existing then return existing end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'target', ARGV[1], 'payload', ARGV[2])
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
+return id
+"#;
+
+/// A stream id `ms-seq` as numbers, for ordering.
+fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+#[async_trait]
+impl NotificationLog for RedisCache {
+    async fn append(&self, user: &UserId, event_id: &str, target: &str, payload: &Value) -> Result<LoggedNotification, CacheError> {
+        let mut conn = self.conn().await?;
+        let max_age_ms = self.retention.max_age.as_millis() as u64;
+        let min_id = (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(max_age_ms);
+        let script = redis::Script::new(APPEND);
+        let mut call = script.key(log_key(user));
+        call.key(event_key(user, event_id))
+            .arg(target)
+            .arg(payload.to_string())
+            .arg(self.retention.max_count)
+            .arg(self.retention.max_age.as_secs().max(1))
+            .arg(min_id);
+        let id: String = bounded(call.invoke_async(&mut conn)).await?;
+        Ok(LoggedNotification { id, target: target.to_owned(), payload: payload.clone() })
+    }
+
+    async fn since(&self, user: &UserId, after: Option<&str>) -> Result<Replay, CacheError> {
+        let after_id = match after {
+            None => None,
+            Some(raw) => Some(parse_stream_id(raw).ok_or_else(|| CacheError::InvalidNotificationId(raw.to_owned()))?),
+        };
+        let mut conn = self.conn().await?;
+        let key = log_key(user);
+        let exists: bool = bounded(redis::cmd("EXISTS").arg(&key).query_async(&mut conn)).await?;
+        if !exists {
+            // Nothing retained: complete only for a client that has seen nothing yet.
+            return Ok(Replay { notifications: Vec::new(), complete: after.is_none() });
+        }
+        let info: redis::Value = bounded(redis::cmd("XINFO").arg("STREAM").arg(&key).query_async(&mut conn)).await?;
+        let max_deleted = stream_info_field(&info, "max-deleted-entry-id").and_then(|s| parse_stream_id(&s)).unwrap_or((0, 0));
+        let start = match after {
+            Some(raw) => format!("({raw}"),
+            None => "-".to_owned(),
+        };
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            bounded(redis::cmd("XRANGE").arg(&key).arg(start).arg("+").arg("COUNT").arg(self.retention.max_count).query_async(&mut conn))
+                .await?;
+        let notifications = entries
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let payload = serde_json::from_str(&get("payload")?).ok()?;
+                Some(LoggedNotification { id, target: get("target")?, payload })
+            })
+            .collect();
+        // Complete when nothing newer than what the client saw was ever trimmed away.
+        let complete = match after_id {
+            Some(seen) => seen >= max_deleted,
+            None => max_deleted == (0, 0),
+        };
+        Ok(Replay { notifications, complete })
+    }
+}
+
+/// A field of an `XINFO STREAM` reply (a flat key/value array in RESP2, a map in RESP3).
+fn stream_info_field(info: &redis::Value, name: &str) -> Option<String> {
+    let as_string = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match info {
+        redis::Value::Array(items) => {
+            items.chunks(2).find(|kv| kv.len() == 2 && as_string(&kv[0]).as_deref() == Some(name)).and_then(|kv| as_string(&kv[1]))
+        }
+        redis::Value::Map(pairs) => pairs.iter().find(|(k, _)| as_string(k).as_deref() == Some(name)).and_then(|(_, v)| as_string(v)),
+        _ => None,
     }
 }

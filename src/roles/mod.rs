@@ -13,8 +13,9 @@ use std::sync::Arc;
 use actix_web::web;
 
 use crate::{
+    backplane::Backplane,
     bus::EventBus,
-    cache::StatusCache,
+    cache::{NotificationLog, StatusCache},
     config::{Role, Settings},
     health::Readiness,
     http::Authenticator,
@@ -37,6 +38,9 @@ pub struct Deps {
     pub background_store: Option<Store>,
     pub cache: Option<Arc<dyn StatusCache>>,
     pub bus: Option<Arc<dyn EventBus>>,
+    pub notifications: Option<Arc<dyn NotificationLog>>,
+    /// The hub backplane (notify only).
+    pub backplane: Option<Arc<dyn Backplane>>,
     /// Becomes true once migrations are applied; background loops wait for it.
     pub db_ready: tokio::sync::watch::Receiver<bool>,
 }

@@ -15,7 +15,8 @@ import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "contoso"
-CONFIG_RS = REPO / "src" / "config.rs"
+SRC = REPO / "src"
+CONFIG_RS = SRC / "config.rs"
 RELEASE = "contoso"
 NAMESPACE = "shop"
 ROLES = ("accept", "process", "notify")
@@ -32,10 +33,12 @@ CASES: dict[str, dict[str, Any]] = {
         },
         "secrets": {
             "CONTOSO_JWT_SECRET": "test-only-secret",
+            "CONTOSO_NEGOTIATE_SECRET": "test-only-negotiate-secret",
             "CONTOSO_DATABASE_URL": "postgres://contoso:pw@db:5432/contoso",
             "CONTOSO_REDIS_URL": "redis://redis:6379/0",
             "CONTOSO_AMQP_URL": "amqp://contoso:pw@mq:5672/%2f",
         },
+        "config": {"CONTOSO_KEEP_ALIVE_INTERVAL_MS": 10000, "CONTOSO_CLIENT_TIMEOUT_MS": 20000, "CONTOSO_NOTIFICATION_LOG_MAX": 500},
         "jwtPublicKey": {"existingSecret": "contoso-jwt-public"},
         "ingress": {"hosts": ["shop.example.com"], "tls": [{"secretName": "shop-tls", "hosts": ["shop.example.com"]}]},
         "metrics": {
@@ -125,6 +128,14 @@ def prestop(deployment: dict[str, Any]) -> tuple[str, int]:
 def settings_in_config_rs() -> set[str]:
     """Every CONTOSO_* variable src/config.rs mentions."""
     return set(re.findall(r"\bCONTOSO_[A-Z0-9_]+\b", CONFIG_RS.read_text()))
+
+
+def metrics_in_src() -> set[str]:
+    """Every metric name the binary defines: the `const NAME: &str = "contoso_..."` constants under src/."""
+    names = set()
+    for path in SRC.rglob("*.rs"):
+        names.update(re.findall(r'const [A-Z0-9_]+: &str = "(contoso_[a-z0-9_]+)"', path.read_text()))
+    return names
 
 
 def flags_in_config_rs() -> set[str]:

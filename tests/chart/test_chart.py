@@ -3,6 +3,7 @@ and the deployment rules of the design: probes, drain and grace period, no sessi
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -323,7 +324,7 @@ def test_pods_spread_over_zones_and_nodes(case):
 # --- settings and secrets -----------------------------------------------------------------------------------------
 
 
-SECRET_KEYS = {"CONTOSO_JWT_SECRET", "CONTOSO_DATABASE_URL", "CONTOSO_REDIS_URL", "CONTOSO_AMQP_URL"}
+SECRET_KEYS = {"CONTOSO_JWT_SECRET", "CONTOSO_NEGOTIATE_SECRET", "CONTOSO_DATABASE_URL", "CONTOSO_REDIS_URL", "CONTOSO_AMQP_URL"}
 
 
 def test_settings_come_from_the_configmap_and_secrets_from_the_secret(case):
@@ -349,6 +350,28 @@ def test_settings_come_from_the_configmap_and_secrets_from_the_secret(case):
         env_from = container(dep)["envFrom"]
         assert {"configMapRef": {"name": config["metadata"]["name"]}} in env_from, role
         assert {"secretRef": {"name": secret_name}} in env_from, role
+
+
+def test_hub_settings_reach_the_configmap_and_the_negotiate_secret_the_secret():
+    rendered = render(CASES["all-roles"])
+    config = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-config")][0]["data"]
+    assert config["CONTOSO_KEEP_ALIVE_INTERVAL_MS"] == "10000"
+    assert config["CONTOSO_CLIENT_TIMEOUT_MS"] == "20000"
+    assert config["CONTOSO_NOTIFICATION_LOG_MAX"] == "500"
+    assert "CONTOSO_NEGOTIATE_SECRET" not in config
+    (secret,) = rendered.of_kind("Secret")
+    assert base64.b64decode(secret["data"]["CONTOSO_NEGOTIATE_SECRET"]).decode() == "test-only-negotiate-secret"
+    # Left out when empty: the binary then derives the key from the JWT secret.
+    (default_secret,) = render({"secrets": {"CONTOSO_JWT_SECRET": "x"}}).of_kind("Secret")
+    assert set(default_secret["data"]) == {"CONTOSO_JWT_SECRET"}
+
+
+def test_notes_warn_when_notify_pods_cannot_share_a_negotiate_key():
+    public_only = {"jwtPublicKey": {"existingSecret": "contoso-jwt-public"}}
+    assert "CONTOSO_NEGOTIATE_SECRET" in render(public_only).notes
+    shared = {**public_only, "secrets": {"CONTOSO_NEGOTIATE_SECRET": "shared"}}
+    assert "CONTOSO_NEGOTIATE_SECRET" not in render(shared).notes
+    assert "CONTOSO_NEGOTIATE_SECRET" not in render(CASES["all-roles"]).notes
 
 
 def test_role_config_overrides_shared_config():
@@ -408,6 +431,10 @@ def test_default_and_matrix_values_pass_the_schema():
         {"config": {"CONTOSO_PREFETCH": "lots"}},
         {"config": {"CONTOSO_LOG_FORMAT": "xml"}},
         {"config": {"CONTOSO_SHUTDOWN_TIMEOUT": 30}},
+        {"config": {"CONTOSO_NEGOTIATE_SECRET": "not-in-a-configmap"}},
+        {"roles": {"notify": {"config": {"CONTOSO_JWT_SECRET": "not-in-a-configmap"}}}},
+        {"config": {"CONTOSO_MAX_MESSAGE_SIZE": 100}},
+        {"config": {"CONTOSO_SEND_QUEUE": 0}},
         {"ingres": {"enabled": False}},
         {"drain": {"preStopSleep": 10}},
         {"drain": {"file": "/var/run/draining"}},
@@ -423,6 +450,10 @@ def test_default_and_matrix_values_pass_the_schema():
         "setting-type",
         "setting-enum",
         "chart-managed-setting",
+        "secret-in-config",
+        "secret-in-role-config",
+        "below-binary-minimum",
+        "zero-send-queue",
         "top-level-key",
         "drain-key",
         "drain-file-outside-tmp",
@@ -505,7 +536,12 @@ def test_grafana_dashboard_configmap():
     for metric in (
         "contoso_hub_connections",
         "contoso_hub_messages_sent_total",
-        "contoso_hub_delivery_latency_seconds_bucket",
+        "contoso_hub_invocation_duration_seconds_bucket",
+        "contoso_hub_connects_total",
+        "contoso_hub_disconnects_total",
+        "contoso_hub_queue_full_closes_total",
+        "contoso_backplane_messages_received_total",
+        "contoso_backplane_connected",
         "contoso_orders_accepted_total",
         "contoso_http_request_duration_seconds_bucket",
         "contoso_outbox_backlog",
@@ -517,6 +553,28 @@ def test_grafana_dashboard_configmap():
     assert {"Hub connections per pod", "Reconnects", "Queue depths", "Order throughput"} <= titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+HISTOGRAM_SERIES = re.compile(r"_(bucket|sum|count)$")
+
+
+def contoso_metrics_in(text: str) -> set[str]:
+    return set(re.findall(r"\bcontoso_[a-z0-9_]+", text))
+
+
+def test_dashboard_and_alerts_use_only_metrics_the_binary_exports():
+    rendered = render(CASES["all-roles"])
+    (cm,) = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    dashboard = json.loads(cm["data"]["contoso.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [q["query"]["query"] for q in dashboard["templating"]["list"] if isinstance(q.get("query"), dict)]
+    (rule,) = rendered.of_kind("PrometheusRule")
+    exprs += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    exported = chartlib.metrics_in_src()
+    assert "contoso_hub_connections" in exported, "metric constants not found under src/"
+    used = contoso_metrics_in(" ".join(exprs))
+    unknown = {m for m in used if m not in exported and HISTOGRAM_SERIES.sub("", m) not in exported}
+    assert unknown == set(), f"metrics no code exports: {sorted(unknown)}"
 
 
 # --- per-role releases --------------------------------------------------------------------------------------------

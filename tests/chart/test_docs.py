@@ -48,3 +48,16 @@ def test_backplane_interop_names_match_the_defaults(operations):
     assert f"CONTOSO_CHANNEL_PREFIX={config['CONTOSO_CHANNEL_PREFIX']}" in operations
     assert config["CONTOSO_HUB_NAME"] in operations
     assert "ResumeNotifications" in operations and "allowReconnect" in operations
+
+
+def documented_metrics(operations: str) -> set[str]:
+    """The metric names of the table in "Metrics and alerts" (rows starting with a `contoso_*` name)."""
+    rows = [line for line in operations.splitlines() if line.startswith("| `contoso_")]
+    return {name for row in rows for name in re.findall(r"`(contoso_[a-z0-9_]+)", row.split(" | ")[0])}
+
+
+def test_metrics_table_matches_the_binary(operations):
+    exported = chartlib.metrics_in_src()
+    documented = documented_metrics(operations)
+    assert exported - documented == set(), "metrics the binary exports but OPERATIONS.md does not list"
+    assert documented - exported == set(), "metrics OPERATIONS.md lists but no code exports"

@@ -1,6 +1,7 @@
 //! `contoso-loadgen`: the load generator of the benchmark suite. Subcommands drive one part
 //! of the system each and print a human summary plus a JSON result (see BENCHMARKS.md).
 
+mod idle;
 mod orders;
 mod report;
 
@@ -17,11 +18,14 @@ struct Cli {
 enum Command {
     /// POST /api/orders at a fixed open-loop rate, or as fast as N workers can (rate 0).
     Orders(orders::Args),
+    /// Opens authenticated hub connections and holds them idle (memory and keep-alive cost).
+    Idle(idle::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Orders(args) => orders::run(args).await,
+        Command::Idle(args) => idle::run(args).await,
     }
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Memory and keep-alive cost of idle hub connections on one notify process: RSS at 2,000 and
+# 19,000 authenticated connections (each on a fresh server), the slope per connection, handshake
+# failures, and the server's CPU over a 60 s hold. Usage: bench/idle.sh [HOLD_SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+HOLD="${1:-60}"
+SECRET="bench-secret-$$"
+cargo build --release --locked --bins >&2
+machine_line
+
+measure() { # measure CONNECTIONS -> prints "rss_kib failed cpu_percent"
+    local total=$1 port db pid
+    port=$((20000 + RANDOM % 20000)); db="contoso_bench_idle_$$_$total"
+    psql "$DB_ADMIN" -qc "CREATE DATABASE $db"
+    ./target/release/contoso --role notify --listen "127.0.0.1:$port" --database-url "${DB_ADMIN%/*}/$db" \
+        --redis-url "$REDIS_URL" --amqp-url "$AMQP_URL" --jwt-secret "$SECRET" --bus-prefix "bench-$$." \
+        --channel-prefix "bench-$$-" --log-level warn --drain-file "/tmp/contoso-bench-drain-$$" >/tmp/contoso-bench-idle.log 2>&1 &
+    pid=$!
+    wait_ready "$port"
+    local procs=$(( (total + 9499) / 9500 )) per=$(( total / ((total + 9499) / 9500) ))
+    local outs=()
+    for i in $(seq 1 "$procs"); do
+        out=$(mktemp); outs+=("$out")
+        ./target/release/contoso-loadgen idle --url "ws://127.0.0.1:$port/hubs/order-status" --jwt-secret "$SECRET" \
+            --connections "$per" --rate $((4000 / procs)) --hold $((HOLD + 30)) >"$out" 2>/dev/null &
+    done
+    for out in "${outs[@]}"; do
+        for _ in $(seq 1 1200); do grep -q ramped "$out" && break; sleep 0.1; done
+    done
+    sleep 5
+    local rss failed t0 t1
+    rss=$(rss_kib "$pid")
+    failed=$(cat "${outs[@]}" | sed -n 's/.*"ramped".*"failed":\([0-9]*\).*/\1/p' | paste -sd+ | bc)
+    t0=$(cpu_ticks "$pid"); sleep "$HOLD"; t1=$(cpu_ticks "$pid")
+    local cpu
+    cpu=$(echo "scale=3; ($t1 - $t0) * 100 / $(getconf CLK_TCK) / $HOLD" | bc)
+    pkill -f "contoso-loadgen idle --url ws://127.0.0.1:$port" || true
+    kill -TERM "$pid"; wait "$pid" || true
+    psql "$DB_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+    rm -f "${outs[@]}"
+    echo "$rss $failed $cpu"
+}
+
+read -r rss_small failed_small cpu_small < <(measure 2000)
+read -r rss_big failed_big cpu_big < <(measure 19000)
+slope=$(echo "scale=2; ($rss_big - $rss_small) * 1024 / 17000" | bc)
+echo "connections   rss_kib   handshake_failures   cpu_percent_of_one_core"
+echo "2000          $rss_small   $failed_small   $cpu_small"
+echo "19000         $rss_big   $failed_big   $cpu_big"
+echo "rss slope: $slope bytes per idle connection"
+for q in contoso.order-process contoso.order-notification; do
+    for n in "bench-$$.$q" "bench-$$.$q.dead-letter"; do rabbitmqctl -q delete_queue "$n" >/dev/null 2>&1 || true; done
+done

@@ -1,0 +1,426 @@
+// OrderStatusClient: one resilient hub connection per signed-in user. Owns reconnect policy,
+// first-start retries, notification de-duplication, resume-after-reconnect and the
+// GetCurrentStatus fallback, so every consumer (SPA, Node tests) gets the same semantics.
+import { HubConnectionState, type ILogger, type IHttpConnectionOptions, LogLevel } from "@microsoft/signalr";
+
+import { FullJitterBackoff } from "./backoff.js";
+import {
+  createHubConnection,
+  quietLogger,
+  type ConnectionFactory,
+  type HubConnectionLike,
+  type HubProtocolName,
+} from "./connection.js";
+import { RecentIds } from "./recent-ids.js";
+import {
+  isTerminal,
+  type CatchUpOutcome,
+  type ConnectionState,
+  type OrderNotification,
+  type OrderStatus,
+  type OrderStatusSnapshot,
+  type OrderStatusUpdate,
+  type ResumeResult,
+} from "./types.js";
+
+export const DEFAULT_HUB_URL = "/hubs/order-status";
+
+/** Timer functions, injectable so tests control every backoff wait. */
+export interface Clock {
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export interface OrderStatusClientOptions {
+  /** Hub URL; relative in browsers, absolute (http://host/hubs/order-status) in Node. */
+  readonly url?: string;
+  /** Awaited before every connect, so a refreshed token is used on each reconnect. */
+  readonly accessTokenFactory: () => string | Promise<string>;
+  readonly protocol?: HubProtocolName;
+  readonly baseDelayMs?: number;
+  readonly maxDelayMs?: number;
+  readonly random?: () => number;
+  readonly clock?: Clock;
+  readonly connectionFactory?: ConnectionFactory;
+  readonly logger?: ILogger | LogLevel;
+  readonly httpOptions?: Partial<IHttpConnectionOptions>;
+  /** How many notification ids are remembered for de-duplication. */
+  readonly dedupeCapacity?: number;
+}
+
+export interface OrderStatusClientEvents {
+  /** A notification seen for the first time (live or replayed). */
+  notification: (notification: OrderNotification) => void;
+  /** Every status news, including synthetic ones from GetCurrentStatus. */
+  status: (update: OrderStatusUpdate) => void;
+  state: (state: ConnectionState) => void;
+  /** Recoverable problems (failed connects, failed hub calls, malformed messages). */
+  error: (error: Error) => void;
+  /** A catch-up after a reconnect or re-start has finished. */
+  catchUp: (outcome: CatchUpOutcome) => void;
+}
+
+type Listeners = { [K in keyof OrderStatusClientEvents]: Set<OrderStatusClientEvents[K]> };
+
+/** Raised by start() when stop() is called before a connection was established. */
+export class ClientStoppedError extends Error {
+  constructor() {
+    super("The order-status client was stopped.");
+    this.name = "ClientStoppedError";
+  }
+}
+
+const ORDER_NOT_FOUND = "order not found";
+
+export class OrderStatusClient {
+  private readonly url: string;
+  private readonly options: OrderStatusClientOptions;
+  private readonly backoff: FullJitterBackoff;
+  private readonly clock: Clock;
+  private readonly connectionFactory: ConnectionFactory;
+  private readonly seen: RecentIds;
+  private readonly pending = new Set<string>();
+  private readonly listeners: Listeners = {
+    notification: new Set(),
+    status: new Set(),
+    state: new Set(),
+    error: new Set(),
+    catchUp: new Set(),
+  };
+
+  private connection: HubConnectionLike | undefined;
+  private connectionPromise: Promise<HubConnectionLike> | undefined;
+  private connectLoop: Promise<void> | undefined;
+  private running = false;
+  private everConnected = false;
+  private currentState: ConnectionState = "offline";
+  private lastId: string | null = null;
+  private cancelWait: (() => void) | undefined;
+
+  constructor(options: OrderStatusClientOptions) {
+    this.options = options;
+    this.url = options.url ?? DEFAULT_HUB_URL;
+    this.backoff = new FullJitterBackoff({
+      ...(options.baseDelayMs !== undefined ? { baseDelayMs: options.baseDelayMs } : {}),
+      ...(options.maxDelayMs !== undefined ? { maxDelayMs: options.maxDelayMs } : {}),
+      ...(options.random !== undefined ? { random: options.random } : {}),
+    });
+    this.clock = options.clock ?? {
+      setTimeout: (callback, ms) => globalThis.setTimeout(callback, ms),
+      clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
+    };
+    this.connectionFactory = options.connectionFactory ?? createHubConnection;
+    this.seen = new RecentIds(options.dedupeCapacity ?? 1_000);
+  }
+
+  get state(): ConnectionState {
+    return this.currentState;
+  }
+
+  /** The last notification id received, as the server will want it for ResumeNotifications. */
+  get lastNotificationId(): string | null {
+    return this.lastId;
+  }
+
+  get pendingOrders(): readonly string[] {
+    return [...this.pending];
+  }
+
+  /** The retry policy in use (also handed to SignalR's automatic reconnect). */
+  get retryPolicy(): FullJitterBackoff {
+    return this.backoff;
+  }
+
+  on<K extends keyof OrderStatusClientEvents>(event: K, handler: OrderStatusClientEvents[K]): () => void {
+    const set = this.listeners[event] as Set<OrderStatusClientEvents[K]>;
+    set.add(handler);
+    return () => {
+      set.delete(handler);
+    };
+  }
+
+  /**
+   * Registers an order whose outcome the app is waiting for. It is queried with
+   * GetCurrentStatus when a replay was incomplete, until a terminal status is known.
+   */
+  watchOrder(correlationId: string): void {
+    this.pending.add(correlationId);
+  }
+
+  unwatchOrder(correlationId: string): void {
+    this.pending.delete(correlationId);
+  }
+
+  /**
+   * Connects, retrying with full-jitter backoff for as long as it takes (SignalR itself never
+   * retries a failed first start). Resolves once connected; rejects only if stop() comes first.
+   */
+  start(): Promise<void> {
+    this.running = true;
+    if (this.connection?.state === HubConnectionState.Connected) return Promise.resolve();
+    return this.ensureConnectLoop();
+  }
+
+  /** Closes the connection and ends every retry; the client can be started again later. */
+  async stop(): Promise<void> {
+    this.running = false;
+    this.cancelWait?.();
+    const connection = this.connection ?? (await this.connectionPromise?.catch(() => undefined));
+    try {
+      await connection?.stop();
+    } catch (error) {
+      this.emitError(error);
+    }
+    this.setState("offline");
+  }
+
+  private ensureConnectLoop(delayFirst = false): Promise<void> {
+    if (!this.connectLoop) {
+      const loop = this.runConnectLoop(delayFirst);
+      this.connectLoop = loop;
+      const clear = (): void => {
+        if (this.connectLoop === loop) this.connectLoop = undefined;
+      };
+      loop.then(clear, clear);
+    }
+    return this.connectLoop;
+  }
+
+  private async runConnectLoop(delayFirst: boolean): Promise<void> {
+    let attempt = 0;
+    // After a server-side close every tab of every user comes back at once; wait a jittered
+    // moment first instead of hammering the pod that just said goodbye.
+    if (delayFirst) await this.wait(this.backoff.delay(attempt++));
+    for (;;) {
+      if (!this.running) throw new ClientStoppedError();
+      let connection: HubConnectionLike;
+      try {
+        connection = await this.getConnection();
+        await connection.start();
+      } catch (error) {
+        if (!this.running) throw new ClientStoppedError();
+        this.emitError(error);
+        await this.wait(this.backoff.delay(attempt++));
+        continue;
+      }
+      if (!this.running) {
+        // stop() raced with a start that still succeeded: honour the stop.
+        await connection.stop().catch(() => undefined);
+        throw new ClientStoppedError();
+      }
+      const isRestart = this.everConnected;
+      this.everConnected = true;
+      this.setState("connected");
+      if (isRestart) void this.catchUp(connection);
+      return;
+    }
+  }
+
+  private getConnection(): Promise<HubConnectionLike> {
+    if (!this.connectionPromise) {
+      this.connectionPromise = Promise.resolve(
+        this.connectionFactory({
+          url: this.url,
+          accessTokenFactory: this.options.accessTokenFactory,
+          retryPolicy: this.backoff,
+          protocol: this.options.protocol ?? "json",
+          logger: this.options.logger ?? quietLogger,
+          ...(this.options.httpOptions ? { httpOptions: this.options.httpOptions } : {}),
+        }),
+      ).then((connection) => {
+        this.attach(connection);
+        this.connection = connection;
+        return connection;
+      });
+      // A factory failure is permanent for this attempt; let a later start() build afresh.
+      this.connectionPromise.catch(() => {
+        this.connectionPromise = undefined;
+      });
+    }
+    return this.connectionPromise;
+  }
+
+  private attach(connection: HubConnectionLike): void {
+    connection.on("OrderCompleted", (payload: unknown) => this.receive("COMPLETED", payload));
+    connection.on("OrderFailed", (payload: unknown) => this.receive("FAILED", payload));
+    // The server's backplane lost its connection for a while: live delivery may have a gap.
+    connection.on("ResumeNeeded", () => void this.catchUp(connection));
+    connection.onreconnecting(() => this.setState("reconnecting"));
+    connection.onreconnected(() => {
+      this.setState("connected");
+      void this.catchUp(connection);
+    });
+    connection.onclose((error) => {
+      if (error) this.emitError(error);
+      if (!this.running) {
+        this.setState("offline");
+        return;
+      }
+      // Closed for good by the server (Close without allowReconnect) or by an exhausted policy:
+      // start over with the same jittered backoff; the catch-up runs once connected.
+      this.setState(this.everConnected ? "reconnecting" : "offline");
+      this.ensureConnectLoop(true).catch((loopError: unknown) => {
+        if (!(loopError instanceof ClientStoppedError)) this.emitError(loopError);
+      });
+    });
+  }
+
+  private wait(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const handle = this.clock.setTimeout(() => {
+        this.cancelWait = undefined;
+        resolve();
+      }, ms);
+      this.cancelWait = () => {
+        this.clock.clearTimeout(handle);
+        this.cancelWait = undefined;
+        resolve();
+      };
+    });
+  }
+
+  private receive(status: "COMPLETED" | "FAILED", payload: unknown): void {
+    const notification = parseNotification(status, payload);
+    if (!notification) {
+      this.emitError(new Error(`Ignored a malformed Order${status === "COMPLETED" ? "Completed" : "Failed"} message.`));
+      return;
+    }
+    if (!this.seen.add(notification.notificationId)) return;
+    // Only fresh ids move the resume point: a duplicate is an older, already-handled message.
+    this.lastId = notification.notificationId;
+    this.pending.delete(notification.correlationId);
+    this.emit("notification", notification);
+    this.emit("status", {
+      correlationId: notification.correlationId,
+      status: notification.status,
+      orderId: notification.status === "COMPLETED" ? notification.orderId : null,
+      ...(notification.status === "FAILED" ? { reason: notification.reason } : {}),
+      source: "notification",
+      notificationId: notification.notificationId,
+      occurredAt: notification.occurredAt,
+    });
+  }
+
+  /**
+   * Asks the server to replay what this connection missed; the replay arrives through the
+   * normal handlers (and is de-duplicated there). When the server no longer has everything, or
+   * cannot resume at all, the watched orders are queried one by one instead.
+   */
+  private async catchUp(connection: HubConnectionLike): Promise<void> {
+    const from = this.lastId;
+    let result: ResumeResult | null = null;
+    try {
+      const answer = await connection.invoke<unknown>("ResumeNotifications", from);
+      result = parseResumeResult(answer);
+      if (!result) this.emitError(new Error("ResumeNotifications returned an unexpected value."));
+    } catch (error) {
+      this.emitError(error);
+      // Dropped again mid-call: the next reconnect runs a fresh catch-up.
+      if (connection.state !== HubConnectionState.Connected) {
+        this.emit("catchUp", { from, result: null, queried: [] });
+        return;
+      }
+    }
+    const queried = result?.complete ? [] : await this.queryPending(connection);
+    this.emit("catchUp", { from, result, queried });
+  }
+
+  private async queryPending(connection: HubConnectionLike): Promise<string[]> {
+    const ids = [...this.pending];
+    await Promise.all(
+      ids.map(async (correlationId) => {
+        let snapshot: OrderStatusSnapshot | null;
+        try {
+          snapshot = parseSnapshot(await connection.invoke<unknown>("GetCurrentStatus", correlationId));
+        } catch (error) {
+          // "order not found" is final (expired, or not this user's): stop asking about it.
+          if (error instanceof Error && error.message.includes(ORDER_NOT_FOUND)) this.pending.delete(correlationId);
+          this.emitError(error);
+          return;
+        }
+        if (!snapshot) {
+          this.emitError(new Error("GetCurrentStatus returned an unexpected value."));
+          return;
+        }
+        // A notification that arrived meanwhile is newer news than this snapshot.
+        if (!this.pending.has(correlationId)) return;
+        if (isTerminal(snapshot.status)) this.pending.delete(correlationId);
+        this.emit("status", {
+          correlationId,
+          status: snapshot.status,
+          orderId: snapshot.orderId,
+          source: "status-query",
+        });
+      }),
+    );
+    return ids;
+  }
+
+  private setState(state: ConnectionState): void {
+    if (this.currentState === state) return;
+    this.currentState = state;
+    this.emit("state", state);
+  }
+
+  private emitError(error: unknown): void {
+    const err = error instanceof Error ? error : new Error(String(error));
+    for (const handler of this.listeners.error) {
+      try {
+        handler(err);
+      } catch {
+        // An error handler that throws has nowhere better to report to.
+      }
+    }
+  }
+
+  private emit<K extends Exclude<keyof OrderStatusClientEvents, "error">>(
+    event: K,
+    ...args: Parameters<OrderStatusClientEvents[K]>
+  ): void {
+    for (const handler of this.listeners[event]) {
+      try {
+        (handler as (...a: Parameters<OrderStatusClientEvents[K]>) => void)(...args);
+      } catch (error) {
+        // One faulty subscriber must not stop the others or the client's own bookkeeping.
+        this.emitError(error);
+      }
+    }
+  }
+}
+
+const STATUSES: ReadonlySet<string> = new Set(["ACCEPTED", "PROCESSING", "COMPLETED", "FAILED"]);
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null;
+}
+
+function parseNotification(status: "COMPLETED" | "FAILED", payload: unknown): OrderNotification | null {
+  if (!isRecord(payload)) return null;
+  const { notificationId, correlationId, occurredAt } = payload;
+  if (typeof notificationId !== "string" || typeof correlationId !== "string") return null;
+  const at = typeof occurredAt === "string" ? occurredAt : "";
+  if (status === "COMPLETED") {
+    const orderId = payload["orderId"];
+    if (typeof orderId !== "string") return null;
+    return { notificationId, correlationId, orderId, status, occurredAt: at };
+  }
+  const reason = payload["reason"];
+  return { notificationId, correlationId, reason: typeof reason === "string" ? reason : "", status, occurredAt: at };
+}
+
+function parseResumeResult(value: unknown): ResumeResult | null {
+  if (!isRecord(value) || typeof value["complete"] !== "boolean") return null;
+  const replayed = value["replayed"];
+  return { replayed: typeof replayed === "number" ? replayed : 0, complete: value["complete"] };
+}
+
+function parseSnapshot(value: unknown): OrderStatusSnapshot | null {
+  if (!isRecord(value)) return null;
+  const { correlationId, status, orderId } = value;
+  if (typeof correlationId !== "string" || typeof status !== "string" || !STATUSES.has(status)) return null;
+  return {
+    correlationId,
+    status: status as OrderStatus,
+    orderId: typeof orderId === "string" ? orderId : null,
+  };
+}

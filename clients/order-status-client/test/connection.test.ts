@@ -1,0 +1,42 @@
+// The production factory really configures @microsoft/signalr as CONTRACT.md section 5 says.
+// SignalR exposes no getters for these settings, so the test peeks at its private fields; a
+// rename there fails loudly here rather than silently in the browser.
+import { HttpTransportType, HubConnection, HubConnectionState } from "@microsoft/signalr";
+import { describe, expect, it } from "vitest";
+
+import { FullJitterBackoff, createHubConnection, quietLogger } from "../src/index.js";
+
+async function build(protocol: "json" | "messagepack") {
+  const retryPolicy = new FullJitterBackoff();
+  const hub = await createHubConnection({
+    url: "http://localhost:8080/hubs/order-status",
+    accessTokenFactory: () => "t",
+    retryPolicy,
+    protocol,
+    logger: quietLogger,
+  });
+  return { hub, retryPolicy };
+}
+
+describe("createHubConnection", () => {
+  it("uses WebSockets only, skips negotiate, carries the token factory and our retry policy", async () => {
+    const { hub, retryPolicy } = await build("json");
+    expect(hub).toBeInstanceOf(HubConnection);
+    expect(hub.state).toBe(HubConnectionState.Disconnected);
+    const internals = hub as unknown as {
+      connection: { _options: { transport: unknown; skipNegotiation: unknown; accessTokenFactory: () => unknown } };
+      _reconnectPolicy: unknown;
+      _protocol: { name: string };
+    };
+    expect(internals.connection._options.transport).toBe(HttpTransportType.WebSockets);
+    expect(internals.connection._options.skipNegotiation).toBe(true);
+    expect(await internals.connection._options.accessTokenFactory()).toBe("t");
+    expect(internals._reconnectPolicy).toBe(retryPolicy);
+    expect(internals._protocol.name).toBe("json");
+  });
+
+  it("switches to the MessagePack hub protocol on request", async () => {
+    const { hub } = await build("messagepack");
+    expect((hub as unknown as { _protocol: { name: string } })._protocol.name).toBe("messagepack");
+  });
+});

@@ -1,0 +1,134 @@
+//! The backplane seam: pub/sub between notify processes, wire-compatible with ASP.NET Core's
+//! Redis backplane (signalr-protocol.md §8). Channel names and the MessagePack envelope live
+//! here, in one place; `memory` and `redis` only move bytes.
+
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::hub::protocol::Protocol;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackplaneError {
+    #[error("backplane unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Carries envelopes between notify processes: at most once, like Redis pub/sub. A process
+/// receives its own publishes; that loopback is how notifications reach its own sockets.
+#[async_trait]
+pub trait Backplane: Send + Sync + 'static {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BackplaneError>;
+    /// Called by the lifetime manager on a user's first local connection (ref-counted there).
+    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError>;
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError>;
+    /// The single inbound stream of (channel, payload); taken once, at start.
+    fn take_inbound(&self) -> Option<mpsc::UnboundedReceiver<(String, Bytes)>>;
+    /// Whether messages can flow now (readiness).
+    async fn ping(&self) -> Result<(), BackplaneError>;
+    /// Bumped after every reconnect: messages published while the backplane was away were
+    /// not delivered live. `None` for a backplane that cannot lose its connection.
+    fn reconnections(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// Channel names: `{prefix}{hub}:user:{id}` and friends, the prefix glued on with no separator
+/// (as StackExchange.Redis writes `ChannelPrefix`).
+#[derive(Debug, Clone)]
+pub struct Channels {
+    base: String,
+}
+
+impl Channels {
+    pub fn new(prefix: &str, hub_name: &str) -> Self {
+        Self { base: format!("{prefix}{hub_name}") }
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}:all", self.base)
+    }
+
+    pub fn user(&self, user_id: &str) -> String {
+        format!("{}:user:{user_id}", self.base)
+    }
+
+    pub fn connection(&self, connection_id: &str) -> String {
+        format!("{}:connection:{connection_id}", self.base)
+    }
+
+    /// What a received channel addresses.
+    pub fn target<'a>(&self, channel: &'a str) -> Option<Target<'a>> {
+        let rest = channel.strip_prefix(self.base.as_str())?.strip_prefix(':')?;
+        if rest == "all" {
+            Some(Target::All)
+        } else if let Some(user) = rest.strip_prefix("user:") {
+            Some(Target::User(user))
+        } else {
+            rest.strip_prefix("connection:").map(Target::Connection)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    All,
+    User(&'a str),
+    Connection(&'a str),
+}
+
+/// The ASP.NET invocation envelope: `[excludedConnectionIds, {protocolName: bin(framed bytes)}]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub excluded: Vec<String>,
+    pub payloads: Vec<(String, Bytes)>,
+}
+
+impl Envelope {
+    /// The framed bytes for `protocol`, ready to write to a socket as they are.
+    pub fn payload(&self, protocol: Protocol) -> Option<&Bytes> {
+        self.payloads.iter().find(|(name, _)| name == protocol.name()).map(|(_, b)| b)
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(16 + self.payloads.iter().map(|(n, b)| n.len() + b.len() + 8).sum::<usize>());
+        rmp::encode::write_array_len(&mut out, 2).expect("vec");
+        rmp::encode::write_array_len(&mut out, self.excluded.len() as u32).expect("vec");
+        for id in &self.excluded {
+            rmp::encode::write_str(&mut out, id).expect("vec");
+        }
+        rmp::encode::write_map_len(&mut out, self.payloads.len() as u32).expect("vec");
+        for (name, bytes) in &self.payloads {
+            rmp::encode::write_str(&mut out, name).expect("vec");
+            rmp::encode::write_bin(&mut out, bytes).expect("vec");
+        }
+        Bytes::from(out)
+    }
+
+    /// Reads an envelope; items past the second (client-result fields) are ignored, as ASP.NET does.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let value = rmpv::decode::read_value_with_max_depth(&mut &bytes[..], 8).map_err(|e| e.to_string())?;
+        let rmpv::Value::Array(items) = value else { return Err("envelope is not an array".into()) };
+        if items.len() < 2 {
+            return Err("envelope has fewer than 2 items".into());
+        }
+        let rmpv::Value::Array(excluded) = &items[0] else { return Err("excluded ids are not an array".into()) };
+        let excluded =
+            excluded.iter().map(|v| v.as_str().map(str::to_owned).ok_or("excluded id is not a string")).collect::<Result<_, _>>()?;
+        let rmpv::Value::Map(entries) = &items[1] else { return Err("payloads are not a map".into()) };
+        let payloads = entries
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v) {
+                (Some(name), rmpv::Value::Binary(b)) => Ok((name.to_owned(), Bytes::copy_from_slice(b))),
+                _ => Err("payload entry is not str -> bin".to_owned()),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { excluded, payloads })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+//! A generic ASP.NET Core SignalR-compatible hub server. Layers, each knowing only the one
+//! below: `protocol` (bytes <-> messages), `session` (one WebSocket: handshake, keep-alive,
+//! dispatch), `lifetime` (the local registry and fan-out through the `Backplane` seam), and the
+//! application's `Hub` (its methods). Nothing here knows about orders.
+
+pub mod connection;
+pub mod endpoint;
+pub mod lifetime;
+pub mod negotiate;
+pub mod protocol;
+pub mod session;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use connection::{CloseRequest, ConnectionHandle};
+pub use lifetime::HubLifetime;
+
+/// Metric names of the hub (one list, for dashboards).
+pub mod metrics_names {
+    pub const CONNECTIONS: &str = "contoso_hub_connections";
+    pub const CONNECTS: &str = "contoso_hub_connects_total";
+    pub const DISCONNECTS: &str = "contoso_hub_disconnects_total";
+    pub const HANDSHAKE_FAILURES: &str = "contoso_hub_handshake_failures_total";
+    pub const MESSAGES_IN: &str = "contoso_hub_messages_received_total";
+    pub const MESSAGES_OUT: &str = "contoso_hub_messages_sent_total";
+    pub const QUEUE_FULL_CLOSES: &str = "contoso_hub_queue_full_closes_total";
+    pub const INVOCATION_DURATION: &str = "contoso_hub_invocation_duration_seconds";
+    pub const BACKPLANE_PUBLISHED: &str = "contoso_backplane_messages_published_total";
+    pub const BACKPLANE_RECEIVED: &str = "contoso_backplane_messages_received_total";
+}
+
+/// Timeouts and limits of the hub (ASP.NET Core's defaults unless configured).
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Send a Ping after this long without sending anything.
+    pub keep_alive: Duration,
+    /// Close a connection that sent nothing for this long (armed after its first Ping).
+    pub client_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Largest incoming hub message.
+    pub max_message_size: usize,
+    /// Outgoing messages queued per connection before it counts as too slow and is closed.
+    pub send_queue: usize,
+    /// Lifetime of a negotiate connection token.
+    pub negotiate_token_ttl: Duration,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            max_message_size: 32 * 1024,
+            send_queue: 64,
+            negotiate_token_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Who invokes a hub method: the connection (to push to it alone) and its user.
+pub struct Caller {
+    pub connection: ConnectionHandle,
+}
+
+impl Caller {
+    pub fn user_id(&self) -> &str {
+        self.connection.user_id()
+    }
+}
+
+/// Why an invocation failed; `client_message` is ASP.NET Core's text for each case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("method does not exist")]
+    MethodNotFound,
+    #[error("invocation provides {given} argument(s) but target expects {expected}")]
+    ArgumentCount { expected: usize, given: usize },
+    #[error("error binding arguments")]
+    Binding,
+    /// A `HubException`: its message reaches the client.
+    #[error("{0}")]
+    Exception(String),
+    /// Anything else: logged, and the client gets the generic text.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl HubError {
+    pub fn client_message(&self, method: &str) -> String {
+        match self {
+            HubError::MethodNotFound => {
+                format!("Failed to invoke '{method}' due to an error on the server. HubException: Method does not exist.")
+            }
+            HubError::ArgumentCount { .. } | HubError::Binding => format!("Failed to invoke '{method}' due to an error on the server."),
+            HubError::Exception(msg) => format!("An unexpected error occurred invoking '{method}' on the server. HubException: {msg}"),
+            HubError::Unexpected(_) => format!("An unexpected error occurred invoking '{method}' on the server."),
+        }
+    }
+}
+
+/// The application's hub: its methods, looked up case-insensitively by the implementation.
+#[async_trait]
+pub trait Hub: Send + Sync + 'static {
+    fn has_method(&self, name: &str) -> bool;
+    async fn invoke(&self, caller: &Caller, method: &str, arguments: Vec<Value>) -> Result<Value, HubError>;
+}
+
+/// Everything a session needs, shared by all connections of one hub endpoint.
+pub struct HubContext {
+    pub lifetime: Arc<HubLifetime>,
+    pub hub: Arc<dyn Hub>,
+    pub settings: HubSettings,
+}

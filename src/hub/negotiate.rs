@@ -1,0 +1,96 @@
+//! Stateless negotiate: the connection token is `id ‖ expiry ‖ HMAC(key, id ‖ expiry ‖ user)`,
+//! so whichever notify process the WebSocket lands on can verify it without shared state or
+//! sticky sessions. A token is bound to its user and expires quickly (the client connects
+//! right after negotiating, and negotiates again on every reconnect).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+const ID_LEN: usize = 16;
+const MAC_LEN: usize = 16;
+
+/// Signs and verifies connection tokens with one key shared by every notify process.
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: [u8; 32],
+    ttl: Duration,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// A new random connection id: 16 bytes, base64url (22 characters), as ASP.NET makes them.
+pub fn new_connection_id() -> String {
+    let bytes: [u8; ID_LEN] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl TokenSigner {
+    pub fn new(key: [u8; 32], ttl: Duration) -> Self {
+        Self { key, ttl }
+    }
+
+    fn mac(&self, id: &[u8], expiry: u64, user_id: &str) -> [u8; MAC_LEN] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
+        mac.update(id);
+        mac.update(&expiry.to_be_bytes());
+        mac.update(user_id.as_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(&full[..MAC_LEN]);
+        out
+    }
+
+    /// (connection id, connection token) for `user_id`.
+    pub fn issue(&self, user_id: &str) -> (String, String) {
+        let id: [u8; ID_LEN] = rand::random();
+        let expiry = now() + self.ttl.as_secs();
+        let mut token = Vec::with_capacity(ID_LEN + 8 + MAC_LEN);
+        token.extend_from_slice(&id);
+        token.extend_from_slice(&expiry.to_be_bytes());
+        token.extend_from_slice(&self.mac(&id, expiry, user_id));
+        (URL_SAFE_NO_PAD.encode(id), URL_SAFE_NO_PAD.encode(token))
+    }
+
+    /// The connection id inside a valid, unexpired token of `user_id`.
+    pub fn verify(&self, token: &str, user_id: &str) -> Option<String> {
+        let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+        if raw.len() != ID_LEN + 8 + MAC_LEN {
+            return None;
+        }
+        let (id, rest) = raw.split_at(ID_LEN);
+        let (expiry, mac) = rest.split_at(8);
+        let expiry = u64::from_be_bytes(expiry.try_into().ok()?);
+        let expected = self.mac(id, expiry, user_id);
+        // Constant-time comparison: the MAC must not leak through timing.
+        let same = expected.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        (same && expiry >= now()).then(|| URL_SAFE_NO_PAD.encode(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_verifies_for_its_user_only_and_not_after_expiry() {
+        let signer = TokenSigner::new([7; 32], Duration::from_secs(60));
+        let (id, token) = signer.issue("alice");
+        assert_eq!(id.len(), 22);
+        assert_eq!(signer.verify(&token, "alice"), Some(id));
+        assert_eq!(signer.verify(&token, "bob"), None);
+        let other = TokenSigner::new([8; 32], Duration::from_secs(60));
+        assert_eq!(other.verify(&token, "alice"), None, "another key");
+        let expired = TokenSigner::new([7; 32], Duration::ZERO);
+        let (_, old) = expired.issue("alice");
+        let mut raw = URL_SAFE_NO_PAD.decode(&old).unwrap();
+        raw[ID_LEN..ID_LEN + 8].copy_from_slice(&(now() - 10).to_be_bytes());
+        assert_eq!(signer.verify(&URL_SAFE_NO_PAD.encode(raw), "alice"), None, "tampered expiry");
+        assert_eq!(signer.verify("not-a-token", "alice"), None);
+        assert!(token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "URL-safe");
+    }
+}

@@ -1,0 +1,69 @@
+//! Role `notify`: the SignalR hub at `/hubs/order-status` (the generic `hub` with the order
+//! methods of `order_hub`) and the consumer of `contoso.order-notification` that logs each
+//! notification for its user and fans it out through the backplane.
+
+mod consumer;
+mod order_hub;
+
+use std::sync::Arc;
+
+use actix_web::web;
+use anyhow::Context;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use super::{Deps, Routes};
+use crate::{
+    backplane::Channels,
+    health::Readiness,
+    hub::{HubContext, HubLifetime, endpoint::HubEndpoint, negotiate::TokenSigner},
+    shutdown::Shutdown,
+};
+
+/// Where the hub is served (CONTRACT §5).
+pub const HUB_PATH: &str = "/hubs/order-status";
+
+pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> anyhow::Result<Option<Routes>> {
+    let store = deps.background_store.clone().context("role notify needs a database")?;
+    let cache = deps.cache.clone().context("role notify needs redis")?;
+    let log = deps.notifications.clone().context("role notify needs a notification log")?;
+    let bus = deps.bus.clone().context("role notify needs a bus")?;
+    let backplane = deps.backplane.clone().context("role notify needs a backplane")?;
+    super::add_dependency_probes(readiness, &cache, &bus);
+    {
+        let backplane = backplane.clone();
+        readiness.add("backplane", move || {
+            let backplane = backplane.clone();
+            async move { backplane.ping().await.map_err(|e| e.to_string()) }
+        });
+    }
+    let settings = &deps.settings;
+    let lifetime = HubLifetime::start(Channels::new(&settings.channel_prefix, &settings.hub_name), backplane);
+    let hub = Arc::new(order_hub::OrderStatusHub { store: store.clone(), cache: cache.clone(), log: log.clone() });
+    let ctx = Arc::new(HubContext { lifetime: lifetime.clone(), hub, settings: settings.hub.clone() });
+    let endpoint = web::Data::new(HubEndpoint {
+        ctx,
+        auth: deps.auth.clone(),
+        shutdown: shutdown.clone(),
+        signer: TokenSigner::new(negotiate_key(deps), settings.hub.negotiate_token_ttl),
+    });
+    consumer::start(deps, shutdown, consumer::Notifier { store, cache, log, lifetime })?;
+    Ok(Some(Arc::new(move |cfg: &mut web::ServiceConfig| crate::hub::endpoint::configure(cfg, HUB_PATH, endpoint.clone()))))
+}
+
+/// The negotiate token key: configured, else derived from the JWT secret (both shared by
+/// every notify pod), else random per process (negotiate then works only within one pod).
+fn negotiate_key(deps: &Deps) -> [u8; 32] {
+    let source = deps.settings.negotiate_secret.as_ref().or(deps.settings.jwt.secret.as_ref());
+    match source {
+        Some(secret) => {
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes()).expect("any key length");
+            mac.update(b"contoso negotiate token key");
+            mac.finalize().into_bytes().into()
+        }
+        None => {
+            tracing::warn!("no --negotiate-secret or --jwt-secret: negotiate tokens are valid on this process only");
+            rand::random()
+        }
+    }
+}

@@ -1,0 +1,126 @@
+// A multi-process cluster as Kubernetes would run it: accept+process, N notify processes and
+// nginx round-robin in front (the same nginx.conf as docker/compose.yml, upstreams replaced),
+// plus a TCP proxy that can cut the notify processes' Redis connections.
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createConnection, createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { eventually, freePort, startServer } from "./harness.mjs";
+
+const NGINX_CONF = new URL("../../docker/nginx.conf", import.meta.url);
+
+function replaceBlock(conf, name, lines) {
+  const re = new RegExp(`(# BEGIN ${name}\\n)[\\s\\S]*?(\\s*# END ${name})`);
+  if (!re.test(conf)) throw new Error(`no block ${name} in nginx.conf`);
+  return conf.replace(re, `$1${lines.map((l) => `        ${l}`).join("\n")}$2`);
+}
+
+/** nginx with the project's configuration; `setNotify` rewrites the upstreams and reloads. */
+export async function startNginx({ notifyPorts, acceptPort }) {
+  const dir = mkdtempSync(join(tmpdir(), "contoso-nginx-"));
+  const port = await freePort();
+  const render = (ports) => {
+    let conf = readFileSync(NGINX_CONF, "utf8").replaceAll("/tmp/", `${dir}/`);
+    // Under the test runner stdout/stderr are pipes nginx cannot reopen: log to the temp dir.
+    conf = conf
+      .replace("access_log /dev/stdout;", "access_log off;")
+      .replace("error_log /dev/stderr warn;", `error_log ${dir}/error.log warn;`)
+      .replace("worker_processes auto;", "worker_processes 1;");
+    conf = replaceBlock(conf, "notify upstreams", ports.map((p) => `server 127.0.0.1:${p};`));
+    conf = replaceBlock(conf, "accept upstreams", [`server 127.0.0.1:${acceptPort};`]);
+    conf = replaceBlock(conf, "listen", [`listen 127.0.0.1:${port};`]);
+    writeFileSync(join(dir, "nginx.conf"), conf);
+  };
+  render(notifyPorts);
+  const child = spawn("nginx", ["-c", join(dir, "nginx.conf"), "-g", "daemon off;"], { stdio: ["ignore", "ignore", "inherit"] });
+  const base = `http://127.0.0.1:${port}`;
+  await eventually("nginx", async () => {
+    try {
+      return (await fetch(`${base}/health/live`)).ok;
+    } catch {
+      return false;
+    }
+  });
+  return {
+    base,
+    hubUrl: `${base}/hubs/order-status`,
+    async setNotify(ports) {
+      render(ports);
+      child.kill("SIGHUP");
+      // A reload starts new workers; give the old ones a moment to hand over.
+      await eventually("nginx reload", async () => {
+        try {
+          return (await fetch(`${base}/health/live`)).ok;
+        } catch {
+          return false;
+        }
+      });
+    },
+    async stop() {
+      child.kill("SIGQUIT");
+      await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.on("exit", resolve)));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A TCP proxy to `target`: `cut()` drops every connection and refuses new ones until `restore()`. */
+export async function chaosProxy(targetPort) {
+  let down = false;
+  const sockets = new Set();
+  const server = createServer((inbound) => {
+    if (down) return inbound.destroy();
+    const outbound = createConnection({ port: targetPort, host: "127.0.0.1" });
+    sockets.add(inbound);
+    sockets.add(outbound);
+    inbound.pipe(outbound).pipe(inbound);
+    const end = () => {
+      inbound.destroy();
+      outbound.destroy();
+      sockets.delete(inbound);
+      sockets.delete(outbound);
+    };
+    inbound.on("error", end).on("close", end);
+    outbound.on("error", end).on("close", end);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: server.address().port,
+    cut() {
+      down = true;
+      for (const s of sockets) s.destroy();
+      sockets.clear();
+    },
+    restore() {
+      down = false;
+    },
+    close() {
+      this.cut();
+      server.close();
+    },
+  };
+}
+
+/** accept+process in one process, `notify` notify processes, nginx in front. */
+export async function startCluster(dep, { notify = 2, notifyArgs = [] } = {}) {
+  const core = await startServer(dep, { roles: "accept,process" });
+  const notifiers = [];
+  for (let i = 0; i < notify; i += 1) notifiers.push(await startServer(dep, { roles: "notify", args: notifyArgs }));
+  const lb = await startNginx({ notifyPorts: notifiers.map((n) => n.port), acceptPort: core.port });
+  return {
+    core,
+    notifiers,
+    lb,
+    async addNotify() {
+      const n = await startServer(dep, { roles: "notify", args: notifyArgs });
+      notifiers.push(n);
+      await lb.setNotify(notifiers.filter((x) => x.child.exitCode === null).map((x) => x.port));
+      return n;
+    },
+    async stop() {
+      await lb.stop();
+      await Promise.all([core, ...notifiers].map((p) => p.stop()));
+    },
+  };
+}

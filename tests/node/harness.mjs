@@ -1,0 +1,173 @@
+// Test harness for the hub conformance suite: starts the real `contoso` binary against the
+// real PostgreSQL, Redis and RabbitMQ (URLs from TEST_* variables), mints tokens, places orders,
+// and builds official @microsoft/signalr clients the way the SPA does.
+import { spawn, spawnSync } from "node:child_process";
+import { createHmac, randomUUID } from "node:crypto";
+import { createServer } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import * as signalR from "@microsoft/signalr";
+import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
+
+export const BIN = process.env.CONTOSO_BIN ?? new URL("../../target/debug/contoso", import.meta.url).pathname;
+const DB_ADMIN = process.env.TEST_DATABASE_URL ?? "postgres://root@127.0.0.1:5432/postgres";
+const REDIS = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379/0";
+const AMQP = process.env.TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls `check` until it returns a truthy value; conditions are awaited, never slept for. */
+export async function eventually(what, check, timeoutMs = 20000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+function psql(sql) {
+  const res = spawnSync("psql", [DB_ADMIN, "-qtAc", sql], { encoding: "utf8" });
+  if (res.status !== 0) throw new Error(`psql failed: ${res.stderr}`);
+  return res.stdout.trim();
+}
+
+/** One deployment: a database, a bus prefix and a JWT secret that several processes share. */
+export function newDeployment() {
+  const id = randomUUID().replaceAll("-", "");
+  const db = `contoso_t_${id}`;
+  psql(`CREATE DATABASE "${db}"`);
+  return {
+    db,
+    dbUrl: DB_ADMIN.replace(/\/[^/]*$/, `/${db}`),
+    busPrefix: `t-${id}.`,
+    channelPrefix: `t-${id}-`,
+    secret: `secret-${id}`,
+    query: (sql) => spawnSync("psql", [DB_ADMIN.replace(/\/[^/]*$/, `/${db}`), "-qtAc", sql], { encoding: "utf8" }).stdout.trim(),
+    drop() {
+      psql(`DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`);
+    },
+  };
+}
+
+/** Starts `contoso` with `roles` for `deployment`; resolves once /health/ready answers 200. */
+export async function startServer(deployment, { roles = "all", args = [], port } = {}) {
+  port ??= await freePort();
+  const defaults = {
+    "--role": roles, "--listen": `127.0.0.1:${port}`,
+    "--database-url": deployment.dbUrl, "--redis-url": REDIS, "--amqp-url": AMQP,
+    "--jwt-secret": deployment.secret, "--bus-prefix": deployment.busPrefix,
+    "--channel-prefix": deployment.channelPrefix, "--process-delay-ms": "0",
+    "--drain-file": `/tmp/contoso-drain-${deployment.db}-${port}`, "--log-level": process.env.TEST_LOG ?? "warn",
+    "--http-workers": "1", "--db-pool-size": "4", "--shutdown-timeout": "5",
+  };
+  // `args` are flag/value pairs that override the defaults.
+  for (let i = 0; i < args.length; i += 2) defaults[args[i]] = args[i + 1];
+  const argv = Object.entries(defaults).flat();
+  const child = spawn(BIN, argv, { stdio: ["ignore", "inherit", "inherit"] });
+  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
+  const base = `http://127.0.0.1:${port}`;
+  await eventually(`contoso on ${port} to be ready`, async () => {
+    try {
+      return (await fetch(`${base}/health/ready`)).status === 200;
+    } catch {
+      return false;
+    }
+  }, 30000);
+  return {
+    port,
+    base,
+    hubUrl: `${base}/hubs/order-status`,
+    child,
+    exited,
+    drainFile: `/tmp/contoso-drain-${deployment.db}-${port}`,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      return exited;
+    },
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      return exited;
+    },
+  };
+}
+
+const b64url = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
+
+/** An HS256 JWT for `sub`, signed with the deployment's secret. */
+export function token(deployment, sub, { expSeconds = 3600, secret } = {}) {
+  const header = b64url({ alg: "HS256", typ: "JWT" });
+  const payload = b64url({ sub, exp: Math.floor(Date.now() / 1000) + expSeconds });
+  const sig = createHmac("sha256", secret ?? deployment.secret).update(`${header}.${payload}`).digest("base64url");
+  return `${header}.${payload}.${sig}`;
+}
+
+export function uniqueUser(name) {
+  return `${name}-${randomUUID().slice(0, 8)}`;
+}
+
+/**
+ * Places an order; returns its correlation id. Like a real client it retries a request that
+ * failed on the network (a load balancer reloading closes idle connections), with one
+ * Idempotency-Key so a retry can never create a second order.
+ */
+export async function placeOrder(server, tok, items = [{ productId: "mug", quantity: 1 }]) {
+  const key = randomUUID();
+  let res;
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      res = await fetch(`${server.base}/api/orders`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${tok}`, "content-type": "application/json", "idempotency-key": key },
+        body: JSON.stringify({ items }),
+      });
+      break;
+    } catch (err) {
+      if (attempt >= 3) throw err;
+      await sleep(100);
+    }
+  }
+  if (res.status !== 202) throw new Error(`order refused: ${res.status} ${await res.text()}`);
+  return (await res.json()).correlationId;
+}
+
+/** A HubConnection configured as the SPA configures it (CONTRACT §5). */
+export function hubConnection(hubUrl, tok, { msgpack = false, skipNegotiation = true, reconnect = [0, 200, 500, 1000, 1000, 1000, 1000, 1000, 1000, 1000], serverTimeoutMs, keepAliveMs } = {}) {
+  let builder = new signalR.HubConnectionBuilder()
+    .withUrl(hubUrl, {
+      transport: signalR.HttpTransportType.WebSockets,
+      skipNegotiation,
+      accessTokenFactory: () => (typeof tok === "function" ? tok() : tok),
+    })
+    .configureLogging(signalR.LogLevel.None);
+  if (reconnect) builder = builder.withAutomaticReconnect(reconnect);
+  if (msgpack) builder = builder.withHubProtocol(new MessagePackHubProtocol());
+  if (serverTimeoutMs) builder = builder.withServerTimeout(serverTimeoutMs);
+  if (keepAliveMs) builder = builder.withKeepAliveInterval(keepAliveMs);
+  return builder.build();
+}
+
+/** A tab: a started connection that records every OrderCompleted / OrderFailed it gets. */
+export async function openTab(hubUrl, tok, options = {}) {
+  const conn = hubConnection(hubUrl, tok, options);
+  const received = [];
+  const events = [];
+  conn.on("OrderCompleted", (n) => received.push({ target: "OrderCompleted", ...n }));
+  conn.on("OrderFailed", (n) => received.push({ target: "OrderFailed", ...n }));
+  conn.onreconnecting((err) => events.push({ kind: "reconnecting", error: err?.message }));
+  conn.onreconnected((id) => events.push({ kind: "reconnected", id }));
+  conn.onclose((err) => events.push({ kind: "close", error: err?.message }));
+  await conn.start();
+  return { conn, received, events };
+}
+
+export { signalR, sleep };
