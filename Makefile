@@ -4,14 +4,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle sweep
+.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle bench-process sweep
 
 help:
 	@echo "make run    - the whole shop (role all) at http://localhost:8080"
 	@echo "make test   - every test suite against real PostgreSQL, Redis and RabbitMQ"
 
 run:
-	$(CARGO) run --release --locked -- --role all --dev-auth --log-format pretty
+	scripts/run.sh
 
 ## Every test: formatting, lints, unit and integration tests against the real services.
 test: lint test-rust test-node test-frontend test-chart
@@ -49,3 +49,6 @@ bench-accept:
 
 bench-idle:
 	@eval "$$(scripts/services.sh)" && bench/idle.sh
+
+bench-process:
+	@eval "$$(scripts/services.sh)" && bench/process.sh

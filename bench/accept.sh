@@ -4,6 +4,7 @@
 # Prints a table and writes bench/results/accept.json. Run through `make bench-accept`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 RATES="${1:-500,1000,1500,0}"
 DURATION="${DURATION:-20}"
 DB_ADMIN="${TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres}"
@@ -16,6 +17,7 @@ PREFIX="bench-$$."
 cargo build --release --locked --bins
 psql "$DB_ADMIN" -qc "CREATE DATABASE $DB_NAME"
 cleanup() {
+    trap_flush_redis
     [ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
     psql "$DB_ADMIN" -qc "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" || true
     for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$PREFIX"); do rabbitmqctl -q delete_queue "$q" >/dev/null; done
@@ -23,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 ./target/release/contoso --role accept --listen "127.0.0.1:$PORT" \
-    --database-url "$DB_URL" --redis-url "${TEST_REDIS_URL:-redis://127.0.0.1:6379}" \
+    --database-url "$DB_URL" --redis-url "$REDIS_URL" \
     --amqp-url "${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}" \
     --jwt-secret "$SECRET" --bus-prefix "$PREFIX" --log-level warn --db-pool-size 32 \
     --drain-file "/tmp/contoso-bench-drain-$$" > /tmp/contoso-bench-accept.log 2>&1 &

@@ -2,7 +2,9 @@
 # Sourced, not run.
 
 DB_ADMIN="${TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres}"
-REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
+# Benchmarks write hundreds of thousands of keys: they get their own Redis database, flushed after.
+REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/15}"
+trap_flush_redis() { redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true; }
 AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 machine_line() {

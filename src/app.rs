@@ -42,6 +42,7 @@ impl App {
         let (store, background_store) = match &settings.database_url {
             Some(url) => {
                 let store = Store::new(url.expose(), settings.db_pool_size).context("invalid --database-url")?;
+                // Small on purpose: on a 2-core box a larger background pool measured slower (bench/process.sh).
                 let background = Store::new(url.expose(), 4).context("invalid --database-url")?;
                 (Some(store), Some(background))
             }
@@ -95,6 +96,10 @@ impl App {
         let workers = settings.http_workers;
         let deps = Deps { settings, auth: auth.clone(), store, background_store, cache, bus, notifications, backplane, db_ready };
         let routes = roles::start(&deps, &shutdown, &mut readiness)?;
+        let spa = if deps.settings.roles.contains(crate::config::Role::Accept) { crate::spa::find() } else { None };
+        if let Some(dir) = &spa {
+            tracing::info!(dir = %dir.display(), "serving the SPA at /");
+        }
 
         let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
         let port = listener.local_addr()?.port();
@@ -116,6 +121,9 @@ impl App {
                 );
             for r in &routes {
                 app = app.configure(|cfg| r(cfg));
+            }
+            if let Some(dir) = &spa {
+                app = app.configure(|cfg| crate::spa::configure(cfg, dir));
             }
             app.default_service(web::to(HttpResponse::NotFound))
         })

@@ -12,5 +12,6 @@ pub mod http;
 pub mod hub;
 pub mod roles;
 pub mod shutdown;
+pub mod spa;
 pub mod store;
 pub mod telemetry;

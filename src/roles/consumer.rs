@@ -44,6 +44,32 @@ pub fn backoff(delivery_count: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << delivery_count.min(6))).min(Duration::from_secs(10))
 }
 
+/// Starts consuming `queue` once the database is migrated, on the shutdown's task tracker.
+pub fn spawn<H, Fut>(
+    deps: &super::Deps,
+    shutdown: &crate::shutdown::Shutdown,
+    queue: Queue,
+    label: &'static str,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(Arc<[u8]>, Option<String>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send,
+{
+    let bus = deps.bus.clone().ok_or_else(|| anyhow::anyhow!("consuming {label} needs a bus"))?;
+    let cfg = ConsumerConfig { queue, label, prefetch: deps.settings.prefetch, delivery_limit: deps.settings.delivery_limit };
+    let token = shutdown.token.clone();
+    let mut db_ready = deps.db_ready.clone();
+    shutdown.spawn(async move {
+        tokio::select! {
+            _ = db_ready.wait_for(|ready| *ready) => {}
+            () = token.cancelled() => return,
+        }
+        run(bus, cfg, token, handler).await;
+    });
+    Ok(())
+}
+
 /// Consumes until `token` is cancelled; then stops taking deliveries and lets the ones in
 /// flight finish (each ends settled, or unsettled and so redelivered by the broker).
 pub async fn run<H, Fut>(bus: Arc<dyn EventBus>, cfg: ConsumerConfig, token: CancellationToken, handler: H)

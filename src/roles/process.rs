@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::{
     Deps,
-    consumer::{self, ConsumerConfig, Failure},
+    consumer::{self, Failure},
 };
 use crate::{
     bus::Queue,
@@ -32,26 +32,10 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> any
     let bus = deps.bus.clone().context("role process needs a bus")?;
     super::add_dependency_probes(readiness, &cache, &bus);
     let processor = Arc::new(Processor { store, cache, ttl: deps.settings.status_ttl, delay: deps.settings.process_delay });
-    let cfg = ConsumerConfig {
-        queue: Queue::OrderProcess,
-        label: "contoso.order-process",
-        prefetch: deps.settings.prefetch,
-        delivery_limit: deps.settings.delivery_limit,
-    };
-    let token = shutdown.token.clone();
-    let mut db_ready = deps.db_ready.clone();
-    shutdown.spawn(async move {
-        tokio::select! {
-            _ = db_ready.wait_for(|ready| *ready) => {}
-            () = token.cancelled() => return,
-        }
-        consumer::run(bus, cfg, token, move |body, _| {
-            let processor = processor.clone();
-            async move { processor.handle(&body).await }
-        })
-        .await;
-    });
-    Ok(())
+    consumer::spawn(deps, shutdown, Queue::OrderProcess, "contoso.order-process", move |body, _| {
+        let processor = processor.clone();
+        async move { processor.handle(&body).await }
+    })
 }
 
 fn technical(err: impl std::fmt::Display) -> Failure {

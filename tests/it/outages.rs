@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::redis;
 use serde_json::{Value, json};
 
 use crate::harness::{AppOptions, BusObserver, ChaosProxy, env, eventually, spawn_app, unique_user};
@@ -22,25 +22,24 @@ async fn not_ready_because(app: &crate::harness::TestApp, dependency: &str) {
     .await;
 }
 
-/// Correlation ids whose `order:map:*` entry names `user` (a scan of the shared Redis).
+/// `order:map:*` keys whose value names `user`: a SCAN of the shared Redis, values read with
+/// one MGET per batch so a large keyspace stays quick.
 async fn mapped_to(user: &str) -> Vec<String> {
     let mut conn = redis::Client::open(env::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = {
-        let mut iter: redis::AsyncIter<String> = conn.scan_match("order:map:*").await.unwrap();
-        let mut keys = Vec::new();
-        while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-            keys.push(k.unwrap());
-        }
-        keys
-    };
+    let mut cursor: u64 = 0;
     let mut found = Vec::new();
-    for key in keys {
-        let owner: Option<String> = conn.get(&key).await.unwrap();
-        if owner.as_deref() == Some(user) {
-            found.push(key);
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("order:map:*").arg("COUNT").arg(5000).query_async(&mut conn).await.unwrap();
+        if !keys.is_empty() {
+            let owners: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.unwrap();
+            found.extend(keys.into_iter().zip(owners).filter(|(_, o)| o.as_deref() == Some(user)).map(|(k, _)| k));
         }
+        if next == 0 {
+            return found;
+        }
+        cursor = next;
     }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

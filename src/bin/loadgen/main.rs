@@ -3,6 +3,7 @@
 
 mod idle;
 mod orders;
+mod pipeline;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// POST /api/orders at a fixed open-loop rate, or as fast as N workers can (rate 0).
     Orders(orders::Args),
+    /// POST /api/orders at fixed rates and time each order to its order.processed on the bus.
+    Pipeline(pipeline::Args),
     /// Opens authenticated hub connections and holds them idle (memory and keep-alive cost).
     Idle(idle::Args),
 }
@@ -27,5 +30,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Orders(args) => orders::run(args).await,
         Command::Idle(args) => idle::run(args).await,
+        Command::Pipeline(args) => pipeline::run(args).await,
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::super::{
     Deps,
-    consumer::{self, ConsumerConfig, Failure},
+    consumer::{self, Failure},
 };
 use crate::{
     bus::Queue,
@@ -27,28 +27,11 @@ pub struct Notifier {
 }
 
 pub fn start(deps: &Deps, shutdown: &Shutdown, notifier: Notifier) -> anyhow::Result<()> {
-    let bus = deps.bus.clone().ok_or_else(|| anyhow::anyhow!("role notify needs a bus"))?;
     let notifier = Arc::new(notifier);
-    let cfg = ConsumerConfig {
-        queue: Queue::OrderNotification,
-        label: "contoso.order-notification",
-        prefetch: deps.settings.prefetch,
-        delivery_limit: deps.settings.delivery_limit,
-    };
-    let token = shutdown.token.clone();
-    let mut db_ready = deps.db_ready.clone();
-    shutdown.spawn(async move {
-        tokio::select! {
-            _ = db_ready.wait_for(|ready| *ready) => {}
-            () = token.cancelled() => return,
-        }
-        consumer::run(bus, cfg, token, move |body, _| {
-            let notifier = notifier.clone();
-            async move { notifier.handle(&body).await }
-        })
-        .await;
-    });
-    Ok(())
+    consumer::spawn(deps, shutdown, Queue::OrderNotification, "contoso.order-notification", move |body, _| {
+        let notifier = notifier.clone();
+        async move { notifier.handle(&body).await }
+    })
 }
 
 fn technical(err: impl std::fmt::Display) -> Failure {
