@@ -151,6 +151,7 @@ impl App {
             res = &mut server => {
                 // The server ended on its own (it should not): still stop background work.
                 self.shutdown.token.cancel();
+                self.shutdown.connections.cancel();
                 res??;
                 return Ok(());
             }
@@ -163,6 +164,9 @@ impl App {
         if tokio::time::timeout_at(deadline, self.shutdown.tasks.wait()).await.is_err() {
             tracing::warn!("background tasks did not finish within the shutdown timeout");
         }
+        self.shutdown.connections.cancel();
+        self.shutdown.connection_tasks.close();
+        let _ = tokio::time::timeout_at(deadline, self.shutdown.connection_tasks.wait()).await;
         let _ = tokio::time::timeout_at(deadline, server).await;
         tracing::info!("contoso stopped");
         Ok(())

@@ -1,7 +1,8 @@
 //! Process lifecycle: one cancellation token and task tracker for background work, and the
 //! draining flag that readiness reads. Shutdown order (see `App::run_until_stopped`):
 //! 1. draining: readiness fails at once; 2. HTTP stops accepting and finishes in-flight requests;
-//! 3. background loops are cancelled and settle their work; 4. wait for them, bounded by the timeout.
+//! 3. background loops are cancelled and settle their work; 4. wait for them; 5. close the broker
+//!    connection they used. All bounded by the shutdown timeout.
 
 use std::{
     path::PathBuf,
@@ -19,6 +20,11 @@ pub struct Shutdown {
     pub token: CancellationToken,
     /// Every background task is spawned here so shutdown can wait for it.
     pub tasks: TaskTracker,
+    /// Cancelled last, after `tasks` finished: connections to the outside world (the broker)
+    /// stay open while the background loops settle their last work through them.
+    pub connections: CancellationToken,
+    /// The tasks that own those connections.
+    pub connection_tasks: TaskTracker,
     draining: Arc<AtomicBool>,
     drain_file: Arc<PathBuf>,
 }
@@ -28,6 +34,8 @@ impl Shutdown {
         Self {
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            connections: CancellationToken::new(),
+            connection_tasks: TaskTracker::new(),
             draining: Arc::new(AtomicBool::new(false)),
             drain_file: Arc::new(drain_file),
         }

@@ -45,9 +45,10 @@ impl RabbitBus {
         let (tx, rx) = watch::channel(None);
         let kick = Arc::new(Notify::new());
         let bus = Arc::new(Self { topology: topology.clone(), live: rx, kick: kick.clone() });
-        let token = shutdown.token.clone();
+        // Closed only after the background loops finished: the relay's last drain needs it.
+        let token = shutdown.connections.clone();
         let name = name.to_owned();
-        shutdown.spawn(async move { supervise(url, topology, name, tx, kick, token).await });
+        shutdown.connection_tasks.spawn(async move { supervise(url, topology, name, tx, kick, token).await });
         bus
     }
 

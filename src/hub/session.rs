@@ -16,6 +16,9 @@ use super::{
 
 /// Largest batch the writer puts in one WebSocket message.
 const MAX_BATCH: usize = 64 * 1024;
+/// How long a write may still take once the connection is being closed. A client that stopped
+/// reading blocks writes forever; after this the socket is dropped instead.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 fn disconnect(reason: &'static str) {
     metrics::counter!(m::DISCONNECTS, "reason" => reason).increment(1);
@@ -188,6 +191,17 @@ async fn dispatch(ctx: &HubContext, conn: &ConnectionHandle, msg: HubMessage) {
     }
 }
 
+/// `flush`, but once the connection is aborted it gets only `CLOSE_GRACE` more to finish.
+async fn flush_or_abort(session: &mut Session, protocol: Protocol, batch: &mut BytesMut, conn: &ConnectionHandle) -> bool {
+    let abort = conn.abort_token().clone();
+    let write = flush(session, protocol, batch);
+    tokio::pin!(write);
+    tokio::select! {
+        ok = &mut write => ok,
+        () = abort.cancelled() => tokio::time::timeout(CLOSE_GRACE, write).await.unwrap_or(false),
+    }
+}
+
 async fn flush(session: &mut Session, protocol: Protocol, batch: &mut BytesMut) -> bool {
     let bytes = batch.split().freeze();
     if protocol.is_binary() {
@@ -220,7 +234,7 @@ async fn write_loop(mut session: Session, mut rx: mpsc::Receiver<Bytes>, conn: C
                         Err(_) => break,
                     }
                 }
-                if !flush(&mut session, protocol, &mut batch).await {
+                if !flush_or_abort(&mut session, protocol, &mut batch, &conn).await {
                     conn.abort_token().cancel();
                     return;
                 }
@@ -228,7 +242,7 @@ async fn write_loop(mut session: Session, mut rx: mpsc::Receiver<Bytes>, conn: C
             }
             () = tokio::time::sleep_until(last_sent + keep_alive) => {
                 batch.extend_from_slice(&ping);
-                if !flush(&mut session, protocol, &mut batch).await {
+                if !flush_or_abort(&mut session, protocol, &mut batch, &conn).await {
                     conn.abort_token().cancel();
                     return;
                 }
@@ -246,8 +260,12 @@ async fn write_loop(mut session: Session, mut rx: mpsc::Receiver<Bytes>, conn: C
     if let Some(req) = conn.close_request() {
         protocol.encode(&HubMessage::Close { error: req.error.clone(), allow_reconnect: req.allow_reconnect }, &mut batch);
     }
-    if !batch.is_empty() {
-        let _ = flush(&mut session, protocol, &mut batch).await;
-    }
-    let _ = session.close(Some(CloseReason { code: CloseCode::Normal, description: None })).await;
+    // A client that stopped reading cannot take these either: bounded, then the socket is dropped.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if !batch.is_empty() {
+            let _ = flush(&mut session, protocol, &mut batch).await;
+        }
+        let _ = session.close(Some(CloseReason { code: CloseCode::Normal, description: None })).await;
+    })
+    .await;
 }

@@ -5,6 +5,7 @@
 mod harness;
 
 mod auth;
+mod hub;
 mod lifecycle;
 mod orders_api;
 mod outages;

@@ -32,7 +32,6 @@ pub struct AppOptions<'a> {
 }
 
 pub struct TestApp {
-    #[allow(dead_code)]
     pub port: u16,
     pub base: String,
     pub http: reqwest::Client,

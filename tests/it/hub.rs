@@ -1,0 +1,97 @@
+//! The hub from Rust, where the official client cannot go: a client that stops reading must not
+//! delay anyone else and is closed once its queue is full. Messages enter through the real Redis
+//! backplane, exactly as another notify process (or a .NET pod) would publish them.
+
+use std::time::{Duration, Instant};
+
+use contoso::{
+    backplane::Channels,
+    hub::{lifetime::envelope, protocol::HubMessage},
+};
+use deadpool_redis::redis;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+
+use crate::harness::{AppOptions, env, eventually, spawn_app, unique_user};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, token: &str) -> Ws {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}")).await.unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "{}\u{1e}"),
+        other => panic!("no handshake reply: {other:?}"),
+    }
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_and_delays_no_one_else() {
+    let prefix = format!("t-{}-", uuid::Uuid::new_v4().simple());
+    let app = spawn_app(AppOptions {
+        roles: Some("notify"),
+        extra_args: vec!["--send-queue".into(), "8".into(), "--channel-prefix".into(), prefix.clone()],
+        ..Default::default()
+    })
+    .await;
+    let user = unique_user("slow");
+    let token = app.token(&user);
+    let url = format!("ws://127.0.0.1:{}/hubs/order-status", app.port);
+    let mut fast = connect(&url, &token).await;
+    let mut slow = connect(&url, &token).await;
+    // Both connections are registered once the user's channel is subscribed.
+    let channels = Channels::new(&prefix, "Contoso.OrderNotification.Hubs.OrderStatusHub");
+    let channel = channels.user(&user);
+    let mut redis = redis::Client::open(env::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    eventually(Duration::from_secs(10), "the user's channel to be subscribed", || {
+        let mut redis = redis.clone();
+        let channel = channel.clone();
+        async move {
+            let subs: Vec<(String, u64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut redis).await.ok()?;
+            (subs.first().map(|(_, n)| *n).unwrap_or(0) > 0).then_some(())
+        }
+    })
+    .await;
+
+    // 400 messages of ~60 KiB (24 MB): far more than the slow client's socket buffers and queue
+    // hold. The reading client gets each one before the next is sent: it never lags.
+    let filler = "x".repeat(60 * 1024);
+    let started = Instant::now();
+    for i in 0..400 {
+        let env = envelope(&HubMessage::push("Test", vec![json!({ "i": i, "filler": filler })]));
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(env.encode().as_ref()).query_async(&mut redis).await.unwrap();
+        let marker = format!("\"i\":{i}}}");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), fast.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains(&marker) => break,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("the reading client stalled at message {i}: {other:?}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(20), "400 deliveries to the reading client took {elapsed:?}");
+
+    let metrics = eventually(Duration::from_secs(10), "the slow client to be closed", || async {
+        let m = app.get("/metrics", None).await.text().await.unwrap();
+        m.lines().any(|l| l.starts_with("contoso_hub_queue_full_closes_total") && !l.ends_with(" 0")).then_some(m)
+    })
+    .await;
+    assert!(metrics.contains("reason=\"queue-full\""), "the disconnect is counted with its reason");
+    // The slow socket ends: reading it now drains what was buffered and then the close.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = slow.next().await {
+            if let Message::Close(_) = msg {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the slow connection was closed by the server");
+    drop(fast);
+    app.stop().await;
+}
