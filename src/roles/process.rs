@@ -76,12 +76,16 @@ impl Processor {
                 self.cache.set_status(id, OrderStatus::Failed, self.ttl).await.map_err(technical)?;
             }
             None => {
-                if let Some(number) = self.store.complete(id).await.map_err(technical)? {
-                    tracing::info!(correlation_id = %id, order_id = %number, "order completed");
-                    // Tests crash here to prove a redelivery after the commit changes nothing.
-                    fail::fail_point!("process-after-commit", |_| std::process::abort());
-                }
-                let status = self.store.order_state(id).await.map_err(technical)?.map(|s| s.status).unwrap_or(OrderStatus::Completed);
+                let status = match self.store.complete(id).await.map_err(technical)? {
+                    Some(number) => {
+                        tracing::info!(correlation_id = %id, order_id = %number, "order completed");
+                        // Tests crash here to prove a redelivery after the commit changes nothing.
+                        fail::fail_point!("process-after-commit", |_| std::process::abort());
+                        OrderStatus::Completed
+                    }
+                    // Someone else finished it first (a duplicate delivery): the database says how.
+                    None => self.store.order_state(id).await.map_err(technical)?.map(|s| s.status).unwrap_or(OrderStatus::Completed),
+                };
                 self.cache.set_status(id, status, self.ttl).await.map_err(technical)?;
             }
         }

@@ -354,3 +354,37 @@ async fn sigterm_during_processing_exits_zero_and_loses_no_order() {
     let _ = tokio::task::spawn_blocking(move || healthy.wait()).await;
     accept.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_longer_than_the_retry_budget_dead_letters_with_the_last_error() {
+    // Queue arguments are fixed at declaration: every role of the deployment gets the same limit.
+    let limit = || vec!["--delivery-limit".to_owned(), "2".to_owned()];
+    let accept = spawn_app(AppOptions { roles: Some("accept"), extra_args: limit(), ..Default::default() }).await;
+    let proxy = ChaosProxy::start(env::host_port(&env::database_admin_url())).await;
+    // Two deliveries (backoff 200 ms, then 400 ms) and the message gives up.
+    let process = spawn_app(AppOptions {
+        roles: Some("process"),
+        share: Some(&accept),
+        db_proxy: Some(&proxy),
+        extra_args: [vec!["--process-delay-ms".to_owned(), "0".to_owned()], limit()].concat(),
+        ..Default::default()
+    })
+    .await;
+    let bus = BusObserver::start(&accept.bus_prefix).await;
+    proxy.cut();
+    let id = accept.place_orders(&accept.token(&unique_user("gives-up")), &mugs(), 1).await.remove(0);
+    let letters = eventually(Duration::from_secs(20), "the dead letter", || async {
+        let letters = bus.dead_letters("contoso.order-process").await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    let body: Value = serde_json::from_slice(&letters[0].body).unwrap();
+    assert_eq!(body["correlationId"], id.as_str());
+    assert!(letters[0].reason.as_deref().unwrap_or_default().starts_with("failed 2 times, last error:"), "{:?}", letters[0].reason);
+    let metrics = process.get("/metrics", None).await.text().await.unwrap();
+    assert!(metrics.contains("reason=\"delivery-limit\""), "counted");
+    proxy.restore();
+    assert_eq!(accept.status_of(&id).await, "ACCEPTED", "nothing processed it behind our back");
+    process.stop().await;
+    accept.stop().await;
+}

@@ -105,24 +105,30 @@ fn put_json(out: &mut BytesMut, value: &impl serde::Serialize) {
     serde_json::to_writer(out.writer(), value).expect("values serialize");
 }
 
+/// An Invocation (1) or StreamInvocation (4), `invocationId` only when present.
+fn put_invocation(out: &mut BytesMut, kind: u8, invocation_id: Option<&str>, target: &str, arguments: &[Value], stream_ids: &[String]) {
+    out.put_slice(b"{\"type\":");
+    put_json(out, &kind);
+    if let Some(id) = invocation_id {
+        out.put_slice(b",\"invocationId\":");
+        put_json(out, &id);
+    }
+    out.put_slice(b",\"target\":");
+    put_json(out, &target);
+    out.put_slice(b",\"arguments\":");
+    put_json(out, &arguments);
+    if !stream_ids.is_empty() {
+        out.put_slice(b",\"streamIds\":");
+        put_json(out, &stream_ids);
+    }
+    out.put_u8(b'}');
+}
+
 /// Writes ASP.NET's field order: `type`, `invocationId` (only when present), then the rest.
 pub fn encode(msg: &HubMessage, out: &mut BytesMut) {
     match msg {
         HubMessage::Invocation { invocation_id, target, arguments, stream_ids } => {
-            out.put_slice(b"{\"type\":1");
-            if let Some(id) = invocation_id {
-                out.put_slice(b",\"invocationId\":");
-                put_json(out, id);
-            }
-            out.put_slice(b",\"target\":");
-            put_json(out, target);
-            out.put_slice(b",\"arguments\":");
-            put_json(out, arguments);
-            if !stream_ids.is_empty() {
-                out.put_slice(b",\"streamIds\":");
-                put_json(out, stream_ids);
-            }
-            out.put_u8(b'}');
+            put_invocation(out, 1, invocation_id.as_deref(), target, arguments, stream_ids)
         }
         HubMessage::StreamItem { invocation_id, item } => {
             out.put_slice(b"{\"type\":2,\"invocationId\":");
@@ -148,17 +154,7 @@ pub fn encode(msg: &HubMessage, out: &mut BytesMut) {
             out.put_u8(b'}');
         }
         HubMessage::StreamInvocation { invocation_id, target, arguments, stream_ids } => {
-            out.put_slice(b"{\"type\":4,\"invocationId\":");
-            put_json(out, invocation_id);
-            out.put_slice(b",\"target\":");
-            put_json(out, target);
-            out.put_slice(b",\"arguments\":");
-            put_json(out, arguments);
-            if !stream_ids.is_empty() {
-                out.put_slice(b",\"streamIds\":");
-                put_json(out, stream_ids);
-            }
-            out.put_u8(b'}');
+            put_invocation(out, 4, Some(invocation_id), target, arguments, stream_ids)
         }
         HubMessage::CancelInvocation { invocation_id } => {
             out.put_slice(b"{\"type\":5,\"invocationId\":");
