@@ -25,6 +25,12 @@ use crate::{config::Secret, shutdown::Shutdown, telemetry::names};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// An ack or nack is a frame on its way out, never a wait for the broker. lapin can drop the
+/// promise of a settlement whose channel died under it without resolving it, so every
+/// settlement is bounded: past this, the delivery counts as unsettled and the broker
+/// redelivers it (handlers are idempotent). Without the bound, one lost ack would hold the
+/// consume loop, which waits for its in-flight deliveries, forever.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A live connection and the confirm-mode channel publishes go through.
 pub struct Live {
@@ -194,20 +200,24 @@ impl EventBus for RabbitBus {
         };
         let exchange: ShortString = self.topology.exchange().into();
         // Send everything first, then await the confirms: one round trip for the whole batch.
+        // One deadline bounds the whole batch, however the connection fails under it.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut pending = Vec::with_capacity(batch.len());
         for msg in batch {
             let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-            let res = live
-                .publish
-                .basic_publish(exchange.clone(), msg.routing_key.clone().into(), opts, &msg.payload, Self::properties(msg))
-                .await;
+            let send =
+                live.publish.basic_publish(exchange.clone(), msg.routing_key.clone().into(), opts, &msg.payload, Self::properties(msg));
+            let res = match tokio::time::timeout_at(deadline, send).await {
+                Ok(res) => res.map_err(|err| BusError::Unavailable(err.to_string())),
+                Err(_) => Err(BusError::Unavailable("publish not sent in time".into())),
+            };
             pending.push(res);
         }
         let mut results = Vec::with_capacity(batch.len());
         for res in pending {
             let outcome = match res {
-                Err(err) => Err(BusError::Unavailable(err.to_string())),
-                Ok(confirm) => match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                Err(err) => Err(err),
+                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
                     Err(_) => Err(BusError::Unavailable("no confirm from the broker".into())),
                     Ok(Err(err)) => Err(BusError::Unavailable(err.to_string())),
                     Ok(Ok(Confirmation::Ack(None))) => Ok(()),
@@ -253,24 +263,26 @@ fn bus_err(err: lapin::Error) -> BusError {
     BusError::Unavailable(err.to_string())
 }
 
-/// `Ok(false)` from lapin means the acker was poisoned (its channel is gone): the broker
-/// will redeliver, so for the caller the settlement did not happen.
-fn settled(res: Result<bool, lapin::Error>) -> Result<(), BusError> {
-    match res {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(BusError::Unavailable("channel closed before settling".into())),
-        Err(err) => Err(bus_err(err)),
+/// `Ok(false)` from lapin means the acker was poisoned (its channel is gone), and a timeout
+/// means the settlement was lost with its channel: either way the broker will redeliver, so
+/// for the caller the settlement did not happen.
+async fn settled(settlement: impl std::future::Future<Output = Result<bool, lapin::Error>>) -> Result<(), BusError> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settlement).await {
+        Err(_) => Err(BusError::Unavailable("settlement not sent in time".into())),
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(BusError::Unavailable("channel closed before settling".into())),
+        Ok(Err(err)) => Err(bus_err(err)),
     }
 }
 
 #[async_trait]
 impl Settle for RabbitSettle {
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        settled(self.acker.ack(BasicAckOptions::default()).await)
+        settled(self.acker.ack(BasicAckOptions::default())).await
     }
 
     async fn requeue(self: Box<Self>) -> Result<(), BusError> {
-        settled(self.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await)
+        settled(self.acker.nack(BasicNackOptions { requeue: true, ..Default::default() })).await
     }
 
     async fn dead_letter(self: Box<Self>, body: Bytes, reason: String) -> Result<(), BusError> {
@@ -281,26 +293,26 @@ impl Settle for RabbitSettle {
         if let Some(id) = &self.message_id {
             props = props.with_message_id(id.clone().into());
         }
-        let confirm = self
-            .live
-            .publish
-            .basic_publish(
-                self.dead_letter_exchange.clone().into(),
-                self.source_queue.clone().into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        let send = self.live.publish.basic_publish(
+            self.dead_letter_exchange.clone().into(),
+            self.source_queue.clone().into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        );
+        let confirm = tokio::time::timeout_at(deadline, send)
             .await
+            .map_err(|_| BusError::Unavailable("dead letter not sent in time".into()))?
             .map_err(bus_err)?;
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+        match tokio::time::timeout_at(deadline, confirm).await {
             Ok(Ok(Confirmation::Ack(_))) => {}
             Ok(Ok(other)) => return Err(BusError::Refused(format!("dead letter not confirmed: {other:?}"))),
             Ok(Err(err)) => return Err(bus_err(err)),
             Err(_) => return Err(BusError::Unavailable("no confirm for the dead letter".into())),
         }
         // Only once the dead letter is safe is the original removed.
-        settled(self.acker.ack(BasicAckOptions::default()).await)
+        settled(self.acker.ack(BasicAckOptions::default())).await
     }
 }
 
@@ -319,17 +331,25 @@ fn delivery_count(props: &BasicProperties) -> u32 {
 impl RabbitBus {
     async fn consume_once(&self, queue: Queue, prefetch: u16) -> Result<BoxStream<'static, Delivery>, BusError> {
         let live = self.connected().await.ok_or_else(|| BusError::Unavailable("shutting down".into()))?;
-        let channel = live.connection.create_channel().await.map_err(bus_err)?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(bus_err)?;
         let name = self.topology.queue(queue);
-        let consumer = channel
-            .basic_consume(
-                name.clone().into(),
-                format!("contoso-{}", uuid::Uuid::new_v4().simple()).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        // The connection may have died since it was handed out: bound the setup so the
+        // caller retries on the next one instead of waiting on a reply that never comes.
+        let setup = async {
+            let channel = live.connection.create_channel().await?;
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let consumer = channel
+                .basic_consume(
+                    name.clone().into(),
+                    format!("contoso-{}", uuid::Uuid::new_v4().simple()).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, consumer))
+        };
+        let (channel, consumer) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
             .await
+            .map_err(|_| BusError::Unavailable("consumer setup timed out".into()))?
             .map_err(bus_err)?;
         let dlx = self.topology.dead_letter_exchange();
         let kick = self.kick.clone();
