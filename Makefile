@@ -25,8 +25,10 @@ test-rust:
 	@eval "$$(scripts/services.sh)" && scripts/sweep.sh && \
 	  $(CARGO) test --locked --all-targets --features failpoints -- --test-threads=4 && scripts/sweep.sh
 
-## The official @microsoft/signalr client against the real binary (built by test-rust).
+## The official @microsoft/signalr client and the project's client module against the real
+## binary (built by test-rust).
 test-node:
+	clients/order-status-client/test.sh --build-only
 	@eval "$$(scripts/services.sh)" && cd tests/node && npm ci --no-audit --no-fund --silent && \
 	  CONTOSO_BIN=$(CURDIR)/target/debug/contoso npm test && cd ../.. && scripts/sweep.sh
 

@@ -80,7 +80,7 @@ impl App {
                 (true, Some(url), Some(redis)) => {
                     let all = crate::backplane::Channels::new(&settings.channel_prefix, &settings.hub_name).all();
                     Some(
-                        RedisBackplane::start(url.expose(), redis.pool().clone(), vec![all], shutdown.token.clone())
+                        RedisBackplane::start(url.expose(), redis.pool().clone(), vec![all], shutdown.connections.clone())
                             .context("invalid --redis-url")? as Arc<dyn Backplane>,
                     )
                 }
@@ -150,6 +150,7 @@ impl App {
         tokio::select! {
             res = &mut server => {
                 // The server ended on its own (it should not): still stop background work.
+                self.shutdown.intake.cancel();
                 self.shutdown.token.cancel();
                 self.shutdown.connections.cancel();
                 res??;
@@ -157,8 +158,15 @@ impl App {
             }
             () = stop => {}
         }
+        // The phases of `shutdown`'s header, in order.
         self.shutdown.start_draining();
-        let _ = tokio::time::timeout_at(deadline, handle.stop(true)).await;
+        self.shutdown.intake.cancel();
+        self.shutdown.intake_tasks.close();
+        if tokio::time::timeout_at(deadline, self.shutdown.intake_tasks.wait()).await.is_err() {
+            tracing::warn!("consumers did not settle within the shutdown timeout");
+        }
+        let hooks = futures_util::future::join_all(self.shutdown.take_drain_hooks().into_iter().map(|hook| hook(deadline)));
+        let _ = tokio::time::timeout_at(deadline, futures_util::future::join(handle.stop(true), hooks)).await;
         self.shutdown.token.cancel();
         self.shutdown.tasks.close();
         if tokio::time::timeout_at(deadline, self.shutdown.tasks.wait()).await.is_err() {

@@ -1,21 +1,34 @@
-//! Process lifecycle: one cancellation token and task tracker for background work, and the
-//! draining flag that readiness reads. Shutdown order (see `App::run_until_stopped`):
-//! 1. draining: readiness fails at once; 2. HTTP stops accepting and finishes in-flight requests;
-//! 3. background loops are cancelled and settle their work; 4. wait for them; 5. close the broker
-//!    connection they used. All bounded by the shutdown timeout.
+//! Process lifecycle: the draining flag readiness reads, and the cancellation tokens and task
+//! trackers of each shutdown phase, run in this order by `App::run_until_stopped` and all
+//! bounded by the shutdown timeout:
+//! 1. draining: readiness fails at once, the hub refuses new connections;
+//! 2. `intake`: consumers stop taking deliveries and settle the ones in flight;
+//! 3. HTTP stops accepting and finishes in-flight requests while the drain hooks run (the hub
+//!    closes its connections gradually);
+//! 4. `token`: the remaining background loops finish (the outbox relay's last drain);
+//! 5. `connections`: the broker and the backplane close last.
 
 use std::{
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
 
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// A drain hook: given the shutdown deadline, winds its part down before it.
+pub type DrainHook = Box<dyn FnOnce(Instant) -> BoxFuture<'static, ()> + Send>;
 
 #[derive(Clone)]
 pub struct Shutdown {
+    /// Cancelled first: consumers stop taking deliveries.
+    pub intake: CancellationToken,
+    /// The consume loops, awaited before anything else stops.
+    pub intake_tasks: TaskTracker,
     /// Cancelled when background loops must stop taking new work.
     pub token: CancellationToken,
     /// Every background task is spawned here so shutdown can wait for it.
@@ -27,18 +40,31 @@ pub struct Shutdown {
     pub connection_tasks: TaskTracker,
     draining: Arc<AtomicBool>,
     drain_file: Arc<PathBuf>,
+    hooks: Arc<Mutex<Vec<DrainHook>>>,
 }
 
 impl Shutdown {
     pub fn new(drain_file: PathBuf) -> Self {
         Self {
+            intake: CancellationToken::new(),
+            intake_tasks: TaskTracker::new(),
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connections: CancellationToken::new(),
             connection_tasks: TaskTracker::new(),
             draining: Arc::new(AtomicBool::new(false)),
             drain_file: Arc::new(drain_file),
+            hooks: Arc::default(),
         }
+    }
+
+    /// Registers work to run in phase 3, alongside the HTTP server's graceful stop.
+    pub fn on_drain(&self, hook: DrainHook) {
+        self.hooks.lock().expect("lock").push(hook);
+    }
+
+    pub(crate) fn take_drain_hooks(&self) -> Vec<DrainHook> {
+        std::mem::take(&mut *self.hooks.lock().expect("lock"))
     }
 
     /// Marks the process as draining (SIGTERM): readiness fails from now on.

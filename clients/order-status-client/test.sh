@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds and tests @contoso/order-status-client: installs from the lockfile when node_modules is
 # missing or was installed from another lockfile, then type-checks, builds dist/ and runs Vitest.
+# `--build-only` stops after the build (the Node conformance tests import dist/).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,4 +14,5 @@ fi
 
 npm run --silent typecheck
 npm run --silent build
+[[ "${1:-}" == "--build-only" ]] && exit 0
 npm test

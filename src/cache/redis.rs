@@ -111,11 +111,20 @@ fn event_key(user: &UserId, event_id: &str) -> String {
 
 /// Appends to the user's stream unless the event was logged before; trims by count and age
 /// and refreshes the TTLs. Returns the notification id (the earlier one for a duplicate).
+/// Trimming uses XDEL, not MAXLEN / XTRIM: only XDEL advances the stream's
+/// `max-deleted-entry-id`, which `since` reads to tell a client whether its replay is complete.
 const APPEND: &str = r#"
 local existing = redis.call('GET', KEYS[2])
 if existing then return existing end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'target', ARGV[1], 'payload', ARGV[2])
-redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])
+local id = redis.call('XADD', KEYS[1], '*', 'target', ARGV[1], 'payload', ARGV[2])
+local function delete(entries)
+  local ids = {}
+  for i, entry in ipairs(entries) do ids[i] = entry[1] end
+  if #ids > 0 then redis.call('XDEL', KEYS[1], unpack(ids)) end
+end
+local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[3])
+if excess > 0 then delete(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)) end
+delete(redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[5], 'COUNT', 1000))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
 return id
@@ -174,9 +183,13 @@ impl NotificationLog for RedisCache {
                 Some(LoggedNotification { id, target: get("target")?, payload })
             })
             .collect();
-        // Complete when nothing newer than what the client saw was ever trimmed away.
+        // Complete when nothing newer than what the client saw was ever trimmed away. When
+        // nothing was trimmed, a resume point older than the first entry comes from a stream
+        // that expired as a whole: what followed it there is unknown, so not complete either.
+        let first = stream_info_field(&info, "recorded-first-entry-id").and_then(|s| parse_stream_id(&s)).unwrap_or((0, 0));
         let complete = match after_id {
-            Some(seen) => seen >= max_deleted,
+            Some(seen) if max_deleted > (0, 0) => seen >= max_deleted,
+            Some(seen) => seen >= first,
             None => max_deleted == (0, 0),
         };
         Ok(Replay { notifications, complete })

@@ -7,13 +7,14 @@
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::{
-    connection::ConnectionHandle,
+    connection::{CloseRequest, ConnectionHandle},
     metrics_names as m,
     protocol::{HubMessage, Protocol},
 };
@@ -182,9 +183,35 @@ impl HubLifetime {
         self.connections.read().expect("lock").len()
     }
 
-    /// Every local connection (drain uses it to close them gradually).
+    /// Every local connection.
     pub fn snapshot(&self) -> Vec<ConnectionHandle> {
         self.connections.read().expect("lock").values().cloned().collect()
+    }
+
+    /// Closes every local connection with the Close ASP.NET sends when it shuts down
+    /// (`allowReconnect: true`, no error), connection i of n at i/n of `spread`: the clients
+    /// come back to the other servers as a trickle, not a wave. Returns once all have ended.
+    /// The caller has already stopped new connections (the endpoint refuses them while draining).
+    pub async fn drain(&self, spread: Duration) {
+        let started = tokio::time::Instant::now();
+        let connections = self.snapshot();
+        let n = connections.len();
+        tracing::info!(connections = n, spread_ms = spread.as_millis() as u64, "closing connections so clients reconnect elsewhere");
+        for (i, conn) in connections.iter().enumerate() {
+            tokio::time::sleep_until(started + spread.mul_f64(i as f64 / n as f64)).await;
+            conn.close(draining());
+        }
+        // Also whatever finished its handshake after the snapshot. Closing twice is harmless
+        // (the first request wins); this polls because it runs once per process lifetime.
+        loop {
+            let left = self.snapshot();
+            if left.is_empty() {
+                break;
+            }
+            left.iter().for_each(|conn| conn.close(draining()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "every connection closed");
     }
 }
 
@@ -194,4 +221,8 @@ pub fn envelope(msg: &HubMessage) -> Envelope {
         excluded: Vec::new(),
         payloads: Protocol::ALL.iter().map(|p| (p.name().to_owned(), p.encode_to_bytes(msg))).collect::<Vec<(String, Bytes)>>(),
     }
+}
+
+fn draining() -> CloseRequest {
+    CloseRequest { error: None, allow_reconnect: true, reason: "server-draining" }
 }

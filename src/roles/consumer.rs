@@ -44,7 +44,7 @@ pub fn backoff(delivery_count: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << delivery_count.min(6))).min(Duration::from_secs(10))
 }
 
-/// Starts consuming `queue` once the database is migrated, on the shutdown's task tracker.
+/// Starts consuming `queue` once the database is migrated; stops at the shutdown's `intake` phase.
 pub fn spawn<H, Fut>(
     deps: &super::Deps,
     shutdown: &crate::shutdown::Shutdown,
@@ -58,9 +58,9 @@ where
 {
     let bus = deps.bus.clone().ok_or_else(|| anyhow::anyhow!("consuming {label} needs a bus"))?;
     let cfg = ConsumerConfig { queue, label, prefetch: deps.settings.prefetch, delivery_limit: deps.settings.delivery_limit };
-    let token = shutdown.token.clone();
+    let token = shutdown.intake.clone();
     let mut db_ready = deps.db_ready.clone();
-    shutdown.spawn(async move {
+    shutdown.intake_tasks.spawn(async move {
         tokio::select! {
             _ = db_ready.wait_for(|ready| *ready) => {}
             () = token.cancelled() => return,

@@ -7,6 +7,7 @@ mod harness;
 mod auth;
 mod hub;
 mod lifecycle;
+mod notification_log;
 mod orders_api;
 mod outages;
 mod processing;

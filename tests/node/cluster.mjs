@@ -20,16 +20,21 @@ function replaceBlock(conf, name, lines) {
 export async function startNginx({ notifyPorts, acceptPort }) {
   const dir = mkdtempSync(join(tmpdir(), "contoso-nginx-"));
   const port = await freePort();
+  // Each rendering carries a generation number nginx serves, so a reload is known to be live.
+  let generation = 0;
   const render = (ports) => {
+    generation += 1;
     let conf = readFileSync(NGINX_CONF, "utf8").replaceAll("/tmp/", `${dir}/`);
     // Under the test runner stdout/stderr are pipes nginx cannot reopen: log to the temp dir.
+    // The access log names the upstream of every request (a WebSocket is logged when it ends),
+    // so a test can tell which process each connection went to.
     conf = conf
-      .replace("access_log /dev/stdout;", "access_log off;")
+      .replace("access_log /dev/stdout;", `log_format upstreams '$upstream_addr $status $request_uri'; access_log ${dir}/access.log upstreams;`)
       .replace("error_log /dev/stderr warn;", `error_log ${dir}/error.log warn;`)
       .replace("worker_processes auto;", "worker_processes 1;");
     conf = replaceBlock(conf, "notify upstreams", ports.map((p) => `server 127.0.0.1:${p};`));
     conf = replaceBlock(conf, "accept upstreams", [`server 127.0.0.1:${acceptPort};`]);
-    conf = replaceBlock(conf, "listen", [`listen 127.0.0.1:${port};`]);
+    conf = replaceBlock(conf, "listen", [`listen 127.0.0.1:${port};`, `location = /lb-generation { return 200 "${generation}"; }`]);
     writeFileSync(join(dir, "nginx.conf"), conf);
   };
   render(notifyPorts);
@@ -48,17 +53,34 @@ export async function startNginx({ notifyPorts, acceptPort }) {
     async setNotify(ports) {
       render(ports);
       child.kill("SIGHUP");
-      // A reload starts new workers; give the old ones a moment to hand over.
+      // Old workers keep accepting for a moment after the signal: wait until a fresh
+      // connection is answered by a worker with the new configuration.
+      const expected = String(generation);
       await eventually("nginx reload", async () => {
         try {
-          return (await fetch(`${base}/health/live`)).ok;
+          return (await (await fetch(`${base}/lb-generation`, { headers: { connection: "close" } })).text()) === expected;
         } catch {
           return false;
         }
       });
     },
+    /** Requests to `path` as [upstream, status] pairs, for the connections that have ended. */
+    upstreamLog(path) {
+      let text = "";
+      try {
+        text = readFileSync(join(dir, "access.log"), "utf8");
+      } catch {
+        return [];
+      }
+      return text
+        .split("\n")
+        .map((line) => line.split(" "))
+        .filter((f) => f.length >= 3 && f[2].startsWith(path))
+        .map(([upstream, status]) => [upstream, Number(status)]);
+    },
     async stop() {
-      child.kill("SIGQUIT");
+      // A fast stop: a graceful one (SIGQUIT) would wait for every open WebSocket.
+      child.kill("SIGTERM");
       await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.on("exit", resolve)));
       rmSync(dir, { recursive: true, force: true });
     },

@@ -101,6 +101,15 @@ export async function startServer(deployment, { roles = "all", args = [], port }
   };
 }
 
+/** The sum of every sample of Prometheus metric `name` on `server` (0 when absent). */
+export async function metric(server, name) {
+  const text = await (await fetch(`${server.base}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
+    .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+}
+
 const b64url = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
 
 /** An HS256 JWT for `sub`, signed with the deployment's secret. */

@@ -5,7 +5,7 @@
 mod consumer;
 mod order_hub;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use actix_web::web;
 use anyhow::Context;
@@ -47,8 +47,30 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> any
         shutdown: shutdown.clone(),
         signer: TokenSigner::new(negotiate_key(deps), settings.hub.negotiate_token_ttl),
     });
+    drain_on_shutdown(&lifetime, settings, shutdown);
     consumer::start(deps, shutdown, consumer::Notifier { store, cache, log, lifetime })?;
     Ok(Some(Arc::new(move |cfg: &mut web::ServiceConfig| crate::hub::endpoint::configure(cfg, HUB_PATH, endpoint.clone()))))
+}
+
+/// Phase 3 of the shutdown (see `shutdown`): the consumer has stopped; close every connection
+/// over `--drain-spread`, keeping a second of the shutdown timeout for what follows.
+fn drain_on_shutdown(lifetime: &Arc<HubLifetime>, settings: &crate::config::Settings, shutdown: &Shutdown) {
+    const AFTER_SPREAD: Duration = Duration::from_secs(1);
+    if settings.drain_spread + AFTER_SPREAD > settings.shutdown_timeout {
+        tracing::warn!(
+            drain_spread_s = settings.drain_spread.as_secs(),
+            shutdown_timeout_s = settings.shutdown_timeout.as_secs(),
+            "--drain-spread does not fit in --shutdown-timeout: the spread will be shortened"
+        );
+    }
+    let lifetime = lifetime.clone();
+    let spread = settings.drain_spread;
+    shutdown.on_drain(Box::new(move |deadline| {
+        Box::pin(async move {
+            let budget = deadline.saturating_duration_since(tokio::time::Instant::now()).saturating_sub(AFTER_SPREAD);
+            lifetime.drain(spread.min(budget)).await;
+        })
+    }));
 }
 
 /// The negotiate token key: configured, else derived from the JWT secret (both shared by

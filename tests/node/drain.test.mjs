@@ -1,0 +1,232 @@
+// The design's case 4 and its harder cousins, with the project's own client module
+// (clients/order-status-client, as the SPA uses it): scale-in with drain, a killed process,
+// the replay limit, and how 1,000 connections leave a draining process.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { LogLevel } from "@microsoft/signalr";
+import { OrderStatusClient } from "../../clients/order-status-client/dist/index.js";
+import { startCluster } from "./cluster.mjs";
+import { eventually, hubConnection, metric, newDeployment, placeOrder, sleep, startServer, token, uniqueUser } from "./harness.mjs";
+
+/** Every client this file opens, stopped after each suite even when a test failed. */
+const opened = new Set();
+async function stopAll() {
+  await Promise.all([...opened].map((c) => c.stop().catch(() => {})));
+  opened.clear();
+}
+
+/** A browser tab as the SPA builds it: the client module, every first-seen notification recorded. */
+async function openClient(url, tok) {
+  const client = new OrderStatusClient({ url, accessTokenFactory: () => tok, baseDelayMs: 300, maxDelayMs: 2000, logger: LogLevel.None });
+  opened.add(client);
+  const tab = { client, seen: [], updates: [], catchUps: [] };
+  client.on("notification", (n) => tab.seen.push(n.correlationId));
+  client.on("status", (u) => tab.updates.push(u));
+  client.on("catchUp", (c) => tab.catchUps.push(c));
+  await client.start();
+  return tab;
+}
+
+/** Places an order every `everyMs` until `stop()`; resolves to the correlation ids. */
+function orderStream(server, tok, everyMs) {
+  const ids = [];
+  let running = true;
+  const done = (async () => {
+    while (running) {
+      const started = Date.now();
+      ids.push(await placeOrder(server, tok));
+      await sleep(Math.max(0, everyMs - (Date.now() - started)));
+    }
+    return ids;
+  })();
+  return {
+    ids,
+    stop() {
+      running = false;
+      return done;
+    },
+  };
+}
+
+async function expectEveryNotificationOnce(tabs, ids) {
+  for (const [i, tab] of tabs.entries()) {
+    await eventually(`tab ${i}: all ${ids.length} notifications`, () => ids.every((id) => tab.seen.includes(id)), 30000);
+  }
+  for (const [i, tab] of tabs.entries()) {
+    assert.equal(tab.seen.length, ids.length, `tab ${i}: each notification once after de-duplication`);
+  }
+}
+
+const connections = (server) => metric(server, "contoso_hub_connections");
+
+describe("scale-in: case 4 and a killed process", () => {
+  let dep;
+  let cluster;
+  before(async () => {
+    dep = newDeployment();
+    cluster = await startCluster(dep, { notify: 3, notifyArgs: ["--drain-spread", "2", "--shutdown-timeout", "10"] });
+  });
+  after(async () => {
+    await stopAll();
+    await cluster?.stop();
+    dep?.drop();
+  });
+
+  test("case 4: draining and stopping one of three processes loses nothing, and no tab reconnects to it", async () => {
+    const [, , leaving] = cluster.notifiers;
+    const staying = cluster.notifiers.slice(0, 2);
+    const tok = token(dep, uniqueUser("case4"));
+    const tabs = [];
+    for (let i = 0; i < 6; i += 1) tabs.push(await openClient(cluster.lb.hubUrl, tok));
+    // Round-robin put tabs on every process, the leaving one included.
+    await eventually("six tabs registered", async () => (await Promise.all(cluster.notifiers.map(connections))).reduce((a, b) => a + b) === 6);
+    const onLeaving = await connections(leaving);
+    assert.ok(onLeaving >= 1, "the leaving process holds tabs");
+
+    const orders = orderStream(cluster.lb, tok, 100);
+    await sleep(1000);
+    // Kubernetes: preStop creates the drain file, readiness fails, the endpoint is removed,
+    // then SIGTERM. The process keeps serving its tabs until it closes them.
+    writeFileSync(leaving.drainFile, "");
+    await eventually("the leaving process to report not ready", async () => (await fetch(`${leaving.base}/health/ready`)).status === 503);
+    const refused = await fetch(`${leaving.base}/hubs/order-status/negotiate?negotiateVersion=1`, { method: "POST", headers: { authorization: `Bearer ${tok}` } });
+    assert.equal(refused.status, 503, "a draining process refuses negotiates");
+    await cluster.lb.setNotify(staying.map((n) => n.port));
+    leaving.child.kill("SIGTERM");
+    const exit = await leaving.exited;
+    assert.deepEqual(exit, { code: 0, signal: null }, "the drained process exits 0");
+    await sleep(1500);
+    const ids = await orders.stop();
+    assert.ok(ids.length >= 25, `orders flowed throughout (${ids.length})`);
+
+    await expectEveryNotificationOnce(tabs, ids);
+    assert.equal((await Promise.all(staying.map(connections))).reduce((a, b) => a + b), 6, "every tab is connected to a remaining process");
+    for (const tab of tabs) await tab.client.stop();
+    // Every WebSocket is logged when it ends: the leaving process saw only its first tabs.
+    await eventually("the access log", () => cluster.lb.upstreamLog("/hubs/").filter(([, s]) => s === 101).length >= 6 + onLeaving);
+    const toLeaving = cluster.lb.upstreamLog("/hubs/").filter(([up]) => up.includes(`:${leaving.port}`));
+    assert.equal(toLeaving.length, onLeaving, "no reconnect went to the draining process");
+    cluster.notifiers.splice(2, 1);
+  });
+
+  test("a process killed with no goodbye (kill -9) loses nothing either", async () => {
+    const victim = await cluster.addNotify();
+    const tok = token(dep, uniqueUser("kill9"));
+    const tabs = [];
+    for (let i = 0; i < 6; i += 1) tabs.push(await openClient(cluster.lb.hubUrl, tok));
+    await eventually("a tab on the victim", async () => (await connections(victim)) >= 1);
+    const orders = orderStream(cluster.lb, tok, 100);
+    await sleep(1000);
+    await victim.kill();
+    await cluster.lb.setNotify(cluster.notifiers.filter((n) => n !== victim).map((n) => n.port));
+    await sleep(1500);
+    const ids = await orders.stop();
+    await expectEveryNotificationOnce(tabs, ids);
+    for (const tab of tabs) await tab.client.stop();
+    cluster.notifiers.splice(cluster.notifiers.indexOf(victim), 1);
+  });
+});
+
+describe("the replay limit", () => {
+  let dep;
+  let server;
+  before(async () => {
+    dep = newDeployment();
+    server = await startServer(dep, { roles: "all", args: ["--notification-log-max", "2"] });
+  });
+  after(async () => {
+    await stopAll();
+    await server?.stop();
+    dep?.drop();
+  });
+
+  test("a tab away longer than the retention gets complete: false and recovers the statuses with GetCurrentStatus", async () => {
+    const tok = token(dep, uniqueUser("away"));
+    const tab = await openClient(server.hubUrl, tok);
+    const first = await placeOrder(server, tok);
+    await eventually("the first notification", () => tab.seen.includes(first));
+    await tab.client.stop();
+    // Away: five more orders, of which the log keeps the last two.
+    const missed = [];
+    for (let i = 0; i < 5; i += 1) {
+      const id = await placeOrder(server, tok);
+      tab.client.watchOrder(id);
+      missed.push(id);
+    }
+    await eventually("the missed orders to complete", async () => {
+      const orders = await (await fetch(`${server.base}/api/orders`, { headers: { authorization: `Bearer ${tok}` } })).json();
+      return orders.filter((o) => missed.includes(o.correlationId) && o.status === "COMPLETED").length === missed.length;
+    });
+    await tab.client.start();
+    await eventually("the catch-up", () => tab.catchUps.length === 1);
+    const [catchUp] = tab.catchUps;
+    assert.equal(catchUp.result.complete, false, "the server says the replay is incomplete");
+    assert.equal(catchUp.result.replayed, 2, "what is retained is replayed");
+    const notReplayed = missed.filter((id) => !tab.seen.includes(id));
+    assert.equal(notReplayed.length, 3, "three missed notifications were no longer retained");
+    assert.deepEqual([...catchUp.queried].sort(), notReplayed.sort(), "exactly the orders not replayed are queried");
+    for (const id of missed) {
+      const final = tab.updates.filter((u) => u.correlationId === id && u.status === "COMPLETED");
+      assert.equal(final.length, 1, `${id}: its final status arrived once`);
+    }
+    assert.deepEqual(tab.client.pendingOrders, [], "nothing is left waiting");
+    await tab.client.stop();
+  });
+});
+
+describe("the reconnect wave", () => {
+  let dep;
+  let cluster;
+  before(async () => {
+    dep = newDeployment();
+    cluster = await startCluster(dep, { notify: 3, notifyArgs: ["--drain-spread", "5", "--shutdown-timeout", "15"] });
+  });
+  after(async () => {
+    await stopAll();
+    await cluster?.stop();
+    dep?.drop();
+  });
+
+  test("1,000 connections leave a draining process spread over --drain-spread and all land on the others", async () => {
+    const [leaving, ...staying] = cluster.notifiers;
+    await cluster.lb.setNotify([leaving.port]);
+    const conns = [];
+    const closedAt = [];
+    const errors = [];
+    let reconnected = 0;
+    for (let batch = 0; batch < 10; batch += 1) {
+      const started = await Promise.all(
+        Array.from({ length: 100 }, async (_, i) => {
+          const conn = hubConnection(cluster.lb.hubUrl, token(dep, `wave-${batch}-${i}`), { reconnect: [0, 200, 500, 1000, 1000, 1000] });
+          opened.add(conn);
+          conn.onreconnecting(() => closedAt.push(Date.now()));
+          conn.onreconnected(() => (reconnected += 1));
+          conn.onclose((err) => errors.push(err?.message ?? "closed"));
+          await conn.start();
+          return conn;
+        }),
+      );
+      conns.push(...started);
+    }
+    await eventually("1,000 connections on the leaving process", async () => (await connections(leaving)) === 1000);
+    await cluster.lb.setNotify(staying.map((n) => n.port));
+    const sigterm = Date.now();
+    leaving.child.kill("SIGTERM");
+    await eventually("every connection back", () => reconnected === 1000, 30000);
+    assert.deepEqual(await leaving.exited, { code: 0, signal: null });
+    assert.deepEqual(errors, [], "no connection gave up");
+    assert.equal((await Promise.all(staying.map(connections))).reduce((a, b) => a + b), 1000, "all on the remaining processes");
+
+    // The Close messages arrive over about 5 s, evenly: every second of the spread holds a
+    // fifth of them, give or take.
+    const offsets = closedAt.map((t) => (t - sigterm) / 1000).sort((a, b) => a - b);
+    const spread = offsets.at(-1) - offsets[0];
+    const perSecond = [0, 1, 2, 3, 4].map((s) => offsets.filter((o) => o - offsets[0] >= s && o - offsets[0] < s + 1).length);
+    console.log(`drain: first Close ${offsets[0].toFixed(2)} s after SIGTERM, spread ${spread.toFixed(2)} s, per second ${perSecond.join(" ")}`);
+    assert.ok(spread >= 4 && spread <= 6, `spread over about 5 s (${spread.toFixed(2)} s)`);
+    for (const n of perSecond) assert.ok(n >= 120 && n <= 280, `an even spread: ${perSecond.join(" ")}`);
+    await Promise.all(conns.map((c) => c.stop()));
+    cluster.notifiers.splice(0, 1);
+  });
+});
