@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle bench-process sweep
+.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle bench-process bench-drain sweep
 
 help:
 	@echo "make run    - the whole shop (role all) at http://localhost:8080"
@@ -54,3 +54,6 @@ bench-idle:
 
 bench-process:
 	@eval "$$(scripts/services.sh)" && bench/process.sh
+
+bench-drain:
+	@eval "$$(scripts/services.sh)" && bench/drain.sh

@@ -196,29 +196,50 @@ fn token(secret: &str, user: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_zero_after_publishing_what_was_accepted() {
+async fn sigterm_during_a_burst_of_orders_exits_zero_and_loses_no_accepted_order() {
     let prefix = format!("t-{}.", uuid::Uuid::new_v4().simple());
     let mut bus = BusObserver::start(&prefix).await;
     let (mut child, port, db) = start_binary(&[], &prefix).await;
-    let client = reqwest::Client::new();
     let tok = token("lifecycle-secret", &unique_user("term"));
-    let mut ids = Vec::new();
-    for _ in 0..20 {
-        let res = client
-            .post(format!("http://127.0.0.1:{port}/api/orders"))
-            .bearer_auth(&tok)
-            .json(&json!({ "items": [{ "productId": "mug", "quantity": 1 }] }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202);
-        ids.push(res.json::<Value>().await.unwrap()["correlationId"].as_str().unwrap().to_owned());
-    }
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // Eight clients post as fast as they can until the server stops answering.
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (accepted, tok) = (accepted.clone(), tok.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut refused = Vec::new();
+                loop {
+                    let res = client
+                        .post(format!("http://127.0.0.1:{port}/api/orders"))
+                        .bearer_auth(&tok)
+                        .json(&json!({ "items": [{ "productId": "mug", "quantity": 1 }] }))
+                        .send()
+                        .await;
+                    match res {
+                        Ok(res) if res.status() == 202 => {
+                            let id = res.json::<Value>().await.unwrap()["correlationId"].as_str().unwrap().to_owned();
+                            accepted.lock().unwrap().push(id);
+                        }
+                        Ok(res) => refused.push(res.status().as_u16()),
+                        // The listener is closed: this client's burst is over.
+                        Err(_) => return refused,
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "a burst under way", || async { (accepted.lock().unwrap().len() >= 50).then_some(()) }).await;
     let started = Instant::now();
     sigterm(&child);
     let status = wait_exit(&mut child, Duration::from_secs(6));
     assert!(status.success(), "exit status {status:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "within --shutdown-timeout");
+    for worker in workers {
+        let refused = worker.await.unwrap();
+        assert!(refused.is_empty(), "a request in flight at SIGTERM is finished, not failed: {refused:?}");
+    }
+    let ids = accepted.lock().unwrap().clone();
     bus.wait_until(Duration::from_secs(10), "every accepted order's event", |seen| {
         ids.iter().all(|id| seen.iter().any(|o| o.body["correlationId"] == id.as_str()))
     })

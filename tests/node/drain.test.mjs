@@ -1,12 +1,12 @@
 // The design's case 4 and its harder cousins, with the project's own client module
 // (clients/order-status-client, as the SPA uses it): scale-in with drain, a killed process,
-// the replay limit, and how 1,000 connections leave a draining process.
+// a Redis outage, the replay limit, and how 1,000 connections leave a draining process.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { LogLevel } from "@microsoft/signalr";
 import { OrderStatusClient } from "../../clients/order-status-client/dist/index.js";
-import { startCluster } from "./cluster.mjs";
+import { chaosProxy, startCluster } from "./cluster.mjs";
 import { eventually, hubConnection, metric, newDeployment, placeOrder, sleep, startServer, token, uniqueUser } from "./harness.mjs";
 
 /** Every client this file opens, stopped after each suite even when a test failed. */
@@ -125,6 +125,45 @@ describe("scale-in: case 4 and a killed process", () => {
     await expectEveryNotificationOnce(tabs, ids);
     for (const tab of tabs) await tab.client.stop();
     cluster.notifiers.splice(cluster.notifiers.indexOf(victim), 1);
+  });
+});
+
+describe("a Redis outage under traffic", () => {
+  let dep;
+  let core;
+  const notifiers = [];
+  const proxies = [];
+  before(async () => {
+    dep = newDeployment();
+    core = await startServer(dep, { roles: "accept,process" });
+    const redisPort = Number(new URL(process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379").port || 6379);
+    for (let i = 0; i < 2; i += 1) {
+      const proxy = await chaosProxy(redisPort);
+      proxies.push(proxy);
+      notifiers.push(await startServer(dep, { roles: "notify", args: ["--redis-url", `redis://127.0.0.1:${proxy.port}/0`] }));
+    }
+  });
+  after(async () => {
+    await stopAll();
+    proxies.forEach((p) => p.close());
+    await Promise.all([core, ...notifiers].map((p) => p?.stop()));
+    dep?.drop();
+  });
+
+  test("every notification placed before, during and after the notify processes lose Redis arrives once", async () => {
+    const tok = token(dep, uniqueUser("blip"));
+    const tabs = [];
+    for (const n of notifiers) tabs.push(await openClient(n.hubUrl, tok), await openClient(n.hubUrl, tok));
+    const orders = orderStream(core, tok, 100);
+    await sleep(1000);
+    // The backplane subscription, the log and the user lookup all go: the processes keep
+    // their tabs, requeue what they cannot log, and ask their tabs to resume when Redis is back.
+    proxies.forEach((p) => p.cut());
+    await sleep(1500);
+    proxies.forEach((p) => p.restore());
+    await sleep(1500);
+    const ids = await orders.stop();
+    await expectEveryNotificationOnce(tabs, ids);
   });
 });
 

@@ -11,10 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+
+use crate::hub::connect;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -83,17 +84,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         closed.load(Ordering::Relaxed)
     );
     Ok(())
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
-    let mut request = url.into_client_request()?;
-    request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(20), tokio_tungstenite::connect_async(request)).await??;
-    ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}")).await?;
-    match tokio::time::timeout(Duration::from_secs(20), ws.next()).await? {
-        Some(Ok(Message::Text(t))) if t.as_str().starts_with("{}\u{1e}") => Ok(ws),
-        other => anyhow::bail!("unexpected handshake reply: {other:?}"),
-    }
 }

@@ -1,6 +1,8 @@
 //! `contoso-loadgen`: the load generator of the benchmark suite. Subcommands drive one part
 //! of the system each and print a human summary plus a JSON result (see BENCHMARKS.md).
 
+mod drain;
+mod hub;
 mod idle;
 mod orders;
 mod pipeline;
@@ -23,6 +25,8 @@ enum Command {
     Pipeline(pipeline::Args),
     /// Opens authenticated hub connections and holds them idle (memory and keep-alive cost).
     Idle(idle::Args),
+    /// Drains a notify process under traffic: reconnect time and rate, notifications missed.
+    Drain(drain::Args),
 }
 
 #[tokio::main]
@@ -30,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Orders(args) => orders::run(args).await,
         Command::Idle(args) => idle::run(args).await,
+        Command::Drain(args) => drain::run(args).await,
         Command::Pipeline(args) => pipeline::run(args).await,
     }
 }
