@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle bench-process bench-drain sweep
+.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle bench-process bench-drain bench-fanout bench-protocol sweep
 
 help:
 	@echo "make run    - the whole shop (role all) at http://localhost:8080"
@@ -57,3 +57,9 @@ bench-process:
 
 bench-drain:
 	@eval "$$(scripts/services.sh)" && bench/drain.sh
+
+bench-fanout:
+	@eval "$$(scripts/services.sh)" && bench/fanout.sh
+
+bench-protocol:
+	$(CARGO) bench --locked --bench protocol

@@ -21,3 +21,31 @@ wait_ready() { # wait_ready PORT
     for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$1/health/ready" >/dev/null && return 0; sleep 0.1; done
     echo "server on $1 never became ready" >&2; return 1
 }
+
+# A deployment of several processes: bench_deployment NAME creates its database and sets DB,
+# SECRET, PREFIX and CHANNELS; start_contoso PORT ROLE [ARGS...] starts one process of it (pid in
+# STARTED) and waits until it is ready; everything is stopped and cleaned up on exit.
+bench_deployment() {
+    DB="contoso_bench_$1_$$"; SECRET="bench-secret-$$"; PREFIX="bench-$$."; CHANNELS="bench-$$-"
+    BENCH_LOG="/tmp/contoso-bench-$1.log"
+    BENCH_PIDS=()
+    psql "$DB_ADMIN" -qc "CREATE DATABASE $DB"
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    for pid in "${BENCH_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    trap_flush_redis
+    psql "$DB_ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
+    for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$PREFIX"); do rabbitmqctl -q delete_queue "$q" >/dev/null; done
+}
+start_contoso() {
+    local port=$1 role=$2; shift 2
+    ./target/release/contoso --role "$role" --listen "127.0.0.1:$port" --database-url "${DB_ADMIN%/*}/$DB" \
+        --redis-url "$REDIS_URL" --amqp-url "$AMQP_URL" --jwt-secret "$SECRET" --bus-prefix "$PREFIX" \
+        --channel-prefix "$CHANNELS" --process-delay-ms 0 --log-level warn --drain-file "/tmp/contoso-bench-drain-$$-$port" \
+        "$@" >>"$BENCH_LOG" 2>&1 &
+    STARTED=$!
+    BENCH_PIDS+=("$STARTED")
+    wait_ready "$port"
+}

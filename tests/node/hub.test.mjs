@@ -50,6 +50,15 @@ describe("hub on one notify process", () => {
     const raw = await RawClient.connect(`${server.hubUrl}?id=${v0.connectionId}`, { token: tok });
     raw.close();
     assert.equal((await fetch(`${server.hubUrl}/negotiate?negotiateVersion=1`, { method: "POST" })).status, 401);
+    // ASP.NET answers a version it cannot read with 200 and an error body, which the client reports.
+    for (const [version, error] of [
+      ["two", "The client requested a non-integer protocol version."],
+      ["-1", "The client requested version '-1', but the server does not support this version."],
+    ]) {
+      const res = await fetch(`${server.hubUrl}/negotiate?negotiateVersion=${version}`, { method: "POST", headers: { authorization: `Bearer ${tok}` } });
+      assert.equal(res.status, 200);
+      assert.deepEqual(await res.json(), { error });
+    }
   });
 
   test("a forged, foreign or expired connection token gets 404", async () => {
@@ -115,6 +124,10 @@ describe("hub on one notify process", () => {
       await assert.rejects(conn.invoke("GetCurrentStatus", id, 2), { message: "Failed to invoke 'GetCurrentStatus' due to an error on the server." });
       await assert.rejects(conn.invoke("GetCurrentStatus", 42), { message: "Failed to invoke 'GetCurrentStatus' due to an error on the server." });
       await assert.rejects(conn.invoke("GetCurrentStatus", "0190b6a0-0000-7000-8000-000000000000"), /order not found/);
+      await assert.rejects(conn.invoke("ResumeNotifications", "not-a-notification-id"), {
+        message: "An unexpected error occurred invoking 'ResumeNotifications' on the server. HubException: invalid notification id 'not-a-notification-id'",
+      });
+      await assert.rejects(conn.invoke("ResumeNotifications", 42), { message: "Failed to invoke 'ResumeNotifications' due to an error on the server." });
       await assert.rejects(
         new Promise((resolve, reject) => conn.stream("GetCurrentStatus", id).subscribe({ next() {}, complete: resolve, error: reject })),
         { message: "The client attempted to invoke the non-streaming 'GetCurrentStatus' method with a streaming invocation." },

@@ -7,6 +7,7 @@ mod idle;
 mod orders;
 mod pipeline;
 mod report;
+mod targeted;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     Idle(idle::Args),
     /// Drains a notify process under traffic: reconnect time and rate, notifications missed.
     Drain(drain::Args),
+    /// Cross-process fan-out: per-user notifications at rising rates to tabs on several processes.
+    Targeted(targeted::Args),
 }
 
 #[tokio::main]
@@ -35,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Orders(args) => orders::run(args).await,
         Command::Idle(args) => idle::run(args).await,
         Command::Drain(args) => drain::run(args).await,
+        Command::Targeted(args) => targeted::run(args).await,
         Command::Pipeline(args) => pipeline::run(args).await,
     }
 }

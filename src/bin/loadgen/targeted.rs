@@ -1,0 +1,358 @@
+//! The `targeted` scenario: cross-process fan-out. Users with tabs on every notify process get
+//! per-user notifications at rising fixed rates, published straight onto the Redis backplane
+//! (fan-out alone, as another pod or a .NET server would) or as `order.processed` events that go
+//! through the notify consumer (user lookup, log, fan-out). Per rate: latency from the scheduled
+//! send to receipt on every tab, loss and duplicates, the notify processes' CPU per delivery, and
+//! Redis PUBLISH commands per notification.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use contoso::{
+    cache::map_key,
+    domain::{CorrelationId, Event, EventKind},
+    hub::{lifetime::envelope, protocol::HubMessage},
+};
+use deadpool_redis::redis;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    hub::connect,
+    report::{Latency, histogram},
+};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Driver {
+    /// PUBLISH ASP.NET envelopes to the users' backplane channels
+    Backplane,
+    /// Publish `order.processed` to RabbitMQ for orders whose `order:map:*` this tool seeded
+    Consumer,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Comma list of hub URLs; every user gets tabs on each in turn
+    #[arg(long, value_delimiter = ',')]
+    hub_urls: Vec<String>,
+    #[arg(long, env = "CONTOSO_JWT_SECRET")]
+    jwt_secret: String,
+    #[arg(long, default_value_t = 5000)]
+    users: usize,
+    #[arg(long, default_value_t = 2)]
+    tabs: usize,
+    #[arg(long, value_enum, default_value = "backplane")]
+    driver: Driver,
+    /// Comma list of delivery rates (notifications/s times tabs per user), one step each
+    #[arg(long, value_delimiter = ',', default_value = "5000,10000,20000,30000")]
+    rates: Vec<f64>,
+    /// Seconds per step
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    redis_url: String,
+    /// The notify processes' --channel-prefix
+    #[arg(long, default_value = "")]
+    channel_prefix: String,
+    #[arg(long, default_value = "Contoso.OrderNotification.Hubs.OrderStatusHub")]
+    hub_name: String,
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// The notify processes' --bus-prefix
+    #[arg(long, default_value = "")]
+    bus_prefix: String,
+    /// Pids of the notify processes, for their CPU time per delivery
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Every notification of the run, by slot: its correlation id, when it was due, and how many
+/// tabs received it.
+struct Book {
+    ids: Vec<String>,
+    slot_of: HashMap<String, usize>,
+    due_nanos: Vec<AtomicU64>,
+    received: Vec<AtomicU32>,
+    /// Slot ranges per step, and one latency histogram each.
+    steps: Vec<std::ops::Range<usize>>,
+    latency: Vec<Mutex<Histogram<u64>>>,
+    epoch: Instant,
+}
+
+impl Book {
+    fn record(&self, correlation_id: &str) {
+        let Some(&slot) = self.slot_of.get(correlation_id) else { return };
+        self.received[slot].fetch_add(1, Ordering::Relaxed);
+        let due = self.due_nanos[slot].load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        if let Some(step) = self.steps.iter().position(|r| r.contains(&slot)) {
+            let micros = (now.saturating_sub(due) / 1000).max(1);
+            let _ = self.latency[step].lock().expect("lock").record(micros);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StepResult {
+    driver: &'static str,
+    offered_deliveries_per_s: f64,
+    achieved_deliveries_per_s: f64,
+    notifications: usize,
+    expected: u64,
+    received: u64,
+    lost: u64,
+    duplicates: u64,
+    latency: Latency,
+    server_cpu_us_per_delivery: Option<f64>,
+    redis_publish_per_notification: f64,
+}
+
+/// The first `"correlationId":"…"` of each record of a text frame.
+fn correlation_ids(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\u{1e}').filter_map(|record| {
+        let start = record.find("\"correlationId\":\"")? + "\"correlationId\":\"".len();
+        let len = record[start..].find('"')?;
+        Some(&record[start..start + len])
+    })
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command: utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+async fn publish_calls(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(redis).await?;
+    Ok(info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_publish:"))
+        .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+        .unwrap_or(0))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.hub_urls.is_empty(), "--hub-urls needs at least one URL");
+    let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
+    let exp = chrono::Utc::now().timestamp() + 7200;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let users: Vec<String> = (0..args.users).map(|u| format!("fan-{run_id}-{u}")).collect();
+    let tabs = args.tabs.max(1);
+
+    // Every notification of the run, decided up front.
+    let mut ids = Vec::new();
+    let mut steps = Vec::new();
+    for rate in &args.rates {
+        let n = (rate / tabs as f64 * args.duration as f64) as usize;
+        steps.push(ids.len()..ids.len() + n);
+        ids.extend((0..n).map(|_| CorrelationId::new().to_string()));
+    }
+    let book = Arc::new(Book {
+        slot_of: ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect(),
+        due_nanos: (0..ids.len()).map(|_| AtomicU64::new(0)).collect(),
+        received: (0..ids.len()).map(|_| AtomicU32::new(0)).collect(),
+        latency: steps.iter().map(|_| Mutex::new(histogram())).collect(),
+        steps,
+        ids,
+        epoch: Instant::now(),
+    });
+
+    let client = redis::Client::open(args.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    if let Driver::Consumer = args.driver {
+        // The consumer finds each order's user through order:map:*, as accept writes it.
+        for (chunk_start, chunk) in book.ids.chunks(1000).enumerate() {
+            let mut pipe = redis::pipe();
+            for (i, id) in chunk.iter().enumerate() {
+                let user = &users[(chunk_start * 1000 + i) % users.len()];
+                pipe.cmd("SET").arg(map_key(CorrelationId::parse(id).map_err(anyhow::Error::msg)?)).arg(user).arg("EX").arg(3600).ignore();
+            }
+            let () = pipe.query_async(&mut redis).await?;
+        }
+    }
+
+    // Tabs: user u's tab t goes to hub URL (u * tabs + t) mod n, so every user spans the processes.
+    let connected = Instant::now();
+    let limit = Arc::new(Semaphore::new(200));
+    let mut handles = Vec::new();
+    for (u, user) in users.iter().enumerate() {
+        let token = encode(&Header::default(), &json!({ "sub": user, "exp": exp }), &key)?;
+        for t in 0..tabs {
+            let url = args.hub_urls[(u * tabs + t) % args.hub_urls.len()].clone();
+            let (token, book, permit) = (token.clone(), book.clone(), limit.clone().acquire_owned().await?);
+            handles.push(tokio::spawn(async move {
+                let ws = connect(&url, &token).await;
+                drop(permit);
+                let mut ws = ws?;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(text) = msg {
+                        correlation_ids(text.as_str()).for_each(|id| book.record(id));
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+    }
+    let _ = limit.acquire_many(200).await?;
+    let failed = handles.iter().filter(|h| h.is_finished()).count();
+    anyhow::ensure!(failed == 0, "{failed} connections failed to open");
+    // One SUBSCRIBE per (user, process): each user channel has exactly as many subscribers as
+    // processes holding that user's tabs.
+    let processes = args.hub_urls.len().min(tabs);
+    let channels = contoso::backplane::Channels::new(&args.channel_prefix, &args.hub_name);
+    let expected_subscriptions = (users.len() * processes) as u64;
+    let mut subscriptions = 0u64;
+    // Subscriptions are coalesced and asynchronous: give the last ones a moment to land.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while subscriptions != expected_subscriptions && Instant::now() < deadline {
+        subscriptions = 0;
+        for chunk in users.chunks(500) {
+            let mut cmd = redis::cmd("PUBSUB");
+            cmd.arg("NUMSUB");
+            chunk.iter().for_each(|u| {
+                cmd.arg(channels.user(u));
+            });
+            let counts: Vec<(String, u64)> = cmd.query_async(&mut redis).await?;
+            subscriptions += counts.iter().map(|(_, n)| n).sum::<u64>();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "{} tabs of {} users open in {:.1} s; {subscriptions} user-channel subscriptions for {} (user, process) pairs",
+        users.len() * tabs,
+        users.len(),
+        connected.elapsed().as_secs_f64(),
+        expected_subscriptions
+    );
+
+    let amqp = match args.driver {
+        Driver::Consumer => {
+            let conn = lapin::Connection::connect(&args.amqp_url, lapin::ConnectionProperties::default()).await?;
+            Some((conn.create_channel().await?, conn))
+        }
+        Driver::Backplane => None,
+    };
+    let exchange = format!("{}contoso.orders", args.bus_prefix);
+    let mut results = Vec::new();
+    for (step, rate) in args.rates.iter().enumerate() {
+        let range = book.steps[step].clone();
+        let notifications_per_s = rate / tabs as f64;
+        let cpu_before: Option<u64> = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let publish_before = publish_calls(&mut redis).await?;
+        let started = Instant::now();
+        let mut next = range.start;
+        while next < range.end {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let due_until = range.start + ((started.elapsed().as_secs_f64() * notifications_per_s) as usize).min(range.len());
+            let mut pipe = redis::pipe();
+            for slot in next..due_until {
+                let due = started + Duration::from_secs_f64((slot - range.start) as f64 / notifications_per_s);
+                book.due_nanos[slot].store(due.duration_since(book.epoch).as_nanos() as u64, Ordering::Relaxed);
+                let user = &users[slot % users.len()];
+                match &amqp {
+                    None => {
+                        let payload = json!({ "notificationId": "0-1", "correlationId": book.ids[slot], "orderId": "CS-000001", "status": "COMPLETED", "occurredAt": "2026-01-01T00:00:00.000Z" });
+                        let env = envelope(&HubMessage::push("OrderCompleted", vec![payload]));
+                        pipe.cmd("PUBLISH").arg(channels.user(user)).arg(env.encode().as_ref()).ignore();
+                    }
+                    Some((channel, _)) => {
+                        let id = CorrelationId::parse(&book.ids[slot]).map_err(anyhow::Error::msg)?;
+                        let event = Event::new(EventKind::Processed { order_id: "CS-000001".into() }, id, chrono::Utc::now());
+                        channel
+                            .basic_publish(
+                                exchange.clone().into(),
+                                "order.processed".into(),
+                                lapin::options::BasicPublishOptions::default(),
+                                &event.to_json(),
+                                lapin::BasicProperties::default().with_message_id(event.event_id.to_string().into()),
+                            )
+                            .await?;
+                    }
+                }
+            }
+            next = due_until;
+            if amqp.is_none() {
+                let mut conn = redis.clone();
+                tokio::spawn(async move {
+                    let _: Result<(), _> = pipe.query_async(&mut conn).await;
+                });
+            }
+        }
+        let sent_for = started.elapsed();
+        // Wait for the stragglers (bounded), then count.
+        let expected = (range.len() * tabs) as u64;
+        let settle = Instant::now() + Duration::from_secs(10);
+        let count = |range: std::ops::Range<usize>| -> (u64, u64) {
+            range.fold((0, 0), |(got, dup), slot| {
+                let n = book.received[slot].load(Ordering::Relaxed) as u64;
+                (got + n.min(tabs as u64), dup + n.saturating_sub(tabs as u64))
+            })
+        };
+        while count(range.clone()).0 < expected && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (received, duplicates) = count(range.clone());
+        let cpu_after: Option<u64> = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let publish_after = publish_calls(&mut redis).await?;
+        let ticks_per_s = 100.0; // USER_HZ on Linux
+        let result = StepResult {
+            driver: match args.driver {
+                Driver::Backplane => "backplane",
+                Driver::Consumer => "consumer",
+            },
+            offered_deliveries_per_s: *rate,
+            achieved_deliveries_per_s: received as f64 / sent_for.as_secs_f64(),
+            notifications: range.len(),
+            expected,
+            received,
+            lost: expected - received,
+            duplicates,
+            latency: Latency::of(&book.latency[step].lock().expect("lock")),
+            server_cpu_us_per_delivery: cpu_before
+                .zip(cpu_after)
+                .filter(|_| received > 0)
+                .map(|(b, a)| (a - b) as f64 / ticks_per_s * 1e6 / received as f64),
+            redis_publish_per_notification: publish_after.saturating_sub(publish_before) as f64 / range.len().max(1) as f64,
+        };
+        println!(
+            "{:<9} offered {:>7.0}/s  achieved {:>8.1}/s  lost {:>6}  dup {:>4}  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  cpu {:>6} µs/delivery  PUBLISH/notification {:.2}",
+            result.driver,
+            result.offered_deliveries_per_s,
+            result.achieved_deliveries_per_s,
+            result.lost,
+            result.duplicates,
+            result.latency.p50_ms,
+            result.latency.p99_ms,
+            result.latency.p999_ms,
+            result.server_cpu_us_per_delivery.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+            result.redis_publish_per_notification
+        );
+        results.push(result);
+    }
+    if let Some(out) = args.out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, serde_json::to_vec_pretty(&results)?)?;
+    }
+    for h in handles {
+        h.abort();
+    }
+    Ok(())
+}
