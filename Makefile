@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle bench-process bench-drain bench-fanout bench-protocol sweep
+.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle bench-process bench-drain bench-fanout bench-toast bench-slow bench-protocol sweep
 
 help:
 	@echo "make run    - the whole shop (role all) at http://localhost:8080"
@@ -63,3 +63,9 @@ bench-fanout:
 
 bench-protocol:
 	$(CARGO) bench --locked --bench protocol
+
+bench-toast:
+	@eval "$$(scripts/services.sh)" && bench/toast.sh
+
+bench-slow:
+	@eval "$$(scripts/services.sh)" && bench/slow.sh

@@ -2,7 +2,9 @@
 # Cross-process fan-out: two notify processes, USERS users with two tabs each (one on each
 # process), per-user notifications at rising fixed delivery rates. First straight onto the Redis
 # backplane (fan-out alone), then as order.processed events through the notify consumer (user
-# lookup, notification log, fan-out). Usage: bench/fanout.sh [USERS] [BACKPLANE_RATES] [CONSUMER_RATES]
+# lookup, notification log, fan-out). Last, the same backplane rates through two bare relays
+# (contoso-loadgen relay: no auth, no hub protocol), the floor. Draws bench/plots/fanout-latency.png.
+# Usage: bench/fanout.sh [USERS] [BACKPLANE_RATES] [CONSUMER_RATES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -25,3 +27,17 @@ common=(--hub-urls "$URLS" --jwt-secret "$SECRET" --users "$USERS" --tabs 2 --re
     --out bench/results/fanout-backplane.json
 ./target/release/contoso-loadgen targeted "${common[@]}" --driver consumer --rates "$CONSUMER_RATES" \
     --out bench/results/fanout-consumer.json
+RELAYS=""
+for i in 3 4; do
+    port=$((BASE + i))
+    ./target/release/contoso-loadgen relay --listen "127.0.0.1:$port" --redis-url "$REDIS_URL" --channel-prefix "$CHANNELS" \
+        >>"$BENCH_LOG" 2>&1 &
+    BENCH_PIDS+=("$!")
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    RELAYS="${RELAYS:+$RELAYS,}ws://127.0.0.1:$port/"
+done
+./target/release/contoso-loadgen targeted --hub-urls "$RELAYS" --bare --jwt-secret "$SECRET" --users "$USERS" --tabs 2 \
+    --redis-url "$REDIS_URL" --channel-prefix "$CHANNELS" --pids "$(IFS=,; echo "${BENCH_PIDS[*]:2:2}")" \
+    --rates "$BACKPLANE_RATES" --out bench/results/fanout-relay.json
+./target/release/contoso-loadgen plot --latency bench/results/fanout-backplane.json,bench/results/fanout-consumer.json,bench/results/fanout-relay.json \
+    --latency-out bench/plots/fanout-latency.png

@@ -50,6 +50,9 @@ echo "connections   rss_kib   handshake_failures   cpu_percent_of_one_core"
 echo "2000          $rss_small   $failed_small   $cpu_small"
 echo "19000         $rss_big   $failed_big   $cpu_big"
 echo "rss slope: $slope bytes per idle connection"
+mkdir -p bench/results
+echo "[{\"connections\":2000,\"rss_kib\":$rss_small},{\"connections\":19000,\"rss_kib\":$rss_big}]" > bench/results/idle.json
+./target/release/contoso-loadgen plot --rss bench/results/idle.json --rss-out bench/plots/idle-rss.png
 trap_flush_redis
 for q in contoso.order-process contoso.order-notification; do
     for n in "bench-$$.$q" "bench-$$.$q.dead-letter"; do rabbitmqctl -q delete_queue "$n" >/dev/null 2>&1 || true; done

@@ -7,6 +7,7 @@ mod harness;
 mod auth;
 mod hub;
 mod lifecycle;
+mod loadgen;
 mod notification_log;
 mod orders_api;
 mod outages;

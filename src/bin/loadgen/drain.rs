@@ -333,11 +333,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         result.duplicates,
         result.incomplete_replays
     );
-    if let Some(out) = args.out {
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(out, serde_json::to_vec_pretty(&result)?)?;
+    if let Some(out) = &args.out {
+        crate::report::write_json(out, &result)?;
     }
     Ok(())
 }

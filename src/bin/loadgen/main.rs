@@ -6,8 +6,11 @@ mod hub;
 mod idle;
 mod orders;
 mod pipeline;
+mod plot;
+mod relay;
 mod report;
 mod targeted;
+mod toast;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +33,12 @@ enum Command {
     Drain(drain::Args),
     /// Cross-process fan-out: per-user notifications at rising rates to tabs on several processes.
     Targeted(targeted::Args),
+    /// The bare relay: the smallest WebSocket relay on Redis pub/sub, the floor for `targeted`.
+    Relay(relay::Args),
+    /// Draws PNG plots from the JSON results.
+    Plot(plot::Args),
+    /// The whole pipeline as a shopper sees it: POST /api/orders to the toast on the user's tab.
+    Toast(toast::Args),
 }
 
 #[tokio::main]
@@ -39,6 +48,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Idle(args) => idle::run(args).await,
         Command::Drain(args) => drain::run(args).await,
         Command::Targeted(args) => targeted::run(args).await,
+        Command::Relay(args) => relay::run(args).await,
+        Command::Plot(args) => plot::run(args),
+        Command::Toast(args) => toast::run(args).await,
         Command::Pipeline(args) => pipeline::run(args).await,
     }
 }

@@ -56,7 +56,8 @@ impl RunResult {
     }
 }
 
-pub fn write_json(path: &Path, results: &[RunResult]) -> anyhow::Result<()> {
+/// Writes any scenario's results as pretty JSON, creating the directory.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, results: &T) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    hub::connect,
+    hub::{BackplaneArgs, connect},
     report::{Latency, histogram},
 };
 
@@ -61,13 +61,8 @@ pub struct Args {
     /// Seconds per step
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
-    redis_url: String,
-    /// The notify processes' --channel-prefix
-    #[arg(long, default_value = "")]
-    channel_prefix: String,
-    #[arg(long, default_value = "Contoso.OrderNotification.Hubs.OrderStatusHub")]
-    hub_name: String,
+    #[command(flatten)]
+    backplane: BackplaneArgs,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
     /// The notify processes' --bus-prefix
@@ -76,6 +71,19 @@ pub struct Args {
     /// Pids of the notify processes, for their CPU time per delivery
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// Fraction of tabs that never read (slow consumers); they are left out of the expected
+    /// deliveries and the latency
+    #[arg(long, default_value_t = 0.0)]
+    slow_fraction: f64,
+    /// The hub URLs are bare relays (`contoso-loadgen relay`): no token, no handshake
+    #[arg(long)]
+    bare: bool,
+    /// Seconds to wait for every (user, process) subscription before sending
+    #[arg(long, default_value_t = 15)]
+    subscription_wait: u64,
+    /// Seconds a step waits for late deliveries before counting what is missing as lost
+    #[arg(long, default_value_t = 10)]
+    settle: u64,
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -84,6 +92,8 @@ pub struct Args {
 /// tabs received it.
 struct Book {
     ids: Vec<String>,
+    /// Reading tabs per user (slow tabs are not counted).
+    readers: Vec<u32>,
     slot_of: HashMap<String, usize>,
     due_nanos: Vec<AtomicU64>,
     received: Vec<AtomicU32>,
@@ -118,16 +128,32 @@ struct StepResult {
     duplicates: u64,
     latency: Latency,
     server_cpu_us_per_delivery: Option<f64>,
+    /// Largest sum of the servers' RSS sampled during the step.
+    server_rss_mib_max: f64,
+    slow_tabs: usize,
     redis_publish_per_notification: f64,
 }
 
-/// The first `"correlationId":"…"` of each record of a text frame.
-fn correlation_ids(text: &str) -> impl Iterator<Item = &str> {
-    text.split('\u{1e}').filter_map(|record| {
-        let start = record.find("\"correlationId\":\"")? + "\"correlationId\":\"".len();
-        let len = record[start..].find('"')?;
-        Some(&record[start..start + len])
-    })
+/// Every `"correlationId":"…"` in a frame: JSON records from the hub, or the JSON bytes the
+/// bare relay forwards inside the MessagePack envelope.
+fn correlation_ids(frame: &[u8]) -> Vec<&str> {
+    const KEY: &[u8] = b"\"correlationId\":\"";
+    let mut found = Vec::new();
+    let mut rest = frame;
+    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        rest = &rest[at + KEY.len()..];
+        let Some(len) = rest.iter().position(|b| *b == b'"') else { break };
+        if let Ok(id) = std::str::from_utf8(&rest[..len]) {
+            found.push(id);
+        }
+        rest = &rest[len..];
+    }
+    found
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -163,7 +189,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         steps.push(ids.len()..ids.len() + n);
         ids.extend((0..n).map(|_| CorrelationId::new().to_string()));
     }
+    // Tab k (user k / tabs) is slow when the running fraction passes a whole tab there: an
+    // even spread of exactly round(fraction * all tabs) slow tabs.
+    let slow = |k: usize| ((k + 1) as f64 * args.slow_fraction).floor() > (k as f64 * args.slow_fraction).floor();
+    let readers: Vec<u32> = (0..users.len()).map(|u| (0..tabs).filter(|t| !slow(u * tabs + t)).count() as u32).collect();
     let book = Arc::new(Book {
+        readers,
         slot_of: ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect(),
         due_nanos: (0..ids.len()).map(|_| AtomicU64::new(0)).collect(),
         received: (0..ids.len()).map(|_| AtomicU32::new(0)).collect(),
@@ -173,7 +204,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         epoch: Instant::now(),
     });
 
-    let client = redis::Client::open(args.redis_url.as_str())?;
+    let client = redis::Client::open(args.backplane.redis_url.as_str())?;
     let mut redis = client.get_multiplexed_async_connection().await?;
     if let Driver::Consumer = args.driver {
         // The consumer finds each order's user through order:map:*, as accept writes it.
@@ -196,14 +227,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         for t in 0..tabs {
             let url = args.hub_urls[(u * tabs + t) % args.hub_urls.len()].clone();
             let (token, book, permit) = (token.clone(), book.clone(), limit.clone().acquire_owned().await?);
+            let (bare, slow, user) = (args.bare, slow(u * tabs + t), user.clone());
             handles.push(tokio::spawn(async move {
-                let ws = connect(&url, &token).await;
+                let ws = if bare {
+                    tokio_tungstenite::connect_async(format!("{url}?user={user}")).await.map(|(ws, _)| ws).map_err(anyhow::Error::from)
+                } else {
+                    connect(&url, &token).await
+                };
                 drop(permit);
                 let mut ws = ws?;
+                if slow {
+                    // A tab that stopped reading: the socket stays open, nothing is read.
+                    std::future::pending::<()>().await;
+                }
                 while let Some(Ok(msg)) = ws.next().await {
-                    if let Message::Text(text) = msg {
-                        correlation_ids(text.as_str()).for_each(|id| book.record(id));
-                    }
+                    let frame: &[u8] = match &msg {
+                        Message::Text(text) => text.as_bytes(),
+                        Message::Binary(bytes) => bytes,
+                        _ => continue,
+                    };
+                    correlation_ids(frame).into_iter().for_each(|id| book.record(id));
                 }
                 Ok::<_, anyhow::Error>(())
             }));
@@ -215,11 +258,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // One SUBSCRIBE per (user, process): each user channel has exactly as many subscribers as
     // processes holding that user's tabs.
     let processes = args.hub_urls.len().min(tabs);
-    let channels = contoso::backplane::Channels::new(&args.channel_prefix, &args.hub_name);
+    let channels = args.backplane.channels();
     let expected_subscriptions = (users.len() * processes) as u64;
     let mut subscriptions = 0u64;
     // Subscriptions are coalesced and asynchronous: give the last ones a moment to land.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(args.subscription_wait);
     while subscriptions != expected_subscriptions && Instant::now() < deadline {
         subscriptions = 0;
         for chunk in users.chunks(500) {
@@ -257,8 +300,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let publish_before = publish_calls(&mut redis).await?;
         let started = Instant::now();
         let mut next = range.start;
+        let mut rss_max_kib = 0u64;
+        let mut rss_sampled = started;
         while next < range.end {
             tokio::time::sleep(Duration::from_millis(1)).await;
+            if rss_sampled.elapsed() >= Duration::from_millis(200) {
+                rss_sampled = Instant::now();
+                rss_max_kib = rss_max_kib.max(args.pids.iter().filter_map(|p| rss_kib(*p)).sum());
+            }
             let due_until = range.start + ((started.elapsed().as_secs_f64() * notifications_per_s) as usize).min(range.len());
             let mut pipe = redis::pipe();
             for slot in next..due_until {
@@ -296,12 +345,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let sent_for = started.elapsed();
         // Wait for the stragglers (bounded), then count.
-        let expected = (range.len() * tabs) as u64;
-        let settle = Instant::now() + Duration::from_secs(10);
+        let readers_of = |slot: usize| book.readers[slot % users.len()] as u64;
+        let expected: u64 = range.clone().map(readers_of).sum();
+        let settle = Instant::now() + Duration::from_secs(args.settle);
         let count = |range: std::ops::Range<usize>| -> (u64, u64) {
             range.fold((0, 0), |(got, dup), slot| {
                 let n = book.received[slot].load(Ordering::Relaxed) as u64;
-                (got + n.min(tabs as u64), dup + n.saturating_sub(tabs as u64))
+                (got + n.min(readers_of(slot)), dup + n.saturating_sub(readers_of(slot)))
             })
         };
         while count(range.clone()).0 < expected && Instant::now() < settle {
@@ -312,9 +362,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let publish_after = publish_calls(&mut redis).await?;
         let ticks_per_s = 100.0; // USER_HZ on Linux
         let result = StepResult {
-            driver: match args.driver {
-                Driver::Backplane => "backplane",
-                Driver::Consumer => "consumer",
+            driver: match (args.bare, args.driver) {
+                (true, _) => "relay",
+                (false, Driver::Backplane) => "backplane",
+                (false, Driver::Consumer) => "consumer",
             },
             offered_deliveries_per_s: *rate,
             achieved_deliveries_per_s: received as f64 / sent_for.as_secs_f64(),
@@ -328,10 +379,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .zip(cpu_after)
                 .filter(|_| received > 0)
                 .map(|(b, a)| (a - b) as f64 / ticks_per_s * 1e6 / received as f64),
+            server_rss_mib_max: rss_max_kib as f64 / 1024.0,
+            slow_tabs: users.len() * tabs - book.readers.iter().map(|r| *r as usize).sum::<usize>(),
             redis_publish_per_notification: publish_after.saturating_sub(publish_before) as f64 / range.len().max(1) as f64,
         };
         println!(
-            "{:<9} offered {:>7.0}/s  achieved {:>8.1}/s  lost {:>6}  dup {:>4}  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  cpu {:>6} µs/delivery  PUBLISH/notification {:.2}",
+            "{:<9} offered {:>7.0}/s  achieved {:>8.1}/s  lost {:>6}  dup {:>4}  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  cpu {:>6} µs/delivery  rss {:>6.1} MiB  PUBLISH/notification {:.2}",
             result.driver,
             result.offered_deliveries_per_s,
             result.achieved_deliveries_per_s,
@@ -341,15 +394,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             result.latency.p99_ms,
             result.latency.p999_ms,
             result.server_cpu_us_per_delivery.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+            result.server_rss_mib_max,
             result.redis_publish_per_notification
         );
         results.push(result);
     }
-    if let Some(out) = args.out {
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(out, serde_json::to_vec_pretty(&results)?)?;
+    if let Some(out) = &args.out {
+        crate::report::write_json(out, &results)?;
     }
     for h in handles {
         h.abort();

@@ -1,0 +1,84 @@
+//! The bare relay: the floor every fan-out figure is compared with. The smallest WebSocket
+//! relay on the same Redis pub/sub: no authentication, no hub protocol, no queues. A client
+//! connects to `/?user=<id>`; the relay subscribes to that user's backplane channel on one
+//! shared subscriber connection and forwards every payload unchanged as a binary frame. It lives
+//! for one benchmark run: nothing is ever unsubscribed or cleaned up.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use deadpool_redis::redis;
+use futures_util::{SinkExt, StreamExt};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_tungstenite::tungstenite::{Message, handshake::server::Request};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: String,
+    /// User u's channel is the hub's: `{channel_prefix}{hub_name}:user:{u}`
+    #[command(flatten)]
+    backplane: crate::hub::BackplaneArgs,
+}
+
+type Sockets = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Bytes>>>>>;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = redis::Client::open(args.backplane.redis_url.as_str())?;
+    let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
+    let sockets: Sockets = Arc::default();
+    let (subscribe_tx, mut subscribe_rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(channel) = subscribe_rx.recv().await {
+            let _ = sink.subscribe(channel).await;
+        }
+    });
+    let routes = sockets.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = stream.next().await {
+            let payload = Bytes::from(msg.get_payload_bytes().to_vec());
+            if let Some(targets) = routes.lock().expect("lock").get(msg.get_channel_name()) {
+                targets.iter().for_each(|t| drop(t.send(payload.clone())));
+            }
+        }
+    });
+    let listener = TcpListener::bind(&args.listen).await?;
+    eprintln!("bare relay listening on {}", listener.local_addr()?);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let (sockets, subscribe_tx) = (sockets.clone(), subscribe_tx.clone());
+        let channels = args.backplane.channels();
+        tokio::spawn(async move {
+            let mut user = String::new();
+            // The callback's error type is tungstenite's, large or not.
+            #[allow(clippy::result_large_err)]
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, res| {
+                user = req.uri().query().and_then(|q| q.strip_prefix("user=")).unwrap_or_default().to_owned();
+                Ok(res)
+            })
+            .await;
+            let Ok(ws) = ws else { return };
+            let channel = channels.user(&user);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let first = {
+                let mut map = sockets.lock().expect("lock");
+                let entry = map.entry(channel.clone()).or_default();
+                entry.push(tx);
+                entry.len() == 1
+            };
+            if first {
+                let _ = subscribe_tx.send(channel);
+            }
+            let (mut write, mut read) = ws.split();
+            tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
+            while let Some(payload) = rx.recv().await {
+                if write.send(Message::binary(payload)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
