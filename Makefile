@@ -23,7 +23,8 @@ lint:
 
 test-rust:
 	@eval "$$(scripts/services.sh)" && scripts/sweep.sh && \
-	  $(CARGO) test --locked --all-targets --features failpoints -- --test-threads=4 && scripts/sweep.sh
+	  $(CARGO) test --locked --lib --bins --tests --features failpoints -- --test-threads=4 && \
+	  $(CARGO) test --locked --benches --features failpoints && scripts/sweep.sh
 
 ## The official @microsoft/signalr client and the project's client module against the real
 ## binary (built by test-rust).

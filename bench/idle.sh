@@ -19,27 +19,22 @@ measure() { # measure CONNECTIONS -> prints "rss_kib failed cpu_percent"
         --channel-prefix "bench-$$-" --log-level warn --drain-file "/tmp/contoso-bench-drain-$$" >/tmp/contoso-bench-idle.log 2>&1 &
     pid=$!
     wait_ready "$port"
-    local procs=$(( (total + 9499) / 9500 )) per=$(( total / ((total + 9499) / 9500) ))
-    local outs=()
-    for i in $(seq 1 "$procs"); do
-        out=$(mktemp); outs+=("$out")
-        ./target/release/contoso-loadgen idle --url "ws://127.0.0.1:$port/hubs/order-status" --jwt-secret "$SECRET" \
-            --connections "$per" --rate $((4000 / procs)) --hold $((HOLD + 30)) >"$out" 2>/dev/null &
-    done
-    for out in "${outs[@]}"; do
-        for _ in $(seq 1 1200); do grep -q ramped "$out" && break; sleep 0.1; done
-    done
+    local out; out=$(mktemp)
+    # The load generator shards itself: one worker per 9,500 connections (the open-file limit).
+    CONTOSO_JWT_SECRET="$SECRET" ./target/release/contoso-loadgen idle --url "ws://127.0.0.1:$port/hubs/order-status" \
+        --connections "$total" --workers $(( (total + 9499) / 9500 )) --rate 4000 --hold $((HOLD + 30)) >"$out" 2>/dev/null &
+    for _ in $(seq 1 1200); do grep -q ramped "$out" && break; sleep 0.1; done
     sleep 5
     local rss failed t0 t1
     rss=$(rss_kib "$pid")
-    failed=$(cat "${outs[@]}" | sed -n 's/.*"ramped".*"failed":\([0-9]*\).*/\1/p' | paste -sd+ | bc)
+    failed=$(sed -n 's/.*"failed":\([0-9]*\).*"event":"ramped".*/\1/p; s/.*"event":"ramped".*"failed":\([0-9]*\).*/\1/p' "$out" | head -1)
     t0=$(cpu_ticks "$pid"); sleep "$HOLD"; t1=$(cpu_ticks "$pid")
     local cpu
     cpu=$(echo "scale=3; ($t1 - $t0) * 100 / $(getconf CLK_TCK) / $HOLD" | bc)
     pkill -f "contoso-loadgen idle --url ws://127.0.0.1:$port" || true
     kill -TERM "$pid"; wait "$pid" || true
     psql "$DB_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
-    rm -f "${outs[@]}"
+    rm -f "$out"
     echo "$rss $failed $cpu"
 }
 

@@ -1,24 +1,78 @@
 //! The load generator's own SignalR client: an authenticated WebSocket to a hub URL with the
-//! JSON handshake done, shared by the scenarios that hold hub connections; and the backplane
-//! settings the scenarios that touch Redis pub/sub share.
+//! handshake done (JSON or MessagePack; skipNegotiation or through negotiate; optionally from a
+//! chosen local address, since one source address reaches only ~28,000 sockets to one server
+//! address); and the backplane settings the scenarios that touch Redis pub/sub share.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Connects with the token in the Authorization header and completes the JSON handshake.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How a connection is made.
+#[derive(Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Hub protocol: json or messagepack
+    #[arg(long, default_value = "json", value_parser = ["json", "messagepack"])]
+    pub protocol: String,
+    /// POST {hub}/negotiate first and connect with its connectionToken (instead of skipNegotiation)
+    #[arg(long)]
+    pub negotiate: bool,
+    /// Comma list of local addresses to connect from, round-robin (e.g. 127.0.0.1,127.0.0.2)
+    #[arg(long, value_delimiter = ',')]
+    pub source_ips: Vec<IpAddr>,
+}
+
+impl Default for ClientArgs {
+    fn default() -> Self {
+        Self { protocol: "json".into(), negotiate: false, source_ips: Vec::new() }
+    }
+}
+
+/// Connects as a JSON client with skipNegotiation, the token in the Authorization header.
 pub async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
-    let mut request = url.into_client_request()?;
+    connect_with(url, token, &ClientArgs::default(), 0).await
+}
+
+/// Connects the `n`th connection as `client` says and completes the handshake.
+pub async fn connect_with(url: &str, token: &str, client: &ClientArgs, n: usize) -> anyhow::Result<Ws> {
+    let url = if client.negotiate { format!("{url}?id={}", negotiate(url, token).await?) } else { url.to_owned() };
+    let mut request = url.as_str().into_client_request()?;
     request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(20), tokio_tungstenite::connect_async(request)).await??;
-    ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}")).await?;
-    match tokio::time::timeout(Duration::from_secs(20), ws.next()).await? {
+    let mut ws = match client.source_ips.get(n % client.source_ips.len().max(1)) {
+        None => tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request)).await??.0,
+        Some(ip) => {
+            let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
+            let port = request.uri().port_u16().unwrap_or(80);
+            let server =
+                tokio::net::lookup_host((host.as_str(), port)).await?.next().ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
+            let socket = if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.bind((*ip, 0).into())?;
+            let stream = tokio::time::timeout(TIMEOUT, socket.connect(server)).await??;
+            let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, stream)).await??.0
+        }
+    };
+    ws.send(Message::text(format!("{{\"protocol\":\"{}\",\"version\":1}}\u{1e}", client.protocol))).await?;
+    // The handshake reply is JSON in both protocols; a binary protocol gets it in a binary frame.
+    match tokio::time::timeout(TIMEOUT, ws.next()).await? {
         Some(Ok(Message::Text(t))) if t.as_str().starts_with("{}\u{1e}") => Ok(ws),
+        Some(Ok(Message::Binary(b))) if b.starts_with(b"{}\x1e") => Ok(ws),
         other => anyhow::bail!("unexpected handshake reply: {other:?}"),
     }
+}
+
+/// `POST {hub}/negotiate?negotiateVersion=1`; returns the connection token.
+async fn negotiate(url: &str, token: &str) -> anyhow::Result<String> {
+    let http = url.replacen("ws://", "http://", 1).replacen("wss://", "https://", 1);
+    let res =
+        reqwest::Client::new().post(format!("{http}/negotiate?negotiateVersion=1")).bearer_auth(token).timeout(TIMEOUT).send().await?;
+    anyhow::ensure!(res.status().is_success(), "negotiate answered {}", res.status());
+    let body: serde_json::Value = res.json().await?;
+    body["connectionToken"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("negotiate gave no connectionToken: {body}"))
 }
 
 /// Where the hub's Redis backplane lives and how its channels are named.

@@ -1,7 +1,7 @@
-//! The `idle` driver: opens authenticated SignalR connections (JSON, skipNegotiation) at a
-//! fixed rate, completes the handshake and keeps them open, reading and discarding the server's
-//! keep-alive pings. Counts handshake failures. One process stays under the ~20,000 open-file
-//! limit; run several for more connections.
+//! The `idle` driver: opens authenticated SignalR connections at a fixed rate, completes the
+//! handshake and keeps them open, reading and discarding the server's keep-alive pings. Counts
+//! handshake failures. One process stays under the ~20,000 open-file limit: `--workers N`
+//! shards the connections over N copies of this tool and adds up what they report.
 
 use std::{
     sync::{
@@ -13,9 +13,10 @@ use std::{
 
 use futures_util::StreamExt;
 use jsonwebtoken::{EncodingKey, Header, encode};
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
 
-use crate::hub::connect;
+use crate::hub::{ClientArgs, connect_with};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,9 +37,20 @@ pub struct Args {
     /// Tabs per user (connections share a user id in groups of this size)
     #[arg(long, default_value_t = 2)]
     tabs: u64,
+    /// Worker processes to shard the connections over
+    #[arg(long, default_value_t = 1)]
+    workers: u64,
+    /// Index of the first connection (set by the parent for each worker)
+    #[arg(long, default_value_t = 0, hide = true)]
+    first: u64,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.workers > 1 {
+        return shard(args).await;
+    }
     let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
     let exp = chrono::Utc::now().timestamp() + 7200;
     let open = Arc::new(AtomicU64::new(0));
@@ -46,13 +58,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let closed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    let pid = std::process::id();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
     for i in 0..args.connections {
         tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
-        let token = encode(&Header::default(), &json!({ "sub": format!("idle-{pid}-{}", i / args.tabs.max(1)), "exp": exp }), &key)?;
-        let (url, open, failed, closed) = (args.url.clone(), open.clone(), failed.clone(), closed.clone());
+        let n = args.first + i;
+        let token = encode(&Header::default(), &json!({ "sub": format!("idle-{run_id}-{}", n / args.tabs.max(1)), "exp": exp }), &key)?;
+        let (url, open, failed, closed, client) = (args.url.clone(), open.clone(), failed.clone(), closed.clone(), args.client.clone());
         tokio::spawn(async move {
-            match connect(&url, &token).await {
+            match connect_with(&url, &token, &client, n as usize).await {
                 Ok(mut ws) => {
                     open.fetch_add(1, Ordering::Relaxed);
                     while let Some(Ok(_)) = ws.next().await {}
@@ -83,5 +96,61 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         failed.load(Ordering::Relaxed),
         closed.load(Ordering::Relaxed)
     );
+    Ok(())
+}
+
+/// Runs `workers` copies of this driver, each with its share of the connections, and prints
+/// the sums of their `ramped` and `done` reports once every worker has sent its own.
+async fn shard(args: Args) -> anyhow::Result<()> {
+    let per = args.connections.div_ceil(args.workers);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let mut children = Vec::new();
+    for w in 0..args.workers {
+        let count = per.min(args.connections.saturating_sub(w * per));
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.args(["idle", "--url", &args.url, "--workers", "1"])
+            .args(["--connections", &count.to_string(), "--first", &(w * per).to_string()])
+            .args(["--rate", &(args.rate / args.workers).max(1).to_string(), "--hold", &args.hold.to_string()])
+            .args(["--tabs", &args.tabs.to_string(), "--protocol", &args.client.protocol])
+            // The secret goes through the environment, not the command line other users can read.
+            .env("CONTOSO_JWT_SECRET", &args.jwt_secret)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if args.client.negotiate {
+            cmd.arg("--negotiate");
+        }
+        if !args.client.source_ips.is_empty() {
+            cmd.arg("--source-ips").arg(args.client.source_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(","));
+        }
+        let mut child = cmd.spawn()?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(event);
+                }
+            }
+        });
+        children.push(child);
+    }
+    drop(tx);
+    let mut reports: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    while let Some(event) = rx.recv().await {
+        let kind = event["event"].as_str().unwrap_or_default().to_owned();
+        let group = reports.entry(kind.clone()).or_default();
+        group.push(event);
+        if group.len() as u64 == args.workers {
+            let sum = |field: &str| group.iter().filter_map(|e| e[field].as_u64()).sum::<u64>();
+            let mut total = json!({ "event": kind, "open": sum("open"), "failed": sum("failed"), "workers": args.workers });
+            if kind == "done" {
+                total["closed_by_server"] = sum("closed_by_server").into();
+            }
+            println!("{total}");
+        }
+    }
+    for mut child in children {
+        child.wait().await?;
+    }
     Ok(())
 }

@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    hub::{BackplaneArgs, connect},
+    hub::{BackplaneArgs, ClientArgs, connect_with},
     report::{Latency, histogram},
 };
 
@@ -63,6 +63,8 @@ pub struct Args {
     duration: u64,
     #[command(flatten)]
     backplane: BackplaneArgs,
+    #[command(flatten)]
+    client: ClientArgs,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
     /// The notify processes' --bus-prefix
@@ -134,19 +136,32 @@ struct StepResult {
     redis_publish_per_notification: f64,
 }
 
-/// Every `"correlationId":"…"` in a frame: JSON records from the hub, or the JSON bytes the
-/// bare relay forwards inside the MessagePack envelope.
+/// Every correlation id in a frame: `"correlationId":"…"` in JSON records (from a JSON hub
+/// connection, or inside the envelope the bare relay forwards), or the MessagePack map entry
+/// (`correlationId` as a fixstr key, then a str value) from a MessagePack hub connection.
 fn correlation_ids(frame: &[u8]) -> Vec<&str> {
-    const KEY: &[u8] = b"\"correlationId\":\"";
+    const JSON_KEY: &[u8] = b"\"correlationId\":\"";
+    const MSGPACK_KEY: &[u8] = b"\xadcorrelationId";
+    let find = |hay: &[u8], key: &[u8]| hay.windows(key.len()).position(|w| w == key);
     let mut found = Vec::new();
     let mut rest = frame;
-    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
-        rest = &rest[at + KEY.len()..];
+    while let Some(at) = find(rest, JSON_KEY) {
+        rest = &rest[at + JSON_KEY.len()..];
         let Some(len) = rest.iter().position(|b| *b == b'"') else { break };
-        if let Ok(id) = std::str::from_utf8(&rest[..len]) {
-            found.push(id);
-        }
+        found.extend(std::str::from_utf8(&rest[..len]).ok());
         rest = &rest[len..];
+    }
+    let mut rest = frame;
+    while let Some(at) = find(rest, MSGPACK_KEY) {
+        rest = &rest[at + MSGPACK_KEY.len()..];
+        let (len, header) = match rest.first() {
+            Some(b) if b & 0xe0 == 0xa0 => ((b & 0x1f) as usize, 1),
+            Some(0xd9) if rest.len() > 1 => (rest[1] as usize, 2),
+            _ => continue,
+        };
+        let Some(value) = rest.get(header..header + len) else { break };
+        found.extend(std::str::from_utf8(value).ok());
+        rest = &rest[header + len..];
     }
     found
 }
@@ -227,12 +242,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         for t in 0..tabs {
             let url = args.hub_urls[(u * tabs + t) % args.hub_urls.len()].clone();
             let (token, book, permit) = (token.clone(), book.clone(), limit.clone().acquire_owned().await?);
-            let (bare, slow, user) = (args.bare, slow(u * tabs + t), user.clone());
+            let (bare, slow, user, client, k) = (args.bare, slow(u * tabs + t), user.clone(), args.client.clone(), u * tabs + t);
             handles.push(tokio::spawn(async move {
                 let ws = if bare {
                     tokio_tungstenite::connect_async(format!("{url}?user={user}")).await.map(|(ws, _)| ws).map_err(anyhow::Error::from)
                 } else {
-                    connect(&url, &token).await
+                    connect_with(&url, &token, &client, k).await
                 };
                 drop(permit);
                 let mut ws = ws?;
@@ -246,7 +261,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         Message::Binary(bytes) => bytes,
                         _ => continue,
                     };
-                    correlation_ids(frame).into_iter().for_each(|id| book.record(id));
+                    let mut ids = correlation_ids(frame);
+                    if bare {
+                        // The relayed envelope carries each message in both encodings.
+                        ids.dedup();
+                    }
+                    ids.into_iter().for_each(|id| book.record(id));
                 }
                 Ok::<_, anyhow::Error>(())
             }));
@@ -406,4 +426,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         h.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contoso::hub::protocol::Protocol;
+
+    #[test]
+    fn finds_the_correlation_ids_of_both_protocols_and_of_the_relayed_envelope() {
+        let msg = |id: &str| HubMessage::push("OrderCompleted", vec![json!({ "notificationId": "1-0", "correlationId": id })]);
+        let long = "0190b6a0-5e1c-7c3e-9a57-3c2b7a6f1d20";
+        for protocol in Protocol::ALL {
+            let mut frame = protocol.encode_to_bytes(&msg("short")).to_vec();
+            frame.extend_from_slice(&protocol.encode_to_bytes(&msg(long)));
+            assert_eq!(correlation_ids(&frame), ["short", long], "{}", protocol.name());
+        }
+        // The relay forwards the whole envelope (both encodings): each id is found in each.
+        let relayed = envelope(&msg(long)).encode();
+        assert_eq!(correlation_ids(&relayed), [long, long]);
+    }
 }
