@@ -1,7 +1,7 @@
 // A multi-process cluster as Kubernetes would run it: accept+process, N notify processes and
 // nginx round-robin in front (the same nginx.conf as docker/compose.yml, upstreams replaced),
 // plus a TCP proxy that can cut the notify processes' Redis connections.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -38,6 +38,11 @@ export async function startNginx({ notifyPorts, acceptPort }) {
     writeFileSync(join(dir, "nginx.conf"), conf);
   };
   render(notifyPorts);
+  const workers = () =>
+    spawnSync("ps", ["--ppid", String(child.pid), "-o", "pid="], { encoding: "utf8" })
+      .stdout.split("\n")
+      .map((l) => Number(l.trim()))
+      .filter((pid) => pid > 0);
   const child = spawn("nginx", ["-c", join(dir, "nginx.conf"), "-g", "daemon off;"], { stdio: ["ignore", "ignore", "inherit"] });
   const base = `http://127.0.0.1:${port}`;
   await eventually("nginx", async () => {
@@ -50,7 +55,13 @@ export async function startNginx({ notifyPorts, acceptPort }) {
   return {
     base,
     hubUrl: `${base}/hubs/order-status`,
-    async setNotify(ports) {
+    /**
+     * Rewrites the notify upstreams and reloads. With `{ exclusive: true }` it also waits until
+     * the old workers have exited, so no new connection can reach an old upstream (only for
+     * tests with no long-lived connections through the old workers: they wait for those).
+     */
+    async setNotify(ports, { exclusive = false } = {}) {
+      const oldWorkers = workers();
       render(ports);
       child.kill("SIGHUP");
       // Old workers keep accepting for a moment after the signal: wait until a fresh
@@ -63,6 +74,7 @@ export async function startNginx({ notifyPorts, acceptPort }) {
           return false;
         }
       });
+      if (exclusive) await eventually("the old nginx workers to exit", () => oldWorkers.every((pid) => !alive(pid)));
     },
     /** Requests to `path` as [upstream, status] pairs, for the connections that have ended. */
     upstreamLog(path) {
@@ -85,6 +97,15 @@ export async function startNginx({ notifyPorts, acceptPort }) {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** A TCP proxy to `target`: `cut()` drops every connection and refuses new ones until `restore()`. */

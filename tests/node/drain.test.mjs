@@ -229,7 +229,7 @@ describe("the reconnect wave", () => {
 
   test("1,000 connections leave a draining process spread over --drain-spread and all land on the others", async () => {
     const [leaving, ...staying] = cluster.notifiers;
-    await cluster.lb.setNotify([leaving.port]);
+    await cluster.lb.setNotify([leaving.port], { exclusive: true });
     const conns = [];
     const closedAt = [];
     const errors = [];

@@ -46,6 +46,15 @@ export interface OrderStatusClientOptions {
   readonly httpOptions?: Partial<IHttpConnectionOptions>;
   /** How many notification ids are remembered for de-duplication. */
   readonly dedupeCapacity?: number;
+  /**
+   * How far before the last notification seen a catch-up resumes, in ms (default 5000). Two
+   * notify pods can log a user's notifications in one order and publish them in the other: a
+   * tab that dropped in between has seen the later one but not the earlier one, and resuming
+   * strictly after the later one would skip it. Notification ids are log positions (`<ms>-<seq>`),
+   * so the client resumes from a position this much earlier; what it already had is dropped by
+   * de-duplication. 0 resumes exactly after the last id.
+   */
+  readonly resumeRewindMs?: number;
 }
 
 export interface OrderStatusClientEvents {
@@ -71,6 +80,18 @@ export class ClientStoppedError extends Error {
 }
 
 const ORDER_NOT_FOUND = "order not found";
+
+export const DEFAULT_RESUME_REWIND_MS = 5_000;
+
+/**
+ * The resume position `rewindMs` before notification id `id` (`<ms>-<seq>`, a log position);
+ * ids of any other shape are passed through unchanged.
+ */
+export function rewind(id: string | null, rewindMs: number): string | null {
+  const match = id === null ? null : /^(\d+)-\d+$/.exec(id);
+  if (!match || !(rewindMs > 0)) return id;
+  return `${Math.max(0, Number(match[1]) - rewindMs)}-0`;
+}
 
 export class OrderStatusClient {
   private readonly url: string;
@@ -307,7 +328,7 @@ export class OrderStatusClient {
    * cannot resume at all, the watched orders are queried one by one instead.
    */
   private async catchUp(connection: HubConnectionLike): Promise<void> {
-    const from = this.lastId;
+    const from = rewind(this.lastId, this.options.resumeRewindMs ?? DEFAULT_RESUME_REWIND_MS);
     let result: ResumeResult | null = null;
     try {
       const answer = await connection.invoke<unknown>("ResumeNotifications", from);

@@ -2,6 +2,8 @@
 export {
   ClientStoppedError,
   DEFAULT_HUB_URL,
+  DEFAULT_RESUME_REWIND_MS,
+  rewind,
   OrderStatusClient,
   type Clock,
   type OrderStatusClientEvents,

@@ -6,6 +6,7 @@ import {
   ClientStoppedError,
   FullJitterBackoff,
   OrderStatusClient,
+  rewind,
   type CatchUpOutcome,
   type ConnectionFactoryOptions,
   type ConnectionState,
@@ -258,6 +259,23 @@ describe("resume after reconnect", () => {
     expect(ctx.catchUps).toEqual([{ from: "5", result: { replayed: 3, complete: true }, queried: [] }]);
   });
 
+  it("resumes a little before the last log position, so a notification published out of log order is not skipped", async () => {
+    const ctx = await connected();
+    // Two pods logged c-1 at ...000-0 and c-2 at ...100-0 but published c-2 first; the tab
+    // dropped before c-1's publish reached it.
+    ctx.fake.push("OrderCompleted", completed("1764201600100-0", "c-2"));
+    ctx.fake.invokeImpl = (method, args) => {
+      expect(args).toEqual(["1764201595100-0"]);
+      ctx.fake.push("OrderCompleted", completed("1764201600000-0", "c-1"));
+      ctx.fake.push("OrderCompleted", completed("1764201600100-0", "c-2"));
+      return { replayed: 2, complete: true };
+    };
+    ctx.fake.drop();
+    ctx.fake.reconnect();
+    await settle();
+    expect(ctx.notifications.map((n) => n.correlationId)).toEqual(["c-2", "c-1"]);
+  });
+
   it("asks for everything retained (null) when nothing was received yet", async () => {
     const ctx = await connected();
     ctx.fake.invokeImpl = () => ({ replayed: 0, complete: true });
@@ -429,5 +447,15 @@ describe("fallback to GetCurrentStatus", () => {
     ctx.fake.reconnect();
     await settle();
     expect(ctx.updates.map((u) => [u.status, u.source])).toEqual([["COMPLETED", "notification"]]);
+  });
+});
+
+describe("rewind", () => {
+  it("moves a log position back by the given milliseconds and leaves other ids alone", () => {
+    expect(rewind("1764201600123-7", 5000)).toBe("1764201595123-0");
+    expect(rewind("1000-0", 5000)).toBe("0-0");
+    expect(rewind("1764201600123-7", 0)).toBe("1764201600123-7");
+    expect(rewind("a1", 5000)).toBe("a1");
+    expect(rewind(null, 5000)).toBeNull();
   });
 });

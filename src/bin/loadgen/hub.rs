@@ -6,11 +6,17 @@
 use std::{net::IpAddr, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Small buffers, so one process holds many connections: tungstenite's defaults reserve 128 KiB
+/// to read into; hub messages here are a few hundred bytes. Writes go out at once.
+fn small_buffers() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0)
+}
 
 /// How a connection is made.
 #[derive(Clone, clap::Args)]
@@ -43,7 +49,9 @@ pub async fn connect_with(url: &str, token: &str, client: &ClientArgs, n: usize)
     let mut request = url.as_str().into_client_request()?;
     request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
     let mut ws = match client.source_ips.get(n % client.source_ips.len().max(1)) {
-        None => tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request)).await??.0,
+        None => {
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(small_buffers()), false)).await??.0
+        }
         Some(ip) => {
             let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
             let port = request.uri().port_u16().unwrap_or(80);
@@ -53,7 +61,7 @@ pub async fn connect_with(url: &str, token: &str, client: &ClientArgs, n: usize)
             socket.bind((*ip, 0).into())?;
             let stream = tokio::time::timeout(TIMEOUT, socket.connect(server)).await??;
             let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, stream)).await??.0
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async_with_config(request, stream, Some(small_buffers()))).await??.0
         }
     };
     ws.send(Message::text(format!("{{\"protocol\":\"{}\",\"version\":1}}\u{1e}", client.protocol))).await?;

@@ -83,11 +83,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     while open.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < args.connections && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let seconds = started.elapsed().as_secs_f64();
     println!(
-        "{{\"event\":\"ramped\",\"open\":{},\"failed\":{},\"seconds\":{:.2}}}",
+        "{{\"event\":\"ramped\",\"open\":{},\"failed\":{},\"seconds\":{seconds:.2},\"connects_per_s\":{:.0}}}",
         open.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64()
+        open.load(Ordering::Relaxed) as f64 / seconds.max(0.001)
     );
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     println!(
@@ -143,6 +144,10 @@ async fn shard(args: Args) -> anyhow::Result<()> {
         if group.len() as u64 == args.workers {
             let sum = |field: &str| group.iter().filter_map(|e| e[field].as_u64()).sum::<u64>();
             let mut total = json!({ "event": kind, "open": sum("open"), "failed": sum("failed"), "workers": args.workers });
+            if kind == "ramped" {
+                // The workers ramp side by side: their rates add up.
+                total["connects_per_s"] = group.iter().filter_map(|e| e["connects_per_s"].as_f64()).sum::<f64>().round().into();
+            }
             if kind == "done" {
                 total["closed_by_server"] = sum("closed_by_server").into();
             }

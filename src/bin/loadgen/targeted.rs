@@ -34,6 +34,13 @@ use crate::{
     report::{Latency, histogram},
 };
 
+/// The knee: the highest rate whose p99 stays within this, with nothing lost.
+const KNEE_P99_MS: f64 = 20.0;
+
+fn within_knee(step: &StepResult) -> bool {
+    step.latency.p99_ms <= KNEE_P99_MS && step.lost == 0
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Driver {
     /// PUBLISH ASP.NET envelopes to the users' backplane channels
@@ -55,7 +62,8 @@ pub struct Args {
     tabs: usize,
     #[arg(long, value_enum, default_value = "backplane")]
     driver: Driver,
-    /// Comma list of delivery rates (notifications/s times tabs per user), one step each
+    /// Comma list of delivery rates (notifications/s times tabs per user), one step each; the
+    /// run stops after the first step past the knee (p99 over 20 ms, or anything lost)
     #[arg(long, value_delimiter = ',', default_value = "5000,10000,20000,30000")]
     rates: Vec<f64>,
     /// Seconds per step
@@ -417,7 +425,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             result.server_rss_mib_max,
             result.redis_publish_per_notification
         );
+        let past_knee = !within_knee(&result);
         results.push(result);
+        if past_knee {
+            break;
+        }
+    }
+    let passed = results.last().is_some_and(|r| !within_knee(r));
+    match results.iter().take_while(|r| within_knee(r)).last() {
+        Some(r) if passed => {
+            println!(
+                "knee: {:.0} deliveries/s is the highest rate with p99 <= {KNEE_P99_MS} ms and nothing lost",
+                r.offered_deliveries_per_s
+            )
+        }
+        Some(r) => println!(
+            "knee not reached: {:.0} deliveries/s, the highest rate offered, kept p99 <= {KNEE_P99_MS} ms and lost nothing",
+            r.offered_deliveries_per_s
+        ),
+        None => println!("knee: already passed at the first rate"),
     }
     if let Some(out) = &args.out {
         crate::report::write_json(out, &results)?;
