@@ -1,7 +1,8 @@
 //! The load generator's own SignalR client: an authenticated WebSocket to a hub URL with the
 //! handshake done (JSON or MessagePack; skipNegotiation or through negotiate; optionally from a
 //! chosen local address, since one source address reaches only ~28,000 sockets to one server
-//! address); and the backplane settings the scenarios that touch Redis pub/sub share.
+//! address), how it finds the correlation ids in what it receives, and the backplane settings
+//! the scenarios that touch Redis pub/sub share.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -83,6 +84,36 @@ async fn negotiate(url: &str, token: &str) -> anyhow::Result<String> {
     body["connectionToken"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("negotiate gave no connectionToken: {body}"))
 }
 
+/// Every correlation id in a frame: `"correlationId":"…"` in JSON records (from a JSON hub
+/// connection, or inside the envelope the bare relay forwards), or the MessagePack map entry
+/// (`correlationId` as a fixstr key, then a str value) from a MessagePack hub connection.
+pub fn correlation_ids(frame: &[u8]) -> Vec<&str> {
+    const JSON_KEY: &[u8] = b"\"correlationId\":\"";
+    const MSGPACK_KEY: &[u8] = b"\xadcorrelationId";
+    let find = |hay: &[u8], key: &[u8]| hay.windows(key.len()).position(|w| w == key);
+    let mut found = Vec::new();
+    let mut rest = frame;
+    while let Some(at) = find(rest, JSON_KEY) {
+        rest = &rest[at + JSON_KEY.len()..];
+        let Some(len) = rest.iter().position(|b| *b == b'"') else { break };
+        found.extend(std::str::from_utf8(&rest[..len]).ok());
+        rest = &rest[len..];
+    }
+    let mut rest = frame;
+    while let Some(at) = find(rest, MSGPACK_KEY) {
+        rest = &rest[at + MSGPACK_KEY.len()..];
+        let (len, header) = match rest.first() {
+            Some(b) if b & 0xe0 == 0xa0 => ((b & 0x1f) as usize, 1),
+            Some(0xd9) if rest.len() > 1 => (rest[1] as usize, 2),
+            _ => continue,
+        };
+        let Some(value) = rest.get(header..header + len) else { break };
+        found.extend(std::str::from_utf8(value).ok());
+        rest = &rest[header + len..];
+    }
+    found
+}
+
 /// Where the hub's Redis backplane lives and how its channels are named.
 #[derive(clap::Args)]
 pub struct BackplaneArgs {
@@ -99,5 +130,29 @@ pub struct BackplaneArgs {
 impl BackplaneArgs {
     pub fn channels(&self) -> contoso::backplane::Channels {
         contoso::backplane::Channels::new(&self.channel_prefix, &self.hub_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contoso::hub::{
+        lifetime::envelope,
+        protocol::{HubMessage, Protocol},
+    };
+    use serde_json::json;
+
+    #[test]
+    fn finds_the_correlation_ids_of_both_protocols_and_of_the_relayed_envelope() {
+        let msg = |id: &str| HubMessage::push("OrderCompleted", vec![json!({ "notificationId": "1-0", "correlationId": id })]);
+        let long = "0190b6a0-5e1c-7c3e-9a57-3c2b7a6f1d20";
+        for protocol in Protocol::ALL {
+            let mut frame = protocol.encode_to_bytes(&msg("short")).to_vec();
+            frame.extend_from_slice(&protocol.encode_to_bytes(&msg(long)));
+            assert_eq!(correlation_ids(&frame), ["short", long], "{}", protocol.name());
+        }
+        // The relay forwards the whole envelope (both encodings): each id is found in each.
+        let relayed = envelope(&msg(long)).encode();
+        assert_eq!(correlation_ids(&relayed), [long, long]);
     }
 }

@@ -7,6 +7,7 @@ mod idle;
 mod orders;
 mod pipeline;
 mod plot;
+mod procfs;
 mod relay;
 mod report;
 mod targeted;

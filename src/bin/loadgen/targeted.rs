@@ -30,7 +30,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    hub::{BackplaneArgs, ClientArgs, connect_with},
+    hub::{BackplaneArgs, ClientArgs, connect_with, correlation_ids},
+    procfs::{cpu_ticks, rss_kib},
     report::{Latency, histogram},
 };
 
@@ -142,49 +143,6 @@ struct StepResult {
     server_rss_mib_max: f64,
     slow_tabs: usize,
     redis_publish_per_notification: f64,
-}
-
-/// Every correlation id in a frame: `"correlationId":"…"` in JSON records (from a JSON hub
-/// connection, or inside the envelope the bare relay forwards), or the MessagePack map entry
-/// (`correlationId` as a fixstr key, then a str value) from a MessagePack hub connection.
-fn correlation_ids(frame: &[u8]) -> Vec<&str> {
-    const JSON_KEY: &[u8] = b"\"correlationId\":\"";
-    const MSGPACK_KEY: &[u8] = b"\xadcorrelationId";
-    let find = |hay: &[u8], key: &[u8]| hay.windows(key.len()).position(|w| w == key);
-    let mut found = Vec::new();
-    let mut rest = frame;
-    while let Some(at) = find(rest, JSON_KEY) {
-        rest = &rest[at + JSON_KEY.len()..];
-        let Some(len) = rest.iter().position(|b| *b == b'"') else { break };
-        found.extend(std::str::from_utf8(&rest[..len]).ok());
-        rest = &rest[len..];
-    }
-    let mut rest = frame;
-    while let Some(at) = find(rest, MSGPACK_KEY) {
-        rest = &rest[at + MSGPACK_KEY.len()..];
-        let (len, header) = match rest.first() {
-            Some(b) if b & 0xe0 == 0xa0 => ((b & 0x1f) as usize, 1),
-            Some(0xd9) if rest.len() > 1 => (rest[1] as usize, 2),
-            _ => continue,
-        };
-        let Some(value) = rest.get(header..header + len) else { break };
-        found.extend(std::str::from_utf8(value).ok());
-        rest = &rest[header + len..];
-    }
-    found
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command: utime and stime are the 12th and 13th.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 async fn publish_calls(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
@@ -452,24 +410,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         h.abort();
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use contoso::hub::protocol::Protocol;
-
-    #[test]
-    fn finds_the_correlation_ids_of_both_protocols_and_of_the_relayed_envelope() {
-        let msg = |id: &str| HubMessage::push("OrderCompleted", vec![json!({ "notificationId": "1-0", "correlationId": id })]);
-        let long = "0190b6a0-5e1c-7c3e-9a57-3c2b7a6f1d20";
-        for protocol in Protocol::ALL {
-            let mut frame = protocol.encode_to_bytes(&msg("short")).to_vec();
-            frame.extend_from_slice(&protocol.encode_to_bytes(&msg(long)));
-            assert_eq!(correlation_ids(&frame), ["short", long], "{}", protocol.name());
-        }
-        // The relay forwards the whole envelope (both encodings): each id is found in each.
-        let relayed = envelope(&msg(long)).encode();
-        assert_eq!(correlation_ids(&relayed), [long, long]);
-    }
 }
