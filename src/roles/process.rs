@@ -49,46 +49,39 @@ impl Processor {
             return Err(Failure::poison("unexpected-type", format!("{} does not belong on this queue", event.kind.routing_key())));
         }
         let id = event.correlation_id;
-        let state = self.store.order_state(id).await.map_err(technical)?;
-        let Some(state) = state else {
+        // Status read, ACCEPTED -> PROCESSING, availability and the order number: one statement.
+        let Some(begun) = self.store.begin_processing(id).await.map_err(technical)? else {
             return Err(Failure::poison("unknown-order", format!("no order {id}")));
         };
-        if state.status.is_final() {
+        if begun.status.is_final() {
             // A duplicate or a redelivery after the commit: nothing to do but make sure the
             // cache caught up (the previous attempt may have died before writing it).
-            self.cache.set_status(id, state.status, self.ttl).await.map_err(technical)?;
+            self.cache.set_status(id, begun.status, self.ttl).await.map_err(technical)?;
             tracing::debug!(correlation_id = %id, "order already final, duplicate event");
             return Ok(());
-        }
-        if state.status == OrderStatus::Accepted {
-            self.store.mark_processing(id).await.map_err(technical)?;
         }
         self.cache.set_status(id, OrderStatus::Processing, self.ttl).await.map_err(technical)?;
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        match self.store.unavailable_product(id).await.map_err(technical)? {
-            Some(product) => {
+        let status = match (begun.unavailable, begun.order_number) {
+            (Some(product), _) => {
                 let reason = format!("{product} is no longer available");
                 if self.store.fail(id, &reason).await.map_err(technical)? {
                     tracing::info!(correlation_id = %id, %reason, "order failed");
                 }
-                self.cache.set_status(id, OrderStatus::Failed, self.ttl).await.map_err(technical)?;
+                OrderStatus::Failed
             }
-            None => {
-                let status = match self.store.complete(id).await.map_err(technical)? {
-                    Some(number) => {
-                        tracing::info!(correlation_id = %id, order_id = %number, "order completed");
-                        // Tests crash here to prove a redelivery after the commit changes nothing.
-                        fail::fail_point!("process-after-commit", |_| std::process::abort());
-                        OrderStatus::Completed
-                    }
-                    // Someone else finished it first (a duplicate delivery): the database says how.
-                    None => self.store.order_state(id).await.map_err(technical)?.map(|s| s.status).unwrap_or(OrderStatus::Completed),
-                };
-                self.cache.set_status(id, status, self.ttl).await.map_err(technical)?;
+            (None, Some(number)) if self.store.complete(id, number).await.map_err(technical)? => {
+                tracing::info!(correlation_id = %id, order_id = %number, "order completed");
+                // Tests crash here to prove a redelivery after the commit changes nothing.
+                fail::fail_point!("process-after-commit", |_| std::process::abort());
+                OrderStatus::Completed
             }
-        }
+            // Someone else finished it first (a duplicate delivery): the database says how.
+            _ => self.store.order_state(id).await.map_err(technical)?.map(|s| s.status).unwrap_or(OrderStatus::Completed),
+        };
+        self.cache.set_status(id, status, self.ttl).await.map_err(technical)?;
         Ok(())
     }
 }

@@ -22,15 +22,22 @@ struct StatusRow {
 }
 
 #[derive(QueryableByName)]
-struct NumberRow {
-    #[diesel(sql_type = BigInt)]
-    order_number: i64,
+struct BegunRow {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    unavailable: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    order_number: Option<i64>,
 }
 
-#[derive(QueryableByName)]
-struct NameRow {
-    #[diesel(sql_type = Text)]
-    name: String,
+/// What `begin_processing` found: the status before it, the product that cannot be sold (if
+/// any), and the order number to complete with (when the order can complete).
+#[derive(Debug, Clone)]
+pub struct Begun {
+    pub status: OrderStatus,
+    pub unavailable: Option<String>,
+    pub order_number: Option<OrderNumber>,
 }
 
 /// What the database says about one order.
@@ -55,50 +62,52 @@ impl Store {
         }))
     }
 
-    /// ACCEPTED -> PROCESSING; false when the order was not ACCEPTED any more.
-    pub async fn mark_processing(&self, id: CorrelationId) -> Result<bool, StoreError> {
+    /// One statement at the start of processing: reads the order's status, moves it
+    /// ACCEPTED -> PROCESSING (the `moved` CTE runs whether or not it is read), finds the first product that cannot be sold and, when the order
+    /// can complete, takes its order number from the sequence (a number taken by an attempt
+    /// that does not complete is skipped, never reused). `None` for an unknown order.
+    pub async fn begin_processing(&self, id: CorrelationId) -> Result<Option<Begun>, StoreError> {
         let mut conn = self.conn().await?;
-        let n = diesel::sql_query(
-            "UPDATE orders SET status = 'PROCESSING', updated_at = now() WHERE correlation_id = $1 AND status = 'ACCEPTED'",
-        )
-        .bind::<SqlUuid, _>(id.0)
-        .execute(&mut *conn)
-        .await?;
-        Ok(n == 1)
-    }
-
-    /// The name of the first product of the order that cannot be sold, if any.
-    pub async fn unavailable_product(&self, id: CorrelationId) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        let rows: Vec<NameRow> = diesel::sql_query(
-            "SELECT p.name FROM order_lines l JOIN products p ON p.id = l.product_id \
-             WHERE l.correlation_id = $1 AND NOT p.available ORDER BY l.line_no LIMIT 1",
+        let rows: Vec<BegunRow> = diesel::sql_query(
+            "WITH cur AS (SELECT status FROM orders WHERE correlation_id = $1), \
+                  moved AS (UPDATE orders SET status = 'PROCESSING', updated_at = now() \
+                            WHERE correlation_id = $1 AND status = 'ACCEPTED' RETURNING 1), \
+                  blocked AS (SELECT p.name FROM order_lines l JOIN products p ON p.id = l.product_id \
+                              WHERE l.correlation_id = $1 AND NOT p.available ORDER BY l.line_no LIMIT 1) \
+             SELECT cur.status, (SELECT name FROM blocked) AS unavailable, \
+                    CASE WHEN cur.status IN ('ACCEPTED', 'PROCESSING') AND NOT EXISTS (SELECT 1 FROM blocked) \
+                         THEN nextval('order_number_seq') END AS order_number \
+             FROM cur",
         )
         .bind::<SqlUuid, _>(id.0)
         .load(&mut *conn)
         .await?;
-        Ok(rows.into_iter().next().map(|r| r.name))
+        Ok(rows.into_iter().next().map(|r| Begun {
+            status: OrderStatus::parse(&r.status).unwrap_or(OrderStatus::Accepted),
+            unavailable: r.unavailable,
+            order_number: r.order_number.map(OrderNumber),
+        }))
     }
 
-    /// -> COMPLETED with a new order number and an `order.processed` outbox row, in one
-    /// transaction. `None` when the order was already final (nothing written).
-    pub async fn complete(&self, id: CorrelationId) -> Result<Option<OrderNumber>, StoreError> {
+    /// -> COMPLETED with the order number `begin_processing` took and an `order.processed`
+    /// outbox row, in one statement (so one round trip and one commit). False when the order
+    /// was already final (nothing written).
+    pub async fn complete(&self, id: CorrelationId, number: OrderNumber) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
-        conn.transaction::<_, StoreError, _>(async move |conn| {
-            let rows: Vec<NumberRow> = diesel::sql_query(
-                "UPDATE orders SET status = 'COMPLETED', order_number = nextval('order_number_seq'), updated_at = now() \
-                 WHERE correlation_id = $1 AND status IN ('ACCEPTED', 'PROCESSING') RETURNING order_number",
-            )
-            .bind::<SqlUuid, _>(id.0)
-            .load(conn)
-            .await?;
-            let Some(row) = rows.into_iter().next() else { return Ok(None) };
-            let number = OrderNumber(row.order_number);
-            let event = Event::new(EventKind::Processed { order_id: number.to_string() }, id, chrono::Utc::now());
-            super::outbox::insert(conn, &event).await?;
-            Ok(Some(number))
-        })
-        .await
+        let event = Event::new(EventKind::Processed { order_id: number.to_string() }, id, chrono::Utc::now());
+        let inserted = diesel::sql_query(
+            "WITH done AS (UPDATE orders SET status = 'COMPLETED', order_number = $2, updated_at = now() \
+                           WHERE correlation_id = $1 AND status IN ('ACCEPTED', 'PROCESSING') RETURNING 1) \
+             INSERT INTO outbox (event_id, routing_key, payload) SELECT $3, $4, $5 FROM done",
+        )
+        .bind::<SqlUuid, _>(id.0)
+        .bind::<BigInt, _>(number.0)
+        .bind::<SqlUuid, _>(event.event_id.0)
+        .bind::<Text, _>(event.kind.routing_key())
+        .bind::<Text, _>(String::from_utf8(event.to_json()).expect("json is utf-8"))
+        .execute(&mut *conn)
+        .await?;
+        Ok(inserted == 1)
     }
 
     /// -> FAILED with `reason` and an `order.failed` outbox row, in one transaction. False when
