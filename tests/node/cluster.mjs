@@ -155,10 +155,10 @@ export async function startCluster(dep, { notify = 2, notifyArgs = [] } = {}) {
     core,
     notifiers,
     lb,
-    async addNotify() {
+    async addNotify(reload = {}) {
       const n = await startServer(dep, { roles: "notify", args: notifyArgs });
       notifiers.push(n);
-      await lb.setNotify(notifiers.filter((x) => x.child.exitCode === null).map((x) => x.port));
+      await lb.setNotify(notifiers.filter((x) => x.child.exitCode === null).map((x) => x.port), reload);
       return n;
     },
     async stop() {

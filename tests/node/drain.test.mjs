@@ -111,7 +111,9 @@ describe("scale-in: case 4 and a killed process", () => {
   });
 
   test("a process killed with no goodbye (kill -9) loses nothing either", async () => {
-    const victim = await cluster.addNotify();
+    // No connection goes through nginx now: the reload may wait for its old workers to exit,
+    // so every new tab is spread over all three processes.
+    const victim = await cluster.addNotify({ exclusive: true });
     const tok = token(dep, uniqueUser("kill9"));
     const tabs = [];
     for (let i = 0; i < 6; i += 1) tabs.push(await openClient(cluster.lb.hubUrl, tok));
