@@ -64,15 +64,19 @@ export async function startNginx({ notifyPorts, acceptPort }) {
       const oldWorkers = workers();
       render(ports);
       child.kill("SIGHUP");
-      // Old workers keep accepting for a moment after the signal: wait until a fresh
-      // connection is answered by a worker with the new configuration.
+      // Old workers keep accepting for a moment after the signal (longer on a busy machine),
+      // and they answer with the old generation: wait until ten fresh connections in a row
+      // are answered by the new configuration.
       const expected = String(generation);
+      let inARow = 0;
       await eventually("nginx reload", async () => {
         try {
-          return (await (await fetch(`${base}/lb-generation`, { headers: { connection: "close" } })).text()) === expected;
+          const answer = await (await fetch(`${base}/lb-generation`, { headers: { connection: "close" } })).text();
+          inARow = answer === expected ? inARow + 1 : 0;
         } catch {
-          return false;
+          inARow = 0;
         }
+        return inARow >= 10;
       });
       if (exclusive) await eventually("the old nginx workers to exit", () => oldWorkers.every((pid) => !alive(pid)));
     },
