@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::shop::{Minter, place_mug_order};
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -198,13 +198,9 @@ async fn run_tab(
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!args.to_urls.is_empty(), "--to-urls needs at least one hub URL");
-    let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
-    let exp = chrono::Utc::now().timestamp() + 7200;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let users = args.connections.div_ceil(args.tabs.max(1));
-    let tokens: Vec<String> = (0..users)
-        .map(|u| encode(&Header::default(), &json!({ "sub": format!("drain-{run_id}-{u}"), "exp": exp }), &key))
-        .collect::<Result<_, _>>()?;
+    let tokens = Minter::new(&args.jwt_secret).tokens(&format!("drain-{run_id}"), users)?;
 
     // Tabs, all on the process to be drained.
     let sigterm = Arc::new(Mutex::new(None::<Instant>));
@@ -245,13 +241,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (client, placed, url, token) =
             (client.clone(), placed.clone(), format!("{}/api/orders", args.accept_url), tokens[user].clone());
         requests.push(tokio::spawn(async move {
-            let body = json!({ "items": [{ "productId": "mug", "quantity": 1 }] });
-            if let Ok(res) = client.post(url).bearer_auth(token).json(&body).send().await
-                && res.status().as_u16() == 202
-                && let Ok(v) = res.json::<Value>().await
-                && let Some(id) = v["correlationId"].as_str()
-            {
-                placed.lock().expect("lock").push((user, id.to_owned()));
+            if let Some(id) = place_mug_order(&client, &url, &token).await {
+                placed.lock().expect("lock").push((user, id));
             }
         }));
     }

@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::shop::Minter;
 use futures_util::StreamExt;
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
@@ -51,8 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.workers > 1 {
         return shard(args).await;
     }
-    let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
-    let exp = chrono::Utc::now().timestamp() + 7200;
+    let minter = Minter::new(&args.jwt_secret);
     let open = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicU64::new(0));
@@ -62,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..args.connections {
         tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
         let n = args.first + i;
-        let token = encode(&Header::default(), &json!({ "sub": format!("idle-{run_id}-{}", n / args.tabs.max(1)), "exp": exp }), &key)?;
+        let token = minter.token(&format!("idle-{run_id}-{}", n / args.tabs.max(1)))?;
         let (url, open, failed, closed, client) = (args.url.clone(), open.clone(), failed.clone(), closed.clone(), args.client.clone());
         tokio::spawn(async move {
             match connect_with(&url, &token, &client, n as usize).await {

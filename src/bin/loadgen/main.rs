@@ -10,6 +10,7 @@ mod plot;
 mod procfs;
 mod relay;
 mod report;
+mod shop;
 mod targeted;
 mod toast;
 

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jsonwebtoken::{EncodingKey, Header, encode};
+use crate::shop::Minter;
 use serde_json::json;
 
 use crate::report::{self, Latency, RunResult};
@@ -78,11 +78,7 @@ impl Shared {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    let tokens = (0..args.users)
-        .map(|i| encode(&Header::default(), &json!({ "sub": format!("load-{i}"), "exp": exp }), &key))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tokens = Minter::new(&args.jwt_secret).tokens("load", args.users)?;
     let shared = Arc::new(Shared {
         client: reqwest::Client::builder().pool_max_idle_per_host(512).timeout(Duration::from_secs(30)).build()?,
         url: format!("{}/api/orders", args.url.trim_end_matches('/')),

@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::shop::Minter;
 use futures_util::StreamExt;
-use jsonwebtoken::{EncodingKey, Header, encode};
 use lapin::{
     Connection, ConnectionProperties,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
@@ -72,10 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         });
     }
-    let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    let tokens: Vec<String> =
-        (0..500).map(|i| encode(&Header::default(), &json!({ "sub": format!("pipe-{i}"), "exp": exp }), &key)).collect::<Result<_, _>>()?;
+    let tokens = Minter::new(&args.jwt_secret).tokens("pipe", 500)?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).timeout(Duration::from_secs(30)).build()?;
     let url = format!("{}/api/orders", args.url.trim_end_matches('/'));
     let mut results = Vec::new();

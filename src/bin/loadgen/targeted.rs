@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::shop::Minter;
 use contoso::{
     cache::map_key,
     domain::{CorrelationId, Event, EventKind},
@@ -23,7 +24,6 @@ use contoso::{
 use deadpool_redis::redis;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -156,8 +156,7 @@ async fn publish_calls(redis: &mut redis::aio::MultiplexedConnection) -> anyhow:
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!args.hub_urls.is_empty(), "--hub-urls needs at least one URL");
-    let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
-    let exp = chrono::Utc::now().timestamp() + 7200;
+    let minter = Minter::new(&args.jwt_secret);
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let users: Vec<String> = (0..args.users).map(|u| format!("fan-{run_id}-{u}")).collect();
     let tabs = args.tabs.max(1);
@@ -204,7 +203,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let limit = Arc::new(Semaphore::new(200));
     let mut handles = Vec::new();
     for (u, user) in users.iter().enumerate() {
-        let token = encode(&Header::default(), &json!({ "sub": user, "exp": exp }), &key)?;
+        let token = minter.token(user)?;
         for t in 0..tabs {
             let url = args.hub_urls[(u * tabs + t) % args.hub_urls.len()].clone();
             let (token, book, permit) = (token.clone(), book.clone(), limit.clone().acquire_owned().await?);

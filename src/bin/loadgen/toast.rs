@@ -10,10 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::shop::{Minter, place_mug_order};
 use futures_util::StreamExt;
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
@@ -65,12 +65,8 @@ fn toasted_ids(text: &str) -> impl Iterator<Item = String> + '_ {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!args.hub_urls.is_empty(), "--hub-urls needs at least one URL");
-    let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
-    let exp = chrono::Utc::now().timestamp() + 7200;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let tokens: Vec<String> = (0..args.users)
-        .map(|u| encode(&Header::default(), &json!({ "sub": format!("toast-{run_id}-{u}"), "exp": exp }), &key))
-        .collect::<Result<_, _>>()?;
+    let tokens = Minter::new(&args.jwt_secret).tokens(&format!("toast-{run_id}"), args.users)?;
     // When each toast arrived, by correlation id: a toast can beat its POST's response.
     let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut tabs = Vec::new();
@@ -107,14 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let (client, url, token, scheduled, refused) =
                 (client.clone(), url.clone(), tokens[n % tokens.len()].clone(), scheduled.clone(), refused.clone());
             requests.push(tokio::spawn(async move {
-                let body = json!({ "items": [{ "productId": "mug", "quantity": 1 }] });
-                let id = match client.post(url).bearer_auth(token).json(&body).send().await {
-                    Ok(res) if res.status().as_u16() == 202 => {
-                        res.json::<Value>().await.ok().and_then(|v| v["correlationId"].as_str().map(str::to_owned))
-                    }
-                    _ => None,
-                };
-                match id {
+                match place_mug_order(&client, &url, &token).await {
                     Some(id) => scheduled.lock().expect("lock").push((id, due)),
                     None => drop(refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
                 }
