@@ -18,13 +18,14 @@ test: lint test-rust test-node test-frontend test-chart
 	@echo "make test: all suites passed"
 
 lint:
+	scripts/build-deps.sh
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets --features failpoints -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features failpoints,loadgen -- -D warnings
 
 test-rust:
 	@eval "$$(scripts/services.sh)" && scripts/sweep.sh && \
-	  $(CARGO) test --locked --lib --bins --tests --features failpoints -- --test-threads=4 && \
-	  $(CARGO) test --locked --benches --features failpoints && scripts/sweep.sh
+	  $(CARGO) test --locked --lib --bins --tests --features failpoints,loadgen -- --test-threads=4 && \
+	  $(CARGO) test --locked --benches --features failpoints,loadgen && scripts/sweep.sh
 
 ## The official @microsoft/signalr client and the project's client module against the real
 ## binary (built by test-rust).

@@ -8,7 +8,7 @@ source bench/lib.sh
 RATES="${1:-500,1000,1500,0}"
 DURATION="${DURATION:-20}"
 PORT="${PORT:-18181}"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bins --features loadgen >&2
 bench_deployment accept
 start_contoso "$PORT" accept --db-pool-size 32
 machine_line

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 CONNECTIONS="${1:-5000}"; RATE="${2:-200}"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bins --features loadgen >&2
 bench_deployment drain
 BASE=$((20000 + RANDOM % 20000))
 start_contoso "$BASE" accept,process --db-pool-size 16

@@ -11,7 +11,7 @@ source bench/lib.sh
 USERS="${1:-5000}"
 BACKPLANE_RATES="${2:-10000,20000,30000,40000,50000,60000,80000,100000}"
 CONSUMER_RATES="${3:-2000,4000,8000,12000}"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bins --features loadgen >&2
 bench_deployment fanout
 BASE=$((20000 + RANDOM % 20000))
 URLS=""

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 HOLD="${1:-60}"
 SECRET="bench-secret-$$"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bins --features loadgen >&2
 machine_line
 
 measure() { # measure CONNECTIONS -> prints "rss_kib failed cpu_percent"

@@ -1,6 +1,8 @@
 # Shared by the bench/*.sh scripts: a fresh database, the release binaries, and /proc sampling.
 # Sourced, not run.
 
+scripts/build-deps.sh   # the release build includes the load generator, which needs fontconfig
+
 DB_ADMIN="${TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres}"
 # Benchmarks write hundreds of thousands of keys: they get their own Redis database, flushed after.
 REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/15}"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 RATES="${1:-300,600,1000}"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bins --features loadgen >&2
 bench_deployment process
 PORT=$((20000 + RANDOM % 20000))
 start_contoso "$PORT" accept,process --db-pool-size 32

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 RATE="${1:-10000}"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bins --features loadgen >&2
 bench_deployment slow
 BASE=$((20000 + RANDOM % 20000))
 start_contoso $((BASE + 1)) notify

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 RATES="${1:-100,300}"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bins --features loadgen >&2
 bench_deployment toast
 BASE=$((20000 + RANDOM % 20000))
 start_contoso "$BASE" accept,process --db-pool-size 16

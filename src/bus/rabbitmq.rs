@@ -267,7 +267,14 @@ fn bus_err(err: lapin::Error) -> BusError {
 /// means the settlement was lost with its channel: either way the broker will redeliver, so
 /// for the caller the settlement did not happen.
 async fn settled(settlement: impl std::future::Future<Output = Result<bool, lapin::Error>>) -> Result<(), BusError> {
-    match tokio::time::timeout(SETTLE_TIMEOUT, settlement).await {
+    settled_within(SETTLE_TIMEOUT, settlement).await
+}
+
+async fn settled_within(
+    limit: Duration,
+    settlement: impl std::future::Future<Output = Result<bool, lapin::Error>>,
+) -> Result<(), BusError> {
+    match tokio::time::timeout(limit, settlement).await {
         Err(_) => Err(BusError::Unavailable("settlement not sent in time".into())),
         Ok(Ok(true)) => Ok(()),
         Ok(Ok(false)) => Err(BusError::Unavailable("channel closed before settling".into())),
@@ -381,5 +388,22 @@ impl RabbitBus {
                 }))
             });
         Ok(stream.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_settlement_lapin_never_resolves_counts_as_unsettled_instead_of_hanging() {
+        let res = settled_within(Duration::from_millis(20), std::future::pending()).await;
+        assert!(matches!(res, Err(BusError::Unavailable(ref m)) if m.contains("not sent in time")), "{res:?}");
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_acker_counts_as_unsettled_and_a_sent_one_as_settled() {
+        assert!(matches!(settled_within(Duration::from_secs(1), async { Ok(false) }).await, Err(BusError::Unavailable(_))));
+        assert!(settled_within(Duration::from_secs(1), async { Ok(true) }).await.is_ok());
     }
 }

@@ -98,3 +98,53 @@ async fn a_client_that_stops_reading_is_closed_and_delays_no_one_else() {
     drop(fast);
     app.stop().await;
 }
+
+/// Reads until the server's Close record; returns it and when it came.
+async fn close_record(ws: &mut Ws) -> (String, Instant) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"type\":7") => return (t.as_str().to_owned(), Instant::now()),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no Close record from the draining server: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_connection_with_a_reconnectable_close_within_the_shutdown_timeout() {
+    // A spread longer than the shutdown timeout (5 s in the harness) is shortened to fit in it.
+    let app =
+        spawn_app(AppOptions { roles: Some("notify"), extra_args: vec!["--drain-spread".into(), "30".into()], ..Default::default() }).await;
+    let token = app.token(&unique_user("leaving"));
+    let url = format!("ws://127.0.0.1:{}/hubs/order-status", app.port);
+    let mut tabs = Vec::new();
+    for _ in 0..4 {
+        let mut ws = connect(&url, &token).await;
+        // An answered invocation means the connection is registered (that precedes its read loop).
+        ws.send(Message::text("{\"type\":1,\"invocationId\":\"1\",\"target\":\"GetCurrentStatus\",\"arguments\":[\"x\"]}\u{1e}"))
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => assert!(t.as_str().contains("\"type\":3"), "{t}"),
+            other => panic!("no completion: {other:?}"),
+        }
+        tabs.push(ws);
+    }
+    let started = Instant::now();
+    let stopping = tokio::spawn(app.stop());
+    let mut closes = Vec::new();
+    for tab in &mut tabs {
+        closes.push(close_record(tab).await);
+    }
+    stopping.await.unwrap();
+    for (record, _) in &closes {
+        assert_eq!(record, "{\"type\":7,\"allowReconnect\":true}\u{1e}", "what ASP.NET sends when it shuts down");
+    }
+    let last = closes.iter().map(|(_, at)| *at).max().unwrap();
+    assert!(
+        last.duration_since(started) < Duration::from_secs(5),
+        "spread within the shutdown timeout: {:?}",
+        last.duration_since(started)
+    );
+    assert!(started.elapsed() < Duration::from_secs(6), "stopped within the shutdown timeout: {:?}", started.elapsed());
+}

@@ -7,6 +7,7 @@ mod harness;
 mod auth;
 mod hub;
 mod lifecycle;
+#[cfg(feature = "loadgen")] // the binary under test exists only with this feature (`make test` sets it)
 mod loadgen;
 mod notification_log;
 mod orders_api;
