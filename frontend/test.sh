@@ -31,6 +31,13 @@ fi
 if ! $build_only; then
   npx ng test --watch=false --progress=false
 fi
+# `make run` skips the build when nothing it is built from changed since the last one.
+built=dist/frontend/browser/index.html
+if $build_only && [[ -f "$built" ]] && [[ -z "$(find src angular.json tsconfig.json tsconfig.app.json package-lock.json \
+      ../clients/order-status-client/src -newer "$built" -print -quit)" ]]; then
+  echo "frontend: production build is up to date"
+  exit 0
+fi
 npx ng build --configuration production --progress=false
 test -f dist/frontend/browser/index.html
 echo "frontend: production build in frontend/dist/frontend/browser"

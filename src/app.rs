@@ -13,8 +13,8 @@ use crate::{
         memory::{MemoryBackplane, MemoryHub},
         redis::RedisBackplane,
     },
-    bus::{EventBus, RabbitBus, Topology},
-    cache::{NotificationLog, RedisCache, StatusCache},
+    bus::{EventBus, MemoryBus, RabbitBus, Topology},
+    cache::{MemoryCache, NotificationLog, RedisCache, StatusCache},
     config::Settings,
     health::{self, Readiness},
     http::{Authenticator, middleware::observe},
@@ -42,8 +42,16 @@ impl App {
         let (store, background_store) = match &settings.database_url {
             Some(url) => {
                 let store = Store::new(url.expose(), settings.db_pool_size).context("invalid --database-url")?;
-                // Small on purpose: on a 2-core box a larger background pool measured slower (bench/process.sh).
-                let background = Store::new(url.expose(), 4).context("invalid --database-url")?;
+                let background = if store.is_embedded() {
+                    // One SQLite file has one writer: every part of the process shares the store.
+                    store.clone()
+                } else {
+                    // Small on purpose: on a 2-core box a larger background pool measured slower (bench/process.sh).
+                    Store::new(url.expose(), 4).context("invalid --database-url")?
+                };
+                if store.is_embedded() {
+                    tracing::info!(url = url.expose(), "using the embedded database");
+                }
                 (Some(store), Some(background))
             }
             None => (None, None),
@@ -70,8 +78,21 @@ impl App {
             }
             None => None,
         };
-        let cache = redis.clone().map(|r| r as Arc<dyn StatusCache>);
-        let notifications = redis.clone().map(|r| r as Arc<dyn NotificationLog>);
+        // `all` without Redis keeps the status cache and the notification log in memory.
+        let memory = (redis.is_none() && settings.roles.all).then(|| {
+            tracing::info!("no --redis-url: status cache, notification log and backplane are in-process");
+            Arc::new(MemoryCache::new(settings.retention))
+        });
+        let cache = match (&redis, &memory) {
+            (Some(r), _) => Some(r.clone() as Arc<dyn StatusCache>),
+            (None, Some(m)) => Some(m.clone() as Arc<dyn StatusCache>),
+            (None, None) => None,
+        };
+        let notifications = match (&redis, &memory) {
+            (Some(r), _) => Some(r.clone() as Arc<dyn NotificationLog>),
+            (None, Some(m)) => Some(m.clone() as Arc<dyn NotificationLog>),
+            (None, None) => None,
+        };
         // Notify pods of one deployment meet on Redis; without Redis (`all` on a laptop) the
         // process is its own, in-memory backplane.
         let backplane: Option<Arc<dyn Backplane>> =
@@ -86,10 +107,17 @@ impl App {
                 }
                 (true, _, _) => Some(Arc::new(MemoryBackplane::new(Arc::new(MemoryHub::default()))) as Arc<dyn Backplane>),
             };
-        let bus: Option<Arc<dyn EventBus>> = settings.amqp_url.as_ref().map(|url| {
-            let topology = Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit };
-            RabbitBus::start(url.clone(), topology, &format!("contoso-{roles_label}"), &shutdown) as Arc<dyn EventBus>
-        });
+        let bus: Option<Arc<dyn EventBus>> = match &settings.amqp_url {
+            Some(url) => {
+                let topology = Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit };
+                Some(RabbitBus::start(url.clone(), topology, &format!("contoso-{roles_label}"), &shutdown) as Arc<dyn EventBus>)
+            }
+            None if settings.roles.all => {
+                tracing::info!("no --amqp-url: events go through the in-process bus");
+                Some(Arc::new(MemoryBus::new(settings.delivery_limit)) as Arc<dyn EventBus>)
+            }
+            None => None,
+        };
 
         let shutdown_timeout = settings.shutdown_timeout;
         let listen = settings.listen;

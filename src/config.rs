@@ -35,6 +35,9 @@ impl FromStr for Secret {
     }
 }
 
+/// Where `--role all` keeps its orders when no `--database-url` is given.
+pub const EMBEDDED_DATABASE_URL: &str = "sqlite://contoso.db";
+
 /// A role this binary can play (CONTRACT §1). `all` is a spelling of the three together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
@@ -132,13 +135,13 @@ pub struct RawSettings {
     /// HTTP and WebSocket listen address [default: 0.0.0.0:8080]
     #[arg(long, env = "CONTOSO_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// postgres://... (production) or sqlite://PATH; required except for role all
+    /// postgres://... (production) or sqlite://PATH; required except for role all [all: sqlite://contoso.db]
     #[arg(long, env = "CONTOSO_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
-    /// redis://host:port/db; required except for role all
+    /// redis://host:port/db; required except for role all [all: in-process status cache, log and backplane]
     #[arg(long, env = "CONTOSO_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
-    /// amqp://user:pass@host:5672/%2f; required except for role all
+    /// amqp://user:pass@host:5672/%2f; required except for role all [all: in-process event bus]
     #[arg(long, env = "CONTOSO_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<Secret>,
     /// HS256 shared secret for JWT validation
@@ -320,7 +323,8 @@ impl Settings {
         let roles: RoleSet = roles_raw.parse().map_err(SettingsError::Role)?;
         let settings = Settings {
             listen: pick!(listen).unwrap_or_else(|| "0.0.0.0:8080".parse().expect("valid default")),
-            database_url: pick!(database_url),
+            // `all` without a database runs on an embedded SQLite file (CONTRACT §1).
+            database_url: pick!(database_url).or_else(|| roles.all.then(|| Secret::new(EMBEDDED_DATABASE_URL))),
             redis_url: pick!(redis_url),
             amqp_url: pick!(amqp_url),
             jwt: JwtSettings {
@@ -383,8 +387,9 @@ impl Settings {
                     (&self.amqp_url, "--amqp-url", "CONTOSO_AMQP_URL"),
                 ],
             };
+            // `all` has an embedded stand-in for every missing URL (CONTRACT §1).
             for (value, flag, env) in needs {
-                if value.is_none() {
+                if value.is_none() && !self.roles.all {
                     return Err(missing(flag, env, name));
                 }
             }

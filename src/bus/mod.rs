@@ -1,6 +1,7 @@
 //! The event bus seam (CONTRACT §4): publish with broker confirms, consume with manual
 //! settlement. RabbitMQ in production; an in-process version serves `--role all`.
 
+pub mod memory;
 pub mod rabbitmq;
 pub mod topology;
 
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use uuid::Uuid;
 
+pub use memory::MemoryBus;
 pub use rabbitmq::RabbitBus;
 pub use topology::{Queue, Topology};
 
@@ -26,6 +28,14 @@ pub struct Outgoing {
     pub event_id: Uuid,
     pub routing_key: String,
     pub payload: Bytes,
+}
+
+/// A message in a dead-letter queue, with the reason it was given up on.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub body: Bytes,
+    /// `x-contoso-reason`, or the broker's own death reason when it dead-lettered the message.
+    pub reason: Option<String>,
 }
 
 /// One message taken from a work queue. It must be settled exactly once; the methods take
@@ -77,4 +87,7 @@ pub trait EventBus: Send + Sync + 'static {
     /// Consumes `queue` with at most `prefetch` unsettled deliveries. Waits for the broker
     /// when it is away. The stream ends when the connection is lost: consume again.
     async fn consume(&self, queue: Queue, prefetch: u16) -> Result<BoxStream<'static, Delivery>, BusError>;
+    /// Removes and returns the oldest message of `queue`'s dead-letter queue (operators
+    /// inspecting poison messages, and the tests).
+    async fn take_dead_letter(&self, queue: Queue) -> Result<Option<DeadLetter>, BusError>;
 }

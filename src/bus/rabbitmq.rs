@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use lapin::{
     Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream::BoxStream};
 
-use super::{BusError, Delivery, EventBus, Outgoing, Queue, Settle, Topology};
+use super::{BusError, DeadLetter, Delivery, EventBus, Outgoing, Queue, Settle, Topology};
 use crate::{config::Secret, shutdown::Shutdown, telemetry::names};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -247,6 +247,33 @@ impl EventBus for RabbitBus {
 
     async fn consume(&self, queue: Queue, prefetch: u16) -> Result<BoxStream<'static, Delivery>, BusError> {
         self.consume_once(queue, prefetch).await
+    }
+
+    async fn take_dead_letter(&self, queue: Queue) -> Result<Option<DeadLetter>, BusError> {
+        let live = self.current().ok_or_else(|| BusError::Unavailable("not connected".into()))?;
+        let fetch = async {
+            let channel = live.connection.create_channel().await?;
+            let got = channel.basic_get(self.topology.dead_letter_queue(queue).into(), BasicGetOptions::default()).await?;
+            let Some(got) = got else {
+                let _ = channel.close(200, "done".into()).await;
+                return Ok(None);
+            };
+            let headers = got.delivery.properties.headers().clone().unwrap_or_default();
+            let text = |name: &str| match headers.inner().get(name) {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+                _ => None,
+            };
+            // Our own reason, else the broker's (a message past `x-delivery-limit`).
+            let reason = text("x-contoso-reason").or_else(|| text("x-first-death-reason"));
+            got.delivery.acker.ack(BasicAckOptions::default()).await?;
+            let _ = channel.close(200, "done".into()).await;
+            Ok::<_, lapin::Error>(Some(DeadLetter { body: Bytes::from(got.delivery.data.clone()), reason }))
+        };
+        match tokio::time::timeout(CONFIRM_TIMEOUT, fetch).await {
+            Ok(res) => res.map_err(bus_err),
+            Err(_) => Err(BusError::Unavailable("dead-letter queue did not answer in time".into())),
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! The status cache of CONTRACT §3: `order:map:{id}` (user) and `order:status:{id}`, both
-//! with the status TTL. A trait because `--role all` runs without Redis (in-memory version).
+//! The status cache of CONTRACT §3 (`order:map:{id}` and `order:status:{id}` with the status
+//! TTL) and the per-user notification log of §5. Traits, because `--role all` runs without
+//! Redis: `RedisCache` in production, `MemoryCache` in one process.
 
+mod memory;
 mod redis;
 
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use self::redis::RedisCache;
+pub use self::{memory::MemoryCache, redis::RedisCache};
 use crate::domain::{CorrelationId, OrderStatus, UserId};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,4 +83,13 @@ pub trait NotificationLog: Send + Sync + 'static {
 pub struct Retention {
     pub max_count: u64,
     pub max_age: Duration,
+}
+
+/// A notification id as a Redis stream id `ms-seq`, for ordering.
+pub(crate) fn parse_notification_id(raw: &str) -> Result<(u64, u64), CacheError> {
+    let parse = || {
+        let (ms, seq) = raw.split_once('-')?;
+        Some((ms.parse().ok()?, seq.parse().ok()?))
+    };
+    parse().ok_or_else(|| CacheError::InvalidNotificationId(raw.to_owned()))
 }

@@ -8,7 +8,7 @@ use deadpool_redis::{Config, Pool, Runtime, Timeouts, redis};
 
 use serde_json::Value;
 
-use super::{CacheError, LoggedNotification, NotificationLog, Replay, Retention, StatusCache, map_key, status_key};
+use super::{CacheError, LoggedNotification, NotificationLog, Replay, Retention, StatusCache, map_key, parse_notification_id, status_key};
 use crate::domain::{CorrelationId, OrderStatus, UserId};
 
 #[derive(Clone)]
@@ -130,10 +130,8 @@ redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
 return id
 "#;
 
-/// A stream id `ms-seq` as numbers, for ordering.
 fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
+    parse_notification_id(id).ok()
 }
 
 #[async_trait]
@@ -155,10 +153,7 @@ impl NotificationLog for RedisCache {
     }
 
     async fn since(&self, user: &UserId, after: Option<&str>) -> Result<Replay, CacheError> {
-        let after_id = match after {
-            None => None,
-            Some(raw) => Some(parse_stream_id(raw).ok_or_else(|| CacheError::InvalidNotificationId(raw.to_owned()))?),
-        };
+        let after_id = after.map(parse_notification_id).transpose()?;
         let mut conn = self.conn().await?;
         let key = log_key(user);
         let exists: bool = bounded(redis::cmd("EXISTS").arg(&key).query_async(&mut conn)).await?;

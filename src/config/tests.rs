@@ -81,3 +81,24 @@ fn dev_auth_flag_without_value_means_on() {
     args.extend(["--role", "accept", "--dev-auth"]);
     assert!(Settings::try_from_args(args).unwrap().dev_auth);
 }
+
+#[test]
+fn role_all_falls_back_to_the_embedded_services() {
+    let s = Settings::try_from_args(["contoso", "--role", "all", "--dev-auth"]).unwrap();
+    assert_eq!(s.database_url.as_ref().map(|u| u.expose()), Some(EMBEDDED_DATABASE_URL));
+    assert!(s.redis_url.is_none() && s.amqp_url.is_none(), "in-process cache, log, backplane and bus");
+    let err = Settings::try_from_args(["contoso", "--role", "all"]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "missing --jwt-secret or --jwt-public-key (CONTOSO_JWT_SECRET or CONTOSO_JWT_PUBLIC_KEY), required by role all"
+    );
+}
+
+#[test]
+fn split_roles_still_need_the_real_services() {
+    let err =
+        Settings::try_from_args(["contoso", "--role", "notify", "--jwt-secret", "s", "--database-url", "postgres://x/y"]).unwrap_err();
+    assert_eq!(err.to_string(), "missing --redis-url (CONTOSO_REDIS_URL), required by role notify");
+    let err = Settings::try_from_args(["contoso", "--role", "accept,process", "--jwt-secret", "s"]).unwrap_err();
+    assert!(err.to_string().starts_with("missing --database-url"), "{err}");
+}

@@ -1,27 +1,22 @@
-//! PostgreSQL through diesel-async: the pool, embedded migrations (run under an advisory lock)
-//! and the queries of each role. Only this module knows diesel; rows become domain types here.
+//! The database seam: one `Store` for every role, backed by PostgreSQL (production, split
+//! roles) or by an embedded SQLite file (`--role all` on a laptop), chosen by the URL's
+//! scheme. Only this module knows diesel; rows become domain types here.
 
 mod orders;
 mod outbox;
+mod postgres;
 mod processing;
 pub mod schema;
+mod sqlite;
 
-use std::time::Duration;
+pub use orders::{BeforeCommit, Idempotency, OrderView, PlaceOutcome, PlacedOrder, Product};
+pub use outbox::{OutboxRow, Publish};
+pub use postgres::PgStore;
+pub use processing::{Begun, OrderState};
+pub use sqlite::SqliteStore;
 
-use diesel::{QueryableByName, sql_types::BigInt};
-use diesel_async::{
-    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool::Pool},
-};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-
-pub use orders::{Idempotency, OrderView, PlaceOutcome, PlacedOrder, Product};
-pub use outbox::OutboxRow;
-pub use processing::OrderState;
-
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
-/// Key of the advisory lock that serialises migrations across pods starting together.
-const MIGRATION_LOCK: i64 = 0x0063_6f6e_746f_736f;
+use crate::domain::{CorrelationId, NewOrder, OrderNumber, UserId};
+use orders::Attempt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,63 +40,122 @@ impl From<diesel::result::Error> for StoreError {
     }
 }
 
-impl From<deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>> for StoreError {
-    fn from(err: deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>) -> Self {
-        StoreError::Unavailable(err.to_string())
-    }
+/// The store of one process. Cheap to clone. Building it never fails because the database
+/// is down; the first query tells.
+#[derive(Clone)]
+pub struct Store(Backend);
+
+#[derive(Clone)]
+enum Backend {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
 }
 
-/// A pool of PostgreSQL connections. Cheap to clone. Connections open lazily, so building a
-/// store never fails because the database is down; the first query tells.
-#[derive(Clone)]
-pub struct Store {
-    pool: Pool<AsyncPgConnection>,
-    url: std::sync::Arc<str>,
+/// The URL scheme of the embedded database (`sqlite://PATH`, CONTRACT §1).
+pub const SQLITE_SCHEME: &str = "sqlite://";
+
+/// Runs the same call on whichever backend this store has.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match &$self.0 {
+            Backend::Postgres($store) => $call,
+            Backend::Sqlite($store) => $call,
+        }
+    };
 }
 
 impl Store {
+    /// `postgres://...` opens a pool of `size`; `sqlite://PATH` opens (creating) the file.
     pub fn new(url: &str, size: usize) -> anyhow::Result<Self> {
-        let mut config = ManagerConfig::default();
-        // A broken connection fails its first query and is discarded; no ping per checkout.
-        config.recycling_method = RecyclingMethod::Fast;
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
-        let pool = Pool::builder(manager)
-            .max_size(size)
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(2)))
-            .create_timeout(Some(Duration::from_secs(2)))
-            .build()?;
-        Ok(Self { pool, url: url.into() })
+        match url.strip_prefix(SQLITE_SCHEME) {
+            Some(path) => Ok(Store(Backend::Sqlite(SqliteStore::new(path)?))),
+            None => Ok(Store(Backend::Postgres(PgStore::new(url, size)?))),
+        }
     }
 
-    /// Runs pending migrations on a dedicated connection holding a session advisory lock, so
-    /// that several pods starting together migrate once. Needs the multi-thread runtime
-    /// (the harness uses block_in_place).
+    /// Whether this is the embedded single-file database (one writer: share one `Store`).
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.0, Backend::Sqlite(_))
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = AsyncPgConnection::establish(&self.url).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(&mut conn).await?;
-        let mut harness = AsyncMigrationHarness::new(conn);
-        let res =
-            harness.run_pending_migrations(MIGRATIONS).map(|_| ()).map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")));
-        let mut conn = harness.into_inner();
-        diesel::sql_query("SELECT pg_advisory_unlock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(&mut conn).await?;
-        res
+        dispatch!(self, s => s.migrate().await)
     }
 
     /// One round trip; readiness uses it.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        #[derive(QueryableByName)]
-        struct One {
-            #[diesel(sql_type = diesel::sql_types::Integer)]
-            #[allow(dead_code)]
-            one: i32,
-        }
-        let mut conn = self.pool.get().await?;
-        diesel::sql_query("SELECT 1 AS one").get_result::<One>(&mut *conn).await?;
-        Ok(())
+        dispatch!(self, s => s.ping().await)
     }
 
-    pub(crate) async fn conn(&self) -> Result<deadpool::managed::Object<AsyncDieselConnectionManager<AsyncPgConnection>>, StoreError> {
-        Ok(self.pool.get().await?)
+    pub async fn products(&self) -> Result<Vec<Product>, StoreError> {
+        dispatch!(self, s => s.products().await)
+    }
+
+    /// Places an order for `user`: prices it from the catalogue, writes the order, its lines,
+    /// the idempotency record and the `order.accepted` outbox row in one transaction, runs
+    /// `before_commit` (the status cache write) and commits. Returns the stored answer on a replay.
+    pub async fn place_order(
+        &self,
+        user: &UserId,
+        order: &NewOrder,
+        idempotency: Option<Idempotency>,
+        before_commit: BeforeCommit,
+    ) -> Result<PlaceOutcome, StoreError> {
+        if let Some(idem) = &idempotency
+            && let Some(outcome) = dispatch!(self, s => s.replay(user, idem).await)?
+        {
+            return Ok(outcome);
+        }
+        match dispatch!(self, s => s.try_place(user, order, idempotency.as_ref(), before_commit).await)? {
+            Attempt::Done(outcome) => Ok(outcome),
+            Attempt::LostRace => {
+                let idem = idempotency.expect("a race needs a key");
+                dispatch!(self, s => s.replay(user, &idem).await)?
+                    .ok_or_else(|| StoreError::Unavailable("idempotency record vanished".into()))
+            }
+        }
+    }
+
+    /// The order if `user` owns it; `None` both when it does not exist and when it is someone else's.
+    pub async fn order_for_user(&self, user: &UserId, id: CorrelationId) -> Result<Option<OrderView>, StoreError> {
+        dispatch!(self, s => s.order_for_user(user, id).await)
+    }
+
+    /// The user's most recent orders, newest first.
+    pub async fn orders_for_user(&self, user: &UserId, limit: i64) -> Result<Vec<OrderView>, StoreError> {
+        dispatch!(self, s => s.orders_for_user(user, limit).await)
+    }
+
+    pub async fn order_state(&self, id: CorrelationId) -> Result<Option<OrderState>, StoreError> {
+        dispatch!(self, s => s.order_state(id).await)
+    }
+
+    /// ACCEPTED -> PROCESSING, the first product that cannot be sold and, when the order can
+    /// complete, a fresh order number (never reused). `None` for an unknown order.
+    pub async fn begin_processing(&self, id: CorrelationId) -> Result<Option<Begun>, StoreError> {
+        dispatch!(self, s => s.begin_processing(id).await)
+    }
+
+    /// -> COMPLETED with `number` and an `order.processed` outbox row, atomically. False when
+    /// the order was already final (nothing written).
+    pub async fn complete(&self, id: CorrelationId, number: OrderNumber) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.complete(id, number).await)
+    }
+
+    /// -> FAILED with `reason` and an `order.failed` outbox row, atomically. False when the
+    /// order was already final.
+    pub async fn fail(&self, id: CorrelationId, reason: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.fail(id, reason).await)
+    }
+
+    /// Takes up to `limit` unsent rows, hands them to `publish` and deletes the confirmed
+    /// ones. Returns (rows taken, rows confirmed).
+    pub async fn relay_outbox(&self, limit: i64, publish: Publish) -> Result<(usize, usize), StoreError> {
+        dispatch!(self, s => s.relay_outbox(limit, publish).await)
+    }
+
+    /// Rows not yet confirmed by the broker (the outbox backlog gauge).
+    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.outbox_backlog().await)
     }
 }

@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Store, StoreError, schema::*};
+use super::{PgStore, StoreError, schema::*};
 use crate::domain::{CorrelationId, Event, EventKind, IdempotencyKey, NewOrder, OrderNumber, OrderStatus, UserId};
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
@@ -36,6 +36,7 @@ pub struct PlacedOrder {
     pub currency: String,
 }
 
+#[derive(Debug)]
 pub enum PlaceOutcome {
     Created(PlacedOrder),
     /// The Idempotency-Key was seen before with the same request: the first answer, verbatim.
@@ -94,43 +95,19 @@ pub struct Idempotency {
     pub request_hash: String,
 }
 
-enum Attempt {
+pub(super) enum Attempt {
     Done(PlaceOutcome),
     /// A concurrent request with the same key committed first; read its answer.
     LostRace,
 }
 
-impl Store {
+impl PgStore {
     pub async fn products(&self) -> Result<Vec<Product>, StoreError> {
         let mut conn = self.conn().await?;
         Ok(products::table.select(Product::as_select()).order(products::id).load(&mut *conn).await?)
     }
 
-    /// Places an order for `user`: prices it from the catalogue, writes the order, its lines,
-    /// the idempotency record and the `order.accepted` outbox row in one transaction, runs
-    /// `before_commit` (the Redis write) and commits. Returns the stored answer on a replay.
-    pub async fn place_order(
-        &self,
-        user: &UserId,
-        order: &NewOrder,
-        idempotency: Option<Idempotency>,
-        before_commit: BeforeCommit,
-    ) -> Result<PlaceOutcome, StoreError> {
-        if let Some(idem) = &idempotency
-            && let Some(outcome) = self.replay(user, idem).await?
-        {
-            return Ok(outcome);
-        }
-        match self.try_place(user, order, idempotency.as_ref(), before_commit).await? {
-            Attempt::Done(outcome) => Ok(outcome),
-            Attempt::LostRace => {
-                let idem = idempotency.expect("a race needs a key");
-                self.replay(user, &idem).await?.ok_or_else(|| StoreError::Unavailable("idempotency record vanished".into()))
-            }
-        }
-    }
-
-    async fn replay(&self, user: &UserId, idem: &Idempotency) -> Result<Option<PlaceOutcome>, StoreError> {
+    pub(super) async fn replay(&self, user: &UserId, idem: &Idempotency) -> Result<Option<PlaceOutcome>, StoreError> {
         let mut conn = self.conn().await?;
         let found: Option<(String, Uuid, String)> = idempotency_keys::table
             .filter(idempotency_keys::user_id.eq(user.as_str()))
@@ -146,7 +123,7 @@ impl Store {
         }
     }
 
-    async fn try_place(
+    pub(super) async fn try_place(
         &self,
         user: &UserId,
         order: &NewOrder,
@@ -166,29 +143,22 @@ impl Store {
                 .into_iter()
                 .map(|p| (p.id.clone(), p))
                 .collect();
-            let mut currency: Option<String> = None;
-            let mut total: i64 = 0;
-            let mut lines = Vec::with_capacity(order.lines.len());
+            let priced = price(&order, &catalogue)?;
             let correlation_id = CorrelationId::new();
-            for (index, line) in order.lines.iter().enumerate() {
-                let product = catalogue
-                    .get(&line.product_id)
-                    .ok_or_else(|| StoreError::UnknownProduct { index, product_id: line.product_id.clone() })?;
-                match &currency {
-                    None => currency = Some(product.currency.clone()),
-                    Some(c) if *c != product.currency => return Err(StoreError::MixedCurrencies(c.clone(), product.currency.clone())),
-                    Some(_) => {}
-                }
-                total += product.price_cents * line.quantity.get();
-                lines.push((
-                    order_lines::correlation_id.eq(correlation_id.0),
-                    order_lines::line_no.eq(index as i32),
-                    order_lines::product_id.eq(line.product_id.clone()),
-                    order_lines::quantity.eq(line.quantity.get() as i32),
-                    order_lines::unit_price_cents.eq(product.price_cents),
-                ));
-            }
-            let currency = currency.expect("an order has at least one line");
+            let lines: Vec<_> = priced
+                .lines
+                .iter()
+                .map(|l| {
+                    (
+                        order_lines::correlation_id.eq(correlation_id.0),
+                        order_lines::line_no.eq(l.line_no),
+                        order_lines::product_id.eq(l.product_id.clone()),
+                        order_lines::quantity.eq(l.quantity),
+                        order_lines::unit_price_cents.eq(l.unit_price_cents),
+                    )
+                })
+                .collect();
+            let (total, currency) = (priced.total, priced.currency);
             diesel::insert_into(orders::table)
                 .values((
                     orders::correlation_id.eq(correlation_id.0),
@@ -202,7 +172,7 @@ impl Store {
             diesel::insert_into(order_lines::table).values(&lines).execute(conn).await?;
             let placed = PlacedOrder { correlation_id, status: OrderStatus::Accepted, total_cents: total, currency };
             if let Some(idem) = idem {
-                let body = serde_json::to_string(&placed).expect("answers serialize");
+                let body = placed.body();
                 let inserted = diesel::insert_into(idempotency_keys::table)
                     .values((
                         idempotency_keys::user_id.eq(user.as_str()),
@@ -225,10 +195,7 @@ impl Store {
             Ok(Attempt::Done(PlaceOutcome::Created(placed)))
         })
         .await
-        .or_else(|err| match err {
-            StoreError::Aborted(msg) if msg == LOST_RACE => Ok(Attempt::LostRace),
-            other => Err(other),
-        })
+        .or_else(lost_race)
     }
 
     /// The order if `user` owns it; `None` both when it does not exist and when it is someone else's.
@@ -258,4 +225,59 @@ impl Store {
     }
 }
 
-const LOST_RACE: &str = "idempotency key taken by a concurrent request";
+pub(super) const LOST_RACE: &str = "idempotency key taken by a concurrent request";
+
+/// A concurrent request with the same Idempotency-Key committed first: not an error.
+pub(super) fn lost_race(err: StoreError) -> Result<Attempt, StoreError> {
+    match err {
+        StoreError::Aborted(msg) if msg == LOST_RACE => Ok(Attempt::LostRace),
+        other => Err(other),
+    }
+}
+
+impl PlacedOrder {
+    /// The answer as stored with the idempotency record and replayed verbatim.
+    pub(super) fn body(&self) -> String {
+        serde_json::to_string(self).expect("answers serialize")
+    }
+}
+
+/// One order line priced from the catalogue.
+pub(super) struct PricedLine {
+    pub line_no: i32,
+    pub product_id: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+pub(super) struct Priced {
+    pub lines: Vec<PricedLine>,
+    pub total: i64,
+    pub currency: String,
+}
+
+/// Prices `order` from `catalogue` (the products it names): every product must exist and
+/// share one currency. Both stores call it inside their transaction.
+pub(super) fn price(order: &NewOrder, catalogue: &HashMap<String, Product>) -> Result<Priced, StoreError> {
+    let mut currency: Option<String> = None;
+    let mut total: i64 = 0;
+    let mut lines = Vec::with_capacity(order.lines.len());
+    for (index, line) in order.lines.iter().enumerate() {
+        let product =
+            catalogue.get(&line.product_id).ok_or_else(|| StoreError::UnknownProduct { index, product_id: line.product_id.clone() })?;
+        match &currency {
+            None => currency = Some(product.currency.clone()),
+            Some(c) if *c != product.currency => return Err(StoreError::MixedCurrencies(c.clone(), product.currency.clone())),
+            Some(_) => {}
+        }
+        total += product.price_cents * line.quantity.get();
+        lines.push(PricedLine {
+            line_no: index as i32,
+            product_id: line.product_id.clone(),
+            quantity: line.quantity.get() as i32,
+            unit_price_cents: product.price_cents,
+        });
+    }
+    let currency = currency.expect("an order has at least one line");
+    Ok(Priced { lines, total, currency })
+}

@@ -7,7 +7,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
-use super::{Store, StoreError, schema::outbox};
+use super::{PgStore, StoreError, schema::outbox};
 use crate::domain::Event;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -34,7 +34,7 @@ pub(super) async fn insert(conn: &mut AsyncPgConnection, event: &Event) -> Resul
 /// Publishes a batch and returns the ids of the rows the broker confirmed.
 pub type Publish = Box<dyn FnOnce(Vec<OutboxRow>) -> BoxFuture<'static, Vec<i64>> + Send>;
 
-impl Store {
+impl PgStore {
     /// Locks up to `limit` unsent rows, hands them to `publish` and deletes the confirmed ones,
     /// all in one transaction. Returns (rows locked, rows confirmed).
     pub async fn relay_outbox(&self, limit: i64, publish: Publish) -> Result<(usize, usize), StoreError> {

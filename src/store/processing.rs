@@ -8,17 +8,28 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{Store, StoreError};
+use super::{PgStore, StoreError};
 use crate::domain::{CorrelationId, Event, EventKind, OrderNumber, OrderStatus, UserId};
 
+/// `SELECT status, user_id, order_number` in either backend's SQL.
 #[derive(QueryableByName)]
-struct StatusRow {
+pub(super) struct StatusRow {
     #[diesel(sql_type = Text)]
     status: String,
     #[diesel(sql_type = Text)]
     user_id: String,
     #[diesel(sql_type = Nullable<BigInt>)]
     order_number: Option<i64>,
+}
+
+impl From<StatusRow> for OrderState {
+    fn from(r: StatusRow) -> Self {
+        OrderState {
+            status: OrderStatus::parse(&r.status).unwrap_or(OrderStatus::Accepted),
+            user_id: UserId::parse(&r.user_id).ok(),
+            order_number: r.order_number.map(OrderNumber),
+        }
+    }
 }
 
 #[derive(QueryableByName)]
@@ -48,18 +59,14 @@ pub struct OrderState {
     pub order_number: Option<OrderNumber>,
 }
 
-impl Store {
+impl PgStore {
     pub async fn order_state(&self, id: CorrelationId) -> Result<Option<OrderState>, StoreError> {
         let mut conn = self.conn().await?;
         let rows: Vec<StatusRow> = diesel::sql_query("SELECT status, user_id, order_number FROM orders WHERE correlation_id = $1")
             .bind::<SqlUuid, _>(id.0)
             .load(&mut *conn)
             .await?;
-        Ok(rows.into_iter().next().map(|r| OrderState {
-            status: OrderStatus::parse(&r.status).unwrap_or(OrderStatus::Accepted),
-            user_id: UserId::parse(&r.user_id).ok(),
-            order_number: r.order_number.map(OrderNumber),
-        }))
+        Ok(rows.into_iter().next().map(OrderState::from))
     }
 
     /// One statement at the start of processing: reads the order's status, moves it

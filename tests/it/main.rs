@@ -5,11 +5,12 @@
 mod harness;
 
 mod auth;
+mod conformance;
+mod embedded;
 mod hub;
 mod lifecycle;
 #[cfg(feature = "loadgen")] // the binary under test exists only with this feature (`make test` sets it)
 mod loadgen;
-mod notification_log;
 mod orders_api;
 mod outages;
 mod processing;

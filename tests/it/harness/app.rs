@@ -29,6 +29,9 @@ pub struct AppOptions<'a> {
     pub no_jwt_secret: bool,
     /// Join another app's deployment: same database, bus prefix and secret (another pod).
     pub share: Option<&'a TestApp>,
+    /// `--role all` with no Redis and no RabbitMQ: the embedded defaults, on a SQLite file of
+    /// its own (or the one of `share`).
+    pub embedded: bool,
 }
 
 pub struct TestApp {
@@ -41,6 +44,8 @@ pub struct TestApp {
     pub drain_file: PathBuf,
     /// Whether `stop` removes the database and bus objects (false for a pod that joined).
     owns_resources: bool,
+    /// The SQLite file of an embedded app (`db_name` is its path).
+    embedded: bool,
     stop_tx: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -52,9 +57,13 @@ async fn admin() -> AsyncPgConnection {
 pub async fn spawn_app(opts: AppOptions<'_>) -> TestApp {
     init_test_logging();
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let (db_name, bus_prefix, secret) = match opts.share {
-        Some(other) => (other.db_name.clone(), other.bus_prefix.clone(), other.secret.clone()),
-        None => (create_database(&id).await, format!("t-{id}."), format!("secret-{id}")),
+    let (db_name, bus_prefix, secret) = match (opts.share, opts.embedded) {
+        (Some(other), _) => (other.db_name.clone(), other.bus_prefix.clone(), other.secret.clone()),
+        (None, true) => {
+            let file = std::env::temp_dir().join(format!("contoso-t-{id}.db"));
+            (file.display().to_string(), format!("t-{id}."), format!("secret-{id}"))
+        }
+        (None, false) => (create_database(&id).await, format!("t-{id}."), format!("secret-{id}")),
     };
     let drain_file = std::env::temp_dir().join(format!("contoso-drain-{id}"));
 
@@ -65,18 +74,25 @@ pub async fn spawn_app(opts: AppOptions<'_>) -> TestApp {
     let db_url = via(env::database_url(&db_name), opts.db_proxy);
     let redis_url = via(env::redis_url(), opts.redis_proxy);
     let amqp_url = via(env::amqp_url(), opts.amqp_proxy);
-    let mut args: Vec<String> = vec![
-        "contoso".into(),
-        "--role".into(),
-        opts.roles.unwrap_or("accept").into(),
+    let services = if opts.embedded {
+        vec!["--role".into(), "all".into(), "--database-url".into(), format!("sqlite://{db_name}")]
+    } else {
+        vec![
+            "--role".into(),
+            opts.roles.unwrap_or("accept").into(),
+            "--database-url".into(),
+            db_url,
+            "--redis-url".into(),
+            redis_url,
+            "--amqp-url".into(),
+            amqp_url,
+        ]
+    };
+    let mut args: Vec<String> = vec!["contoso".into()];
+    args.extend(services);
+    args.extend([
         "--listen".into(),
         "127.0.0.1:0".into(),
-        "--database-url".into(),
-        db_url,
-        "--redis-url".into(),
-        redis_url,
-        "--amqp-url".into(),
-        amqp_url,
         "--bus-prefix".into(),
         bus_prefix.clone(),
         "--drain-file".into(),
@@ -89,7 +105,7 @@ pub async fn spawn_app(opts: AppOptions<'_>) -> TestApp {
         "100".into(),
         "--shutdown-timeout".into(),
         "5".into(),
-    ];
+    ]);
     if !opts.no_jwt_secret {
         args.extend(["--jwt-secret".into(), secret.clone()]);
     }
@@ -111,6 +127,7 @@ pub async fn spawn_app(opts: AppOptions<'_>) -> TestApp {
         bus_prefix,
         drain_file,
         owns_resources: opts.share.is_none(),
+        embedded: opts.embedded,
         stop_tx: Some(stop_tx),
         handle: Some(handle),
     };
@@ -204,6 +221,17 @@ impl TestApp {
 
     /// Graceful stop (the SIGTERM path), then removes the database, queues and exchanges.
     pub async fn stop(mut self) {
+        self.halt().await;
+        if self.owns_resources && self.embedded {
+            self.remove_embedded_database();
+        } else if self.owns_resources {
+            drop_database(&self.db_name).await;
+            delete_bus_objects(&self.bus_prefix).await;
+        }
+    }
+
+    /// Stops gracefully and removes nothing: another app may still `share` this one's data.
+    pub async fn halt(&mut self) {
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }
@@ -211,9 +239,12 @@ impl TestApp {
             handle.await.expect("app task").expect("app stopped cleanly");
         }
         let _ = std::fs::remove_file(&self.drain_file);
-        if self.owns_resources {
-            drop_database(&self.db_name).await;
-            delete_bus_objects(&self.bus_prefix).await;
+    }
+
+    /// Removes the SQLite file of an embedded app and its WAL companions.
+    pub fn remove_embedded_database(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.db_name));
         }
     }
 }

@@ -1,0 +1,172 @@
+//! The event bus: RabbitMQ against the in-process `MemoryBus`. Routing by key, settlement
+//! (ack, requeue with a delivery count, dead letter with a reason), redelivery of what was
+//! never settled, and the prefetch bound the consumers rely on for back-pressure.
+
+use std::{ops::Deref, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use contoso::{
+    bus::{BusError, Delivery, EventBus, MemoryBus, Outgoing, Queue, RabbitBus, Topology},
+    config::Secret,
+    shutdown::Shutdown,
+};
+use futures_util::{StreamExt, stream::BoxStream};
+
+use super::conformance;
+use crate::harness::{app::delete_bus_objects, env};
+
+pub struct Fixture {
+    bus: Arc<dyn EventBus>,
+    rabbit: Option<(Shutdown, String)>,
+}
+
+impl Deref for Fixture {
+    type Target = dyn EventBus;
+    fn deref(&self) -> &Self::Target {
+        &*self.bus
+    }
+}
+
+impl Fixture {
+    async fn cleanup(self) {
+        if let Some((shutdown, prefix)) = self.rabbit {
+            shutdown.connections.cancel();
+            shutdown.connection_tasks.close();
+            shutdown.connection_tasks.wait().await;
+            delete_bus_objects(&prefix).await;
+        }
+    }
+}
+
+const DELIVERY_LIMIT: u32 = 5;
+
+async fn rabbitmq() -> Fixture {
+    let prefix = format!("t-conf-{}-", uuid::Uuid::new_v4().simple());
+    let shutdown = Shutdown::new(std::env::temp_dir().join("contoso-conformance-no-drain"));
+    let topology = Topology { prefix: prefix.clone(), delivery_limit: DELIVERY_LIMIT };
+    let bus = RabbitBus::start(Secret::new(env::amqp_url()), topology, "contoso-conformance", &shutdown);
+    tokio::time::timeout(Duration::from_secs(10), bus.connected()).await.expect("RabbitMQ reachable at TEST_AMQP_URL").unwrap();
+    Fixture { bus, rabbit: Some((shutdown, prefix)) }
+}
+
+async fn memory() -> Fixture {
+    Fixture { bus: Arc::new(MemoryBus::new(DELIVERY_LIMIT)), rabbit: None }
+}
+
+conformance!(rabbitmq, memory;
+    events_reach_the_queues_bound_to_their_key,
+    an_unroutable_key_is_refused,
+    an_acked_delivery_is_gone,
+    a_requeued_delivery_comes_back_counted,
+    an_unsettled_delivery_comes_back_when_its_consumer_goes,
+    a_dead_letter_keeps_its_body_and_reason,
+    prefetch_bounds_unsettled_deliveries,
+);
+
+fn event(routing_key: &str, body: &str) -> Outgoing {
+    Outgoing { event_id: uuid::Uuid::new_v4(), routing_key: routing_key.to_owned(), payload: Bytes::from(body.to_owned()) }
+}
+
+async fn publish(bus: &dyn EventBus, events: &[Outgoing]) {
+    for res in bus.publish(events).await {
+        res.expect("confirmed");
+    }
+}
+
+async fn next(stream: &mut BoxStream<'static, Delivery>) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("a delivery within 10 s").expect("the stream goes on")
+}
+
+/// Whether anything arrives within `window`: absence cannot be awaited, only bounded.
+async fn nothing_within(stream: &mut BoxStream<'static, Delivery>, window: Duration) -> bool {
+    tokio::time::timeout(window, stream.next()).await.is_err()
+}
+
+async fn events_reach_the_queues_bound_to_their_key(bus: &dyn EventBus) {
+    let accepted = event("order.accepted", "a");
+    let failed = event("order.failed", "f");
+    publish(bus, &[accepted.clone(), event("order.processed", "p"), failed.clone()]).await;
+    let mut process = bus.consume(Queue::OrderProcess, 10).await.unwrap();
+    let d = next(&mut process).await;
+    assert_eq!((d.body.as_ref(), d.message_id.as_deref(), d.delivery_count), (&b"a"[..], Some(&*accepted.event_id.to_string()), 0));
+    d.ack().await.unwrap();
+    let mut notify = bus.consume(Queue::OrderNotification, 10).await.unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut notify).await;
+        bodies.push(String::from_utf8(d.body.to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["f", "p"], "order.processed and order.failed go to the notification queue");
+    assert!(nothing_within(&mut process, Duration::from_millis(300)).await, "nothing else went to the process queue");
+}
+
+async fn an_unroutable_key_is_refused(bus: &dyn EventBus) {
+    let results = bus.publish(&[event("order.unknown", "x"), event("order.accepted", "y")]).await;
+    assert!(matches!(results[0], Err(BusError::Refused(_))), "{:?}", results[0]);
+    assert!(results[1].is_ok(), "one refusal does not fail the batch");
+}
+
+async fn an_acked_delivery_is_gone(bus: &dyn EventBus) {
+    publish(bus, &[event("order.accepted", "once")]).await;
+    let mut stream = bus.consume(Queue::OrderProcess, 4).await.unwrap();
+    next(&mut stream).await.ack().await.unwrap();
+    drop(stream);
+    let mut again = bus.consume(Queue::OrderProcess, 4).await.unwrap();
+    assert!(nothing_within(&mut again, Duration::from_millis(500)).await, "an acked message is never redelivered");
+}
+
+async fn a_requeued_delivery_comes_back_counted(bus: &dyn EventBus) {
+    publish(bus, &[event("order.accepted", "retry")]).await;
+    let mut stream = bus.consume(Queue::OrderProcess, 4).await.unwrap();
+    let first = next(&mut stream).await;
+    assert_eq!(first.delivery_count, 0);
+    first.requeue().await.unwrap();
+    let second = next(&mut stream).await;
+    assert_eq!((second.body.as_ref(), second.delivery_count), (&b"retry"[..], 1));
+    second.ack().await.unwrap();
+}
+
+async fn an_unsettled_delivery_comes_back_when_its_consumer_goes(bus: &dyn EventBus) {
+    publish(bus, &[event("order.accepted", "crash")]).await;
+    let mut stream = bus.consume(Queue::OrderProcess, 4).await.unwrap();
+    let d = next(&mut stream).await;
+    // The consumer "crashes": neither acks nor requeues.
+    drop(d);
+    drop(stream);
+    let mut again = bus.consume(Queue::OrderProcess, 4).await.unwrap();
+    let d = next(&mut again).await;
+    assert_eq!(d.body.as_ref(), b"crash");
+    assert!(d.delivery_count >= 1, "a redelivery is counted towards the limit");
+    d.ack().await.unwrap();
+}
+
+async fn a_dead_letter_keeps_its_body_and_reason(bus: &dyn EventBus) {
+    assert!(bus.take_dead_letter(Queue::OrderProcess).await.unwrap().is_none());
+    publish(bus, &[event("order.accepted", "poison"), event("order.accepted", "fine")]).await;
+    let mut stream = bus.consume(Queue::OrderProcess, 4).await.unwrap();
+    next(&mut stream).await.dead_letter("not json").await.unwrap();
+    let fine = next(&mut stream).await;
+    assert_eq!(fine.body.as_ref(), b"fine", "a dead letter never blocks the queue");
+    fine.ack().await.unwrap();
+    let dead = crate::harness::eventually(Duration::from_secs(5), "the dead letter", || async {
+        bus.take_dead_letter(Queue::OrderProcess).await.unwrap()
+    })
+    .await;
+    assert_eq!((dead.body.as_ref(), dead.reason.as_deref()), (&b"poison"[..], Some("not json")));
+    assert!(bus.take_dead_letter(Queue::OrderNotification).await.unwrap().is_none(), "dead letters stay with their queue");
+}
+
+async fn prefetch_bounds_unsettled_deliveries(bus: &dyn EventBus) {
+    publish(bus, &[event("order.accepted", "1"), event("order.accepted", "2"), event("order.accepted", "3")]).await;
+    let mut stream = bus.consume(Queue::OrderProcess, 2).await.unwrap();
+    let a = next(&mut stream).await;
+    let b = next(&mut stream).await;
+    assert!(nothing_within(&mut stream, Duration::from_millis(500)).await, "a third delivery waits for a settlement");
+    a.ack().await.unwrap();
+    let c = next(&mut stream).await;
+    assert_eq!(c.body.as_ref(), b"3");
+    b.ack().await.unwrap();
+    c.ack().await.unwrap();
+}

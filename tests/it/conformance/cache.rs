@@ -1,0 +1,177 @@
+//! The status cache and the notification log: Redis against `MemoryCache`. The log's
+//! `complete` flag is what a reconnecting tab relies on to know whether it must fall back to
+//! `GetCurrentStatus`, so trimming by count and by age is checked on both.
+
+use std::{ops::Deref, sync::Arc, time::Duration};
+
+use contoso::{
+    cache::{CacheError, MemoryCache, NotificationLog, RedisCache, Retention, StatusCache},
+    domain::{CorrelationId, OrderStatus, UserId},
+};
+use serde_json::json;
+
+use super::conformance;
+use crate::harness::{env, eventually, unique_user};
+
+/// Both traits of one implementation.
+pub trait Cache: StatusCache + NotificationLog {}
+impl<T: StatusCache + NotificationLog> Cache for T {}
+
+pub struct Fixture(Arc<dyn Cache>);
+
+impl Deref for Fixture {
+    type Target = dyn Cache;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl Fixture {
+    async fn cleanup(self) {}
+}
+
+/// Small retention so trimming is reachable: 3 notifications, 2 seconds.
+const RETENTION: Retention = Retention { max_count: 3, max_age: Duration::from_secs(2) };
+
+async fn redis() -> Fixture {
+    Fixture(Arc::new(RedisCache::new(&env::redis_url(), 2, RETENTION).unwrap()))
+}
+
+async fn memory() -> Fixture {
+    Fixture(Arc::new(MemoryCache::new(RETENTION)))
+}
+
+conformance!(redis, memory;
+    a_new_order_maps_to_its_user_and_status,
+    status_only_moves_forward,
+    keys_expire_with_their_ttl,
+    notifications_replay_after_an_id_in_order,
+    a_duplicate_event_keeps_its_notification_id,
+    trimming_by_count_makes_an_older_resume_point_incomplete,
+    ageing_out_makes_an_older_resume_point_incomplete,
+    ageing_out_within_a_live_log_is_seen_too,
+    a_malformed_notification_id_is_refused,
+    users_never_see_each_others_notifications,
+);
+
+fn user(name: &str) -> UserId {
+    UserId::parse(&unique_user(name)).unwrap()
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+async fn a_new_order_maps_to_its_user_and_status(c: &dyn Cache) {
+    let (id, alice) = (CorrelationId::new(), user("alice"));
+    assert_eq!(c.user_of(id).await.unwrap(), None);
+    c.put_new_order(id, &alice, OrderStatus::Accepted, DAY).await.unwrap();
+    assert_eq!(c.user_of(id).await.unwrap(), Some(alice));
+    assert_eq!(c.status(id).await.unwrap(), Some(OrderStatus::Accepted));
+    c.ping().await.unwrap();
+}
+
+async fn status_only_moves_forward(c: &dyn Cache) {
+    let id = CorrelationId::new();
+    c.put_new_order(id, &user("bob"), OrderStatus::Accepted, DAY).await.unwrap();
+    c.set_status(id, OrderStatus::Processing, DAY).await.unwrap();
+    assert_eq!(c.status(id).await.unwrap(), Some(OrderStatus::Processing));
+    c.set_status(id, OrderStatus::Completed, DAY).await.unwrap();
+    // A redelivered event must not move the order backwards, nor sideways to another final state.
+    c.set_status(id, OrderStatus::Processing, DAY).await.unwrap();
+    c.set_status(id, OrderStatus::Failed, DAY).await.unwrap();
+    assert_eq!(c.status(id).await.unwrap(), Some(OrderStatus::Completed));
+}
+
+async fn keys_expire_with_their_ttl(c: &dyn Cache) {
+    let id = CorrelationId::new();
+    c.put_new_order(id, &user("carol"), OrderStatus::Accepted, Duration::from_secs(1)).await.unwrap();
+    assert!(c.user_of(id).await.unwrap().is_some());
+    eventually(Duration::from_secs(5), "the map and status keys to expire", || async {
+        (c.user_of(id).await.unwrap().is_none() && c.status(id).await.unwrap().is_none()).then_some(())
+    })
+    .await;
+}
+
+async fn append(c: &dyn Cache, user: &UserId, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(c.append(user, &uuid::Uuid::new_v4().to_string(), "OrderCompleted", &json!({ "i": i })).await.unwrap().id);
+    }
+    ids
+}
+
+async fn notifications_replay_after_an_id_in_order(c: &dyn Cache) {
+    let dave = user("dave");
+    let ids = append(c, &dave, 3).await;
+    let all = c.since(&dave, None).await.unwrap();
+    assert!(all.complete);
+    assert_eq!(all.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(all.notifications[1].payload, json!({ "i": 1 }));
+    assert_eq!(all.notifications[1].target, "OrderCompleted");
+    assert_eq!(all.notifications[1].argument()["notificationId"], json!(ids[1]));
+    let after_first = c.since(&dave, Some(&ids[0])).await.unwrap();
+    assert!(after_first.complete);
+    assert_eq!(after_first.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), ids[1..].to_vec());
+    let latest = c.since(&dave, Some(&ids[2])).await.unwrap();
+    assert!(latest.complete && latest.notifications.is_empty());
+}
+
+async fn a_duplicate_event_keeps_its_notification_id(c: &dyn Cache) {
+    let erin = user("erin");
+    let first = c.append(&erin, "event-1", "OrderCompleted", &json!({})).await.unwrap();
+    let again = c.append(&erin, "event-1", "OrderCompleted", &json!({})).await.unwrap();
+    assert_eq!(first.id, again.id);
+    assert_eq!(c.since(&erin, None).await.unwrap().notifications.len(), 1);
+}
+
+async fn trimming_by_count_makes_an_older_resume_point_incomplete(c: &dyn Cache) {
+    let frank = user("frank");
+    let ids = append(c, &frank, 5).await; // retention keeps 3
+    let from_first = c.since(&frank, Some(&ids[0])).await.unwrap();
+    assert!(!from_first.complete, "ids[1] was trimmed before this client saw it");
+    assert_eq!(from_first.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), ids[2..].to_vec());
+    assert!(c.since(&frank, Some(&ids[1])).await.unwrap().complete, "nothing after ids[1] was trimmed");
+    assert!(!c.since(&frank, None).await.unwrap().complete, "a client that saw nothing missed the trimmed ones");
+}
+
+async fn ageing_out_makes_an_older_resume_point_incomplete(c: &dyn Cache) {
+    let grace = user("grace");
+    let old = append(c, &grace, 1).await;
+    // Retention is wall-clock time: the stream, refreshed by nothing, expires as a whole.
+    eventually(Duration::from_secs(10), "the log to expire", || async {
+        (!c.since(&grace, Some(&old[0])).await.unwrap().complete).then_some(())
+    })
+    .await;
+    let fresh = append(c, &grace, 1).await;
+    let replay = c.since(&grace, Some(&old[0])).await.unwrap();
+    assert!(!replay.complete, "what followed old[0] is unknown");
+    assert_eq!(replay.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), fresh);
+    assert!(c.since(&grace, Some(&fresh[0])).await.unwrap().complete, "a resume point in the new log is complete");
+}
+
+async fn ageing_out_within_a_live_log_is_seen_too(c: &dyn Cache) {
+    let start = tokio::time::Instant::now();
+    let mallory = user("mallory");
+    let first = append(c, &mallory, 1).await;
+    // The point is the passage of wall-clock time against a 2 s retention: there is no
+    // condition to await, only the clock. The second append keeps the log alive.
+    tokio::time::sleep_until(start + Duration::from_millis(1200)).await;
+    let second = append(c, &mallory, 1).await;
+    tokio::time::sleep_until(start + Duration::from_millis(2300)).await;
+    let third = append(c, &mallory, 1).await;
+    let replay = c.since(&mallory, None).await.unwrap();
+    assert!(!replay.complete, "first aged out");
+    assert_eq!(replay.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), [second[0].clone(), third[0].clone()]);
+    assert!(c.since(&mallory, Some(&first[0])).await.unwrap().complete, "nothing after first was lost");
+}
+
+async fn a_malformed_notification_id_is_refused(c: &dyn Cache) {
+    let err = c.since(&user("heidi"), Some("not-an-id")).await.unwrap_err();
+    assert!(matches!(err, CacheError::InvalidNotificationId(ref id) if id == "not-an-id"), "{err:?}");
+}
+
+async fn users_never_see_each_others_notifications(c: &dyn Cache) {
+    let (ivan, judy) = (user("ivan"), user("judy"));
+    append(c, &ivan, 2).await;
+    let replay = c.since(&judy, None).await.unwrap();
+    assert!(replay.notifications.is_empty() && replay.complete);
+}
