@@ -172,7 +172,6 @@ impl App {
     /// Serves until `stop` resolves, then: readiness fails; HTTP stops accepting and finishes
     /// in-flight requests; background loops are cancelled and settle; all within the timeout.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         tokio::select! {
@@ -186,6 +185,8 @@ impl App {
             }
             () = stop => {}
         }
+        // The budget starts with the stop signal, not with the process.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         // The phases of `shutdown`'s header, in order.
         self.shutdown.start_draining();
         self.shutdown.intake.cancel();

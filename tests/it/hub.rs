@@ -148,3 +148,36 @@ async fn shutdown_closes_every_connection_with_a_reconnectable_close_within_the_
     );
     assert!(started.elapsed() < Duration::from_secs(6), "stopped within the shutdown timeout: {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_older_than_its_shutdown_timeout_still_drains_gracefully() {
+    // The shutdown budget starts at SIGTERM: a pod that has been up for days drains like a new one.
+    let app = spawn_app(AppOptions {
+        roles: Some("notify"),
+        shutdown_timeout: Some(2),
+        extra_args: vec!["--drain-spread".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let spawned = Instant::now();
+    let token = app.token(&unique_user("veteran"));
+    let url = format!("ws://127.0.0.1:{}/hubs/order-status", app.port);
+    let mut tabs = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect(&url, &token).await;
+        ws.send(Message::text("{\"type\":1,\"invocationId\":\"1\",\"target\":\"GetCurrentStatus\",\"arguments\":[\"x\"]}\u{1e}"))
+            .await
+            .unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        assert!(matches!(answered, Ok(Some(Ok(Message::Text(_))))), "{answered:?}");
+        tabs.push(ws);
+    }
+    // Outlive the 2 s shutdown timeout: only the clock matters here, there is nothing to await.
+    tokio::time::sleep_until((spawned + Duration::from_millis(2500)).into()).await;
+    let stopping = tokio::spawn(app.stop());
+    for tab in &mut tabs {
+        let (record, _) = close_record(tab).await;
+        assert_eq!(record, "{\"type\":7,\"allowReconnect\":true}\u{1e}");
+    }
+    stopping.await.unwrap();
+}

@@ -32,6 +32,8 @@ pub struct AppOptions<'a> {
     /// `--role all` with no Redis and no RabbitMQ: the embedded defaults, on a SQLite file of
     /// its own (or the one of `share`).
     pub embedded: bool,
+    /// `--shutdown-timeout` in seconds (5 when not given).
+    pub shutdown_timeout: Option<u64>,
 }
 
 pub struct TestApp {
@@ -104,7 +106,7 @@ pub async fn spawn_app(opts: AppOptions<'_>) -> TestApp {
         "--outbox-poll-ms".into(),
         "100".into(),
         "--shutdown-timeout".into(),
-        "5".into(),
+        opts.shutdown_timeout.unwrap_or(5).to_string(),
     ]);
     if !opts.no_jwt_secret {
         args.extend(["--jwt-secret".into(), secret.clone()]);
