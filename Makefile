@@ -14,7 +14,7 @@ run:
 	scripts/run.sh
 
 ## Every test: formatting, lints, unit and integration tests against the real services.
-test: lint test-rust test-node test-frontend test-chart
+test: lint test-rust test-frontend test-node test-chart
 	@echo "make test: all suites passed"
 
 lint:
@@ -28,9 +28,11 @@ test-rust:
 	  $(CARGO) test --locked --benches --features failpoints,loadgen && scripts/sweep.sh
 
 ## The official @microsoft/signalr client and the project's client module against the real
-## binary (built by test-rust).
+## binary (built by test-rust), and the SPA in headless Chromium (tests/node/browser.test.mjs;
+## screenshots in artifacts/browser/).
 test-node:
 	clients/order-status-client/test.sh --build-only
+	frontend/test.sh --build-only
 	@eval "$$(scripts/services.sh)" && cd tests/node && npm ci --no-audit --no-fund --silent && \
 	  CONTOSO_BIN=$(CURDIR)/target/debug/contoso npm test && cd ../.. && scripts/sweep.sh
 

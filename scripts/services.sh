@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the real services the tests talk to are up: PostgreSQL, Redis and RabbitMQ
-# (installed with apt-get where missing, started where stopped), and that nginx is installed. Prints the TEST_* exports.
+# (installed with apt-get where missing, started where stopped), and that nginx and Chromium are
+# installed. Prints the TEST_* exports.
 # Fails loudly when a service cannot be brought up: tests never skip a missing service.
 set -euo pipefail
 
@@ -55,6 +56,8 @@ fi
 
 # nginx: the load balancer of the multi-process tests (started by the tests themselves).
 need nginx nginx-light
+# Chromium: the browser of the end-to-end tests (Debian's, driven by playwright-core; no download).
+need chromium chromium
 
 echo "export TEST_DATABASE_URL=$DB_URL"
 echo "export TEST_REDIS_URL=redis://127.0.0.1:6379/0"

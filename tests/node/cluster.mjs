@@ -149,9 +149,12 @@ export async function chaosProxy(targetPort) {
   };
 }
 
-/** accept+process in one process, `notify` notify processes, nginx in front. */
-export async function startCluster(dep, { notify = 2, notifyArgs = [] } = {}) {
-  const core = await startServer(dep, { roles: "accept,process" });
+/**
+ * accept+process in one process, `notify` notify processes, nginx in front. `coreArgs` go to
+ * the accept+process process, which runs in `cwd` (the repository root serves the SPA).
+ */
+export async function startCluster(dep, { notify = 2, notifyArgs = [], coreArgs = [], cwd } = {}) {
+  const core = await startServer(dep, { roles: "accept,process", args: coreArgs, cwd });
   const notifiers = [];
   for (let i = 0; i < notify; i += 1) notifiers.push(await startServer(dep, { roles: "notify", args: notifyArgs }));
   const lb = await startNginx({ notifyPorts: notifiers.map((n) => n.port), acceptPort: core.port });

@@ -3,7 +3,9 @@
 // and builds official @microsoft/signalr clients the way the SPA does.
 import { spawn, spawnSync } from "node:child_process";
 import { createHmac, randomUUID } from "node:crypto";
+import { rmSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as signalR from "@microsoft/signalr";
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
@@ -59,12 +61,20 @@ export function newDeployment() {
   };
 }
 
-/** Starts `contoso` with `roles` for `deployment`; resolves once /health/ready answers 200. */
-export async function startServer(deployment, { roles = "all", args = [], port } = {}) {
+/**
+ * Starts `contoso` with `roles` for `deployment`; resolves once /health/ready answers 200.
+ * `embedded`: `--role all` on its own SQLite file with the in-process bus, cache and backplane.
+ * `cwd`: where it runs (the repository root serves the built SPA at `/`).
+ */
+export async function startServer(deployment, { roles = "all", args = [], port, embedded = false, cwd } = {}) {
   port ??= await freePort();
+  const dbFile = `${tmpdir()}/contoso-${deployment.db}-${port}.db`;
+  const services = embedded
+    ? { "--database-url": `sqlite://${dbFile}` }
+    : { "--database-url": deployment.dbUrl, "--redis-url": REDIS, "--amqp-url": AMQP };
   const defaults = {
-    "--role": roles, "--listen": `127.0.0.1:${port}`,
-    "--database-url": deployment.dbUrl, "--redis-url": REDIS, "--amqp-url": AMQP,
+    "--role": embedded ? "all" : roles, "--listen": `127.0.0.1:${port}`,
+    ...services,
     "--jwt-secret": deployment.secret, "--bus-prefix": deployment.busPrefix,
     "--channel-prefix": deployment.channelPrefix, "--process-delay-ms": "0",
     "--drain-file": `/tmp/contoso-drain-${deployment.db}-${port}`, "--log-level": process.env.TEST_LOG ?? "warn",
@@ -73,8 +83,13 @@ export async function startServer(deployment, { roles = "all", args = [], port }
   // `args` are flag/value pairs that override the defaults.
   for (let i = 0; i < args.length; i += 2) defaults[args[i]] = args[i + 1];
   const argv = Object.entries(defaults).flat();
-  const child = spawn(BIN, argv, { stdio: ["ignore", "inherit", "inherit"] });
-  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
+  const child = spawn(BIN, argv, { stdio: ["ignore", "inherit", "inherit"], cwd });
+  const exited = new Promise((resolve) =>
+    child.on("exit", (code, signal) => {
+      if (embedded) for (const suffix of ["", "-wal", "-shm"]) rmSync(dbFile + suffix, { force: true });
+      resolve({ code, signal });
+    }),
+  );
   const base = `http://127.0.0.1:${port}`;
   await eventually(`contoso on ${port} to be ready`, async () => {
     try {
