@@ -58,7 +58,9 @@ impl App {
         };
         let (db_ready_tx, db_ready) = tokio::sync::watch::channel(false);
         if let Some(store) = &background_store {
-            start_migrations(store.clone(), db_ready_tx, &shutdown);
+            // The in-process bus forgets what it held when the process stops: send it again.
+            let requeue = settings.amqp_url.is_none();
+            start_migrations(store.clone(), db_ready_tx, requeue, &shutdown);
             let store = store.clone();
             let migrated = db_ready.clone();
             readiness.add("database", move || {
@@ -211,13 +213,23 @@ impl App {
 }
 
 /// Applies migrations in the background, retrying with backoff while the database is away.
-fn start_migrations(store: Store, done: tokio::sync::watch::Sender<bool>, shutdown: &Shutdown) {
+/// With `requeue`, also writes `order.accepted` again for every unfinished order, before the
+/// relay and the consumers start.
+fn start_migrations(store: Store, done: tokio::sync::watch::Sender<bool>, requeue: bool, shutdown: &Shutdown) {
     let token = shutdown.token.clone();
     shutdown.spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match store.migrate().await {
-                Ok(()) => {
+            let migrated = store.migrate().await;
+            let requeued = match (&migrated, requeue) {
+                (Ok(()), true) => store.requeue_unfinished().await.map(Some),
+                _ => Ok(None),
+            };
+            match migrated.and(requeued) {
+                Ok(requeued) => {
+                    if let Some(n) = requeued.filter(|n| *n > 0) {
+                        tracing::info!(orders = n, "unfinished orders sent to processing again");
+                    }
                     done.send_replace(true);
                     tracing::info!("database migrations applied");
                     return;

@@ -15,7 +15,7 @@ pub use postgres::PgStore;
 pub use processing::{Begun, OrderState};
 pub use sqlite::SqliteStore;
 
-use crate::domain::{CorrelationId, NewOrder, OrderNumber, UserId};
+use crate::domain::{CorrelationId, Event, EventKind, NewOrder, OrderNumber, UserId};
 use orders::Attempt;
 
 #[derive(Debug, thiserror::Error)]
@@ -154,8 +154,20 @@ impl Store {
         dispatch!(self, s => s.relay_outbox(limit, publish).await)
     }
 
+    /// Writes a fresh `order.accepted` outbox row for every order that is not final yet, and
+    /// returns how many. For an event bus that forgets on restart (the in-process one): what it
+    /// held is sent again, and processing, being idempotent, finishes each order once.
+    pub async fn requeue_unfinished(&self) -> Result<usize, StoreError> {
+        dispatch!(self, s => s.requeue_unfinished().await)
+    }
+
     /// Rows not yet confirmed by the broker (the outbox backlog gauge).
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         dispatch!(self, s => s.outbox_backlog().await)
     }
+}
+
+/// An `order.accepted` for an order that was accepted earlier (a new event id: a new message).
+fn accepted_again(id: uuid::Uuid) -> Event {
+    Event::new(EventKind::Accepted, CorrelationId(id), chrono::Utc::now())
 }

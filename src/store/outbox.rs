@@ -55,6 +55,21 @@ impl PgStore {
         .await
     }
 
+    /// Writes an `order.accepted` outbox row for every order not yet final, in one transaction.
+    pub async fn requeue_unfinished(&self) -> Result<usize, StoreError> {
+        use super::schema::orders;
+        let mut conn = self.conn().await?;
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let ids: Vec<Uuid> =
+                orders::table.filter(orders::status.eq_any(["ACCEPTED", "PROCESSING"])).select(orders::correlation_id).load(conn).await?;
+            for id in &ids {
+                insert(conn, &super::accepted_again(*id)).await?;
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+
     /// Rows not yet confirmed by the broker (the outbox backlog gauge).
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         let mut conn = self.conn().await?;

@@ -110,6 +110,12 @@ struct IdempotencyRow {
 }
 
 #[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = Text)]
+    correlation_id: String,
+}
+
+#[derive(QueryableByName)]
 struct NameRow {
     #[diesel(sql_type = Text)]
     name: String,
@@ -426,6 +432,20 @@ impl SqliteStore {
             guard.as_mut().expect("opened").batch_execute(&format!("DELETE FROM outbox WHERE id IN ({ids})")).await?;
         }
         Ok((taken, confirmed.len()))
+    }
+
+    pub async fn requeue_unfinished(&self) -> Result<usize, StoreError> {
+        let mut guard = self.conn().await?;
+        let conn = guard.as_mut().expect("opened");
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let rows: Vec<IdRow> =
+                diesel::sql_query("SELECT correlation_id FROM orders WHERE status IN ('ACCEPTED', 'PROCESSING')").load(conn).await?;
+            for row in &rows {
+                insert_event(conn, &super::accepted_again(uuid(&row.correlation_id)?)).await?;
+            }
+            Ok(rows.len())
+        })
+        .await
     }
 
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {

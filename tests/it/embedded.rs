@@ -13,10 +13,14 @@ use crate::harness::{AppOptions, TestApp, eventually, spawn_app, unique_user};
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn embedded(share: Option<&TestApp>) -> TestApp {
+    embedded_with_delay(share, 0).await
+}
+
+async fn embedded_with_delay(share: Option<&TestApp>, process_delay_ms: u64) -> TestApp {
     spawn_app(AppOptions {
         embedded: true,
         share,
-        extra_args: vec!["--process-delay-ms".into(), "0".into(), "--dev-auth".into()],
+        extra_args: vec!["--process-delay-ms".into(), process_delay_ms.to_string(), "--dev-auth".into()],
         ..Default::default()
     })
     .await
@@ -138,4 +142,23 @@ async fn orders_and_order_numbers_survive_a_restart() {
     assert!(next_number > number, "{next_number} follows {number}: numbers are never reused");
     second.stop().await;
     first.stop().await; // removes the file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_still_in_the_in_process_bus_at_a_stop_is_finished_after_the_restart() {
+    // Processing takes a minute here, so the order is still in the bus when the process stops.
+    let mut first = embedded_with_delay(None, 60_000).await;
+    let token = first.token(&unique_user("erin"));
+    let id = place(&first, &token, "grinder").await;
+    first.halt().await;
+
+    let second = embedded(Some(&first)).await;
+    let order = eventually(Duration::from_secs(10), "the order to complete after the restart", || async {
+        let order: Value = second.get(&format!("/api/orders/{id}"), Some(&token)).await.json().await.unwrap();
+        (order["status"] == "COMPLETED").then_some(order)
+    })
+    .await;
+    assert!(order["orderId"].as_str().unwrap().starts_with("CS-"));
+    second.stop().await;
+    first.stop().await;
 }

@@ -72,6 +72,7 @@ conformance!(postgres, sqlite;
     an_unavailable_product_fails_the_order_once,
     an_unknown_order_cannot_be_processed,
     the_relay_deletes_only_confirmed_rows,
+    unfinished_orders_can_be_sent_to_processing_again,
 );
 
 fn user() -> UserId {
@@ -269,4 +270,18 @@ async fn the_relay_deletes_only_confirmed_rows(s: &Store) {
     assert_eq!(s.outbox_backlog().await.unwrap(), 1, "the unconfirmed row stays for the next attempt");
     assert_eq!(outbox(s).await.len(), 1);
     assert_eq!(s.outbox_backlog().await.unwrap(), 0);
+}
+
+async fn unfinished_orders_can_be_sent_to_processing_again(s: &Store) {
+    let kim = user();
+    let done = place(s, &kim, &[("mug", 1)]).await.correlation_id;
+    let waiting = place(s, &kim, &[("mug", 1)]).await.correlation_id;
+    let number = s.begin_processing(done).await.unwrap().unwrap().order_number.unwrap();
+    assert!(s.complete(done, number).await.unwrap());
+    outbox(s).await;
+    assert_eq!(s.requeue_unfinished().await.unwrap(), 1, "only the order that is not final");
+    let events = outbox(s).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].routing_key, "order.accepted");
+    assert!(events[0].payload.contains(&waiting.to_string()));
 }
