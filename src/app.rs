@@ -109,14 +109,12 @@ impl App {
                 }
                 (true, _, _) => Some(Arc::new(MemoryBackplane::new(Arc::new(MemoryHub::default()))) as Arc<dyn Backplane>),
             };
+        let topology = Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit };
         let bus: Option<Arc<dyn EventBus>> = match &settings.amqp_url {
-            Some(url) => {
-                let topology = Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit };
-                Some(RabbitBus::start(url.clone(), topology, &format!("contoso-{roles_label}"), &shutdown) as Arc<dyn EventBus>)
-            }
+            Some(url) => Some(RabbitBus::start(url.clone(), topology, &format!("contoso-{roles_label}"), &shutdown) as Arc<dyn EventBus>),
             None if settings.roles.all => {
                 tracing::info!("no --amqp-url: events go through the in-process bus");
-                Some(Arc::new(MemoryBus::new(settings.delivery_limit)) as Arc<dyn EventBus>)
+                Some(Arc::new(MemoryBus::new(topology.broker_delivery_limit())) as Arc<dyn EventBus>)
             }
             None => None,
         };

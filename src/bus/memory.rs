@@ -66,7 +66,8 @@ pub struct MemoryBus {
 }
 
 impl MemoryBus {
-    /// `delivery_limit` deliveries before the bus dead-letters a message (`x-delivery-limit`).
+    /// `delivery_limit` deliveries before the bus itself dead-letters a message (RabbitMQ's
+    /// `x-delivery-limit`, `Topology::broker_delivery_limit`).
     pub fn new(delivery_limit: u32) -> Self {
         let ready = Queue::ALL.iter().map(|q| (q.base_name(), Notify::new())).collect();
         Self { shared: Arc::new(Shared { queues: Mutex::default(), ready, delivery_limit: delivery_limit.max(1) }) }

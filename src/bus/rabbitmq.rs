@@ -169,9 +169,7 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
         let mut args = FieldTable::default();
         // Quorum queues count deliveries and dead-letter past the limit: poison cannot loop forever.
         args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        // The consumers dead-letter with a reason at `delivery_limit`; the broker's own limit
-        // is a backstop a little above it, for a consumer that crashes on every attempt.
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(t.delivery_limit as i32 + 5));
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(t.broker_delivery_limit() as i32));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(t.dead_letter_exchange().into()));
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(name.clone().into()));
         let opts = QueueDeclareOptions { durable: true, ..Default::default() };

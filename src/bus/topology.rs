@@ -46,6 +46,13 @@ impl Topology {
         format!("{}contoso.orders.dead-letter", self.prefix)
     }
 
+    /// Deliveries after which the broker itself dead-letters a message: a backstop a little
+    /// above `delivery_limit` (where the consumers dead-letter with a reason), for a consumer
+    /// that crashes on every attempt.
+    pub fn broker_delivery_limit(&self) -> u32 {
+        self.delivery_limit + 5
+    }
+
     pub fn queue(&self, queue: Queue) -> String {
         format!("{}{}", self.prefix, queue.base_name())
     }

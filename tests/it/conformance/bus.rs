@@ -6,7 +6,7 @@ use std::{ops::Deref, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use contoso::{
-    bus::{BusError, Delivery, EventBus, MemoryBus, Outgoing, Queue, RabbitBus, Topology},
+    bus::{BusError, Delivery, EventBus, MemoryBus, Outgoing, Queue, RabbitBus, Topology, memory::DELIVERY_LIMIT_REASON},
     config::Secret,
     shutdown::Shutdown,
 };
@@ -50,7 +50,8 @@ async fn rabbitmq() -> Fixture {
 }
 
 async fn memory() -> Fixture {
-    Fixture { bus: Arc::new(MemoryBus::new(DELIVERY_LIMIT)), rabbit: None }
+    let topology = Topology { prefix: String::new(), delivery_limit: DELIVERY_LIMIT };
+    Fixture { bus: Arc::new(MemoryBus::new(topology.broker_delivery_limit())), rabbit: None }
 }
 
 conformance!(rabbitmq, memory;
@@ -61,6 +62,7 @@ conformance!(rabbitmq, memory;
     an_unsettled_delivery_comes_back_when_its_consumer_goes,
     a_dead_letter_keeps_its_body_and_reason,
     prefetch_bounds_unsettled_deliveries,
+    a_message_that_keeps_crashing_its_consumer_is_dead_lettered_by_the_bus,
 );
 
 fn event(routing_key: &str, body: &str) -> Outgoing {
@@ -169,4 +171,25 @@ async fn prefetch_bounds_unsettled_deliveries(bus: &dyn EventBus) {
     assert_eq!(c.body.as_ref(), b"3");
     b.ack().await.unwrap();
     c.ack().await.unwrap();
+}
+
+async fn a_message_that_keeps_crashing_its_consumer_is_dead_lettered_by_the_bus(bus: &dyn EventBus) {
+    publish(bus, &[event("order.accepted", "crasher")]).await;
+    let limit = Topology { prefix: String::new(), delivery_limit: DELIVERY_LIMIT }.broker_delivery_limit();
+    let mut deliveries = 0;
+    let dead = loop {
+        if let Some(dead) = bus.take_dead_letter(Queue::OrderProcess).await.unwrap() {
+            break dead;
+        }
+        assert!(deliveries <= limit + 1, "still delivered after {deliveries} crashes");
+        let mut stream = bus.consume(Queue::OrderProcess, 1).await.unwrap();
+        // A consumer that dies on this message: neither acked nor requeued, its channel gone.
+        if let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+            deliveries += 1;
+            drop(d);
+        }
+        drop(stream);
+    };
+    assert_eq!((dead.body.as_ref(), dead.reason.as_deref()), (&b"crasher"[..], Some(DELIVERY_LIMIT_REASON)));
+    assert!(deliveries >= limit, "dead-lettered after {deliveries} deliveries, the limit is {limit}");
 }
