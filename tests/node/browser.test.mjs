@@ -149,7 +149,37 @@ describe("the shop in a browser, against notify processes behind nginx", () => {
     }
   });
 
+  test("the process of tab 2 is drained (SIGTERM): tab 2 reconnects to another process and catches up on the order placed while it was away", async () => {
+    const [survivor, leaving] = live();
+    const alice = await profile(cluster.lb.base);
+    try {
+      const tab1 = await openOn(alice, survivor, uniqueUser("alice"));
+      // nginx keeps sending new connections to the draining process, which refuses them (503):
+      // tab 2 stays away until the test points nginx at the survivor, as a removed endpoint would.
+      const tab2 = await openOn(alice, leaving);
+      await tab2.page.evaluate(() => (window.__contosoMarker = "the same page"));
+      const loads = tab2.loads;
+      await leaving.stop();
+      assert.equal((await leaving.exited).code, 0, "a drained process exits 0");
+      await assertText(state(tab2), "reconnecting");
+
+      const id = await checkout(tab1, "filter");
+      await sees(tab1, id);
+      assert.equal(await toast(tab2, id).count(), 0, "tab 2 was away when the order completed");
+
+      await cluster.lb.setNotify([survivor.port]);
+      await connected(tab2);
+      await sees(tab2, id);
+      assert.equal(tab2.loads, loads, "no page load");
+      assert.equal(await tab2.page.evaluate(() => window.__contosoMarker), "the same page");
+      noConsoleErrors(tab1);
+    } finally {
+      await alice.close();
+    }
+  });
+
   test("the process of tab 2 is killed: tab 2 shows reconnecting, then connected, and the order placed in the gap COMPLETED, without a reload", async () => {
+    if (live().length < 2) await cluster.addNotify();
     const [survivor, victim] = live();
     const alice = await profile(cluster.lb.base);
     try {
@@ -223,6 +253,39 @@ describe("the shop in a browser, against --role all alone", () => {
       noConsoleErrors(tab1, tab2, phoneTab, davesTab);
     } finally {
       await Promise.all([carol.close(), phone.close(), dave.close()]);
+    }
+  });
+
+  test("the shop works with the keyboard alone", async () => {
+    const erin = await profile(server.base);
+    try {
+      const tab = await erin.open();
+      const { page } = tab;
+      const focused = () => page.evaluate(() => document.activeElement?.getAttribute("aria-label") ?? document.activeElement?.textContent?.trim() ?? "");
+      // Tab until the element named `name` has focus (bounded), then press `key` on it.
+      const tabTo = async (name, key = "Enter") => {
+        for (let i = 0; i < 40 && !(await focused()).startsWith(name); i += 1) await page.keyboard.press("Tab");
+        assert.ok((await focused()).startsWith(name), `Tab never reached "${name}"`);
+        await page.keyboard.press(key);
+      };
+      await page.getByLabel("User id").focus();
+      await page.keyboard.press("ControlOrMeta+a");
+      await page.keyboard.type(uniqueUser("erin"));
+      await page.keyboard.press("Enter");
+      await connected(tab);
+      await tabTo("Add to cart: Contoso mug");
+      await tabTo("Place order");
+      // Focus moves to the outcome, so a screen reader announces it and Tab continues from there.
+      await assertText(page.getByTestId("checkout-result"), "Order accepted");
+      assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("data-testid")), "checkout-result");
+      const row = page.getByTestId("order-row").first();
+      await row.and(page.locator("[data-status=COMPLETED]")).waitFor({ timeout: UI_TIMEOUT });
+      await page.getByTestId("toast").first().waitFor({ timeout: UI_TIMEOUT });
+      await tabTo("Dismiss notification");
+      await page.getByTestId("toast").first().waitFor({ state: "detached", timeout: UI_TIMEOUT });
+      noConsoleErrors(tab);
+    } finally {
+      await erin.close();
     }
   });
 });

@@ -1,6 +1,6 @@
 // Cart and checkout UI: quantities, estimated total, "Place order", and the server's problem
 // `detail` when an order is refused.
-import { ChangeDetectionStrategy, Component, ElementRef, inject, signal, viewChild } from '@angular/core';
+import { ChangeDetectionStrategy, Component, ElementRef, Injector, afterNextRender, inject, signal, viewChild } from '@angular/core';
 
 import { AuthService } from '../core/auth.service';
 import { CartService, type CartLine } from '../core/cart.service';
@@ -67,6 +67,7 @@ export class Cart {
   protected readonly error = signal<string | null>(null);
   protected readonly maxQuantity = MAX_QUANTITY;
   private readonly result = viewChild.required<ElementRef<HTMLElement>>('result');
+  private readonly injector = inject(Injector);
 
   protected money(cents: number, currency: string): string {
     return formatMoney(cents, currency);
@@ -90,7 +91,9 @@ export class Cart {
         `Order accepted (ref ${order.correlationId.slice(0, 8)}, ${formatMoney(order.totalCents, order.currency)}). You will be notified when it is complete.`,
       );
       // The button is disabled now that the cart is empty; keep keyboard focus somewhere useful.
-      this.result().nativeElement.focus();
+      // After the render: until the message is in the DOM the (empty) result is not displayed,
+      // and an element that is not displayed cannot take focus.
+      afterNextRender(() => this.result().nativeElement.focus(), { injector: this.injector });
     } else {
       this.error.set(outcome.message);
     }
