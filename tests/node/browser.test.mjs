@@ -3,6 +3,7 @@
 // against `--role all` on its own. Screenshots of the main states go to artifacts/browser/.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { startCluster } from "./cluster.mjs";
@@ -233,6 +234,15 @@ describe("the shop in a browser, against --role all alone", () => {
       await sees(davesTab, daves);
       assert.equal(await davesTab.page.getByTestId("order-row").count(), 1, "only Dave's own order");
       assert.equal(await davesTab.page.getByTestId("toast").count(), 1, "only Dave's own toast");
+      // Nothing but the process itself: no connection to PostgreSQL, Redis or RabbitMQ.
+      const peers = spawnSync("ss", ["-Htnp", "state", "established"], { encoding: "utf8" })
+        .stdout.split("\n")
+        .filter((line) => line.includes(`pid=${server.child.pid},`))
+        .map((line) => line.trim().split(/\s+/)[3]);
+      assert.ok(peers.length > 0, "ss sees the tabs' connections");
+      for (const port of [5432, 6379, 5672]) {
+        assert.ok(!peers.some((peer) => peer.endsWith(`:${port}`)), `a connection to port ${port}: ${peers}`);
+      }
       // The phone layout never scrolls sideways.
       const overflow = await phoneTab.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
