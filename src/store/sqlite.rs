@@ -150,6 +150,22 @@ async fn insert_event(conn: &mut Conn, event: &Event) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// The store's connection, known to be open.
+struct Opened<'a>(MutexGuard<'a, Option<Conn>>);
+
+impl std::ops::Deref for Opened<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.0.as_ref().expect("opened by SqliteStore::conn")
+    }
+}
+
+impl std::ops::DerefMut for Opened<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.0.as_mut().expect("opened by SqliteStore::conn")
+    }
+}
+
 impl SqliteStore {
     /// `path` is a file name (created when missing) or `:memory:`.
     pub fn new(path: &str) -> anyhow::Result<Self> {
@@ -157,7 +173,8 @@ impl SqliteStore {
         Ok(Self { path: path.into(), conn: Arc::new(Mutex::new(None)), relay: Arc::new(Mutex::new(())) })
     }
 
-    async fn conn(&self) -> Result<MutexGuard<'_, Option<Conn>>, StoreError> {
+    /// The one connection, opened on first use; held until the guard drops.
+    async fn conn(&self) -> Result<Opened<'_>, StoreError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
             let path = self.path.to_string();
@@ -176,38 +193,36 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", self.path)))?;
             *guard = Some(SyncConnectionWrapper::new(conn));
         }
-        Ok(guard)
+        Ok(Opened(guard))
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut guard = self.conn().await?;
-        let conn = guard.as_mut().expect("opened");
+        let mut conn = self.conn().await?;
         conn.spawn_blocking(|c| c.run_pending_migrations(MIGRATIONS).map(drop).map_err(diesel::result::Error::QueryBuilderError))
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut guard = self.conn().await?;
-        guard.as_mut().expect("opened").batch_execute("SELECT 1").await?;
+        let mut conn = self.conn().await?;
+        conn.batch_execute("SELECT 1").await?;
         Ok(())
     }
 
     pub async fn products(&self) -> Result<Vec<Product>, StoreError> {
-        let mut guard = self.conn().await?;
-        let rows: Vec<ProductRow> = diesel::sql_query("SELECT id, name, price_cents, currency, available FROM products ORDER BY id")
-            .load(guard.as_mut().expect("opened"))
-            .await?;
+        let mut conn = self.conn().await?;
+        let rows: Vec<ProductRow> =
+            diesel::sql_query("SELECT id, name, price_cents, currency, available FROM products ORDER BY id").load(&mut *conn).await?;
         Ok(rows.into_iter().map(Product::from).collect())
     }
 
     pub(super) async fn replay(&self, user: &UserId, idem: &Idempotency) -> Result<Option<PlaceOutcome>, StoreError> {
-        let mut guard = self.conn().await?;
+        let mut conn = self.conn().await?;
         let rows: Vec<IdempotencyRow> =
             diesel::sql_query("SELECT request_hash, correlation_id, response_body FROM idempotency_keys WHERE user_id = ? AND key = ?")
                 .bind::<Text, _>(user.as_str())
                 .bind::<Text, _>(idem.key.as_str())
-                .load(guard.as_mut().expect("opened"))
+                .load(&mut *conn)
                 .await?;
         match rows.into_iter().next() {
             None => Ok(None),
@@ -223,8 +238,7 @@ impl SqliteStore {
         idem: Option<&Idempotency>,
         before_commit: BeforeCommit,
     ) -> Result<Attempt, StoreError> {
-        let mut guard = self.conn().await?;
-        let conn = guard.as_mut().expect("opened");
+        let mut conn = self.conn().await?;
         let user = user.clone();
         let order = order.clone();
         conn.transaction::<_, StoreError, _>(async move |conn| {
@@ -293,39 +307,38 @@ impl SqliteStore {
     }
 
     pub async fn order_for_user(&self, user: &UserId, id: CorrelationId) -> Result<Option<OrderView>, StoreError> {
-        let mut guard = self.conn().await?;
+        let mut conn = self.conn().await?;
         let rows: Vec<OrderRow> = diesel::sql_query(format!("SELECT {ORDER_COLUMNS} FROM orders WHERE correlation_id = ? AND user_id = ?"))
             .bind::<Text, _>(id.0.to_string())
             .bind::<Text, _>(user.as_str())
-            .load(guard.as_mut().expect("opened"))
+            .load(&mut *conn)
             .await?;
         rows.into_iter().next().map(OrderRow::view).transpose()
     }
 
     pub async fn orders_for_user(&self, user: &UserId, limit: i64) -> Result<Vec<OrderView>, StoreError> {
-        let mut guard = self.conn().await?;
+        let mut conn = self.conn().await?;
         let rows: Vec<OrderRow> = diesel::sql_query(format!(
             "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? ORDER BY created_at DESC, correlation_id DESC LIMIT ?"
         ))
         .bind::<Text, _>(user.as_str())
         .bind::<BigInt, _>(limit)
-        .load(guard.as_mut().expect("opened"))
+        .load(&mut *conn)
         .await?;
         rows.into_iter().map(OrderRow::view).collect()
     }
 
     pub async fn order_state(&self, id: CorrelationId) -> Result<Option<OrderState>, StoreError> {
-        let mut guard = self.conn().await?;
+        let mut conn = self.conn().await?;
         let rows: Vec<StatusRow> = diesel::sql_query("SELECT status, user_id, order_number FROM orders WHERE correlation_id = ?")
             .bind::<Text, _>(id.0.to_string())
-            .load(guard.as_mut().expect("opened"))
+            .load(&mut *conn)
             .await?;
         Ok(rows.into_iter().next().map(OrderState::from))
     }
 
     pub async fn begin_processing(&self, id: CorrelationId) -> Result<Option<Begun>, StoreError> {
-        let mut guard = self.conn().await?;
-        let conn = guard.as_mut().expect("opened");
+        let mut conn = self.conn().await?;
         conn.transaction::<_, StoreError, _>(async move |conn| {
             let key = id.0.to_string();
             let rows: Vec<StatusRow> = diesel::sql_query("SELECT status, user_id, order_number FROM orders WHERE correlation_id = ?")
@@ -381,8 +394,7 @@ impl SqliteStore {
         reason: Option<String>,
         event: Event,
     ) -> Result<bool, StoreError> {
-        let mut guard = self.conn().await?;
-        let conn = guard.as_mut().expect("opened");
+        let mut conn = self.conn().await?;
         conn.transaction::<_, StoreError, _>(async move |conn| {
             let moved = diesel::sql_query(
                 "UPDATE orders SET status = ?, order_number = coalesce(?, order_number), \
@@ -410,10 +422,10 @@ impl SqliteStore {
     pub async fn relay_outbox(&self, limit: i64, publish: Publish) -> Result<(usize, usize), StoreError> {
         let _relay = self.relay.lock().await;
         let rows: Vec<OutboxSqlRow> = {
-            let mut guard = self.conn().await?;
+            let mut conn = self.conn().await?;
             diesel::sql_query("SELECT id, event_id, routing_key, payload FROM outbox ORDER BY id LIMIT ?")
                 .bind::<BigInt, _>(limit)
-                .load(guard.as_mut().expect("opened"))
+                .load(&mut *conn)
                 .await?
         };
         let taken = rows.len();
@@ -427,16 +439,15 @@ impl SqliteStore {
         let confirmed = publish(rows).await;
         if !confirmed.is_empty() {
             let ids = confirmed.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-            let mut guard = self.conn().await?;
+            let mut conn = self.conn().await?;
             // Integers formatted by us, so the list is safe to inline.
-            guard.as_mut().expect("opened").batch_execute(&format!("DELETE FROM outbox WHERE id IN ({ids})")).await?;
+            conn.batch_execute(&format!("DELETE FROM outbox WHERE id IN ({ids})")).await?;
         }
         Ok((taken, confirmed.len()))
     }
 
     pub async fn requeue_unfinished(&self) -> Result<usize, StoreError> {
-        let mut guard = self.conn().await?;
-        let conn = guard.as_mut().expect("opened");
+        let mut conn = self.conn().await?;
         conn.transaction::<_, StoreError, _>(async move |conn| {
             let rows: Vec<IdRow> =
                 diesel::sql_query("SELECT correlation_id FROM orders WHERE status IN ('ACCEPTED', 'PROCESSING')").load(conn).await?;
@@ -449,8 +460,8 @@ impl SqliteStore {
     }
 
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        let mut guard = self.conn().await?;
-        let n: NumberRow = diesel::sql_query("SELECT count(*) AS value FROM outbox").get_result(guard.as_mut().expect("opened")).await?;
+        let mut conn = self.conn().await?;
+        let n: NumberRow = diesel::sql_query("SELECT count(*) AS value FROM outbox").get_result(&mut *conn).await?;
         Ok(n.value)
     }
 }
