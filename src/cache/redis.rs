@@ -155,21 +155,19 @@ impl NotificationLog for RedisCache {
     async fn since(&self, user: &UserId, after: Option<&str>) -> Result<Replay, CacheError> {
         let after_id = after.map(parse_notification_id).transpose()?;
         let mut conn = self.conn().await?;
-        let key = log_key(user);
-        let exists: bool = bounded(redis::cmd("EXISTS").arg(&key).query_async(&mut conn)).await?;
-        if !exists {
-            // Nothing retained: complete only for a client that has seen nothing yet.
-            return Ok(Replay { notifications: Vec::new(), complete: after.is_none() });
-        }
-        let info: redis::Value = bounded(redis::cmd("XINFO").arg("STREAM").arg(&key).query_async(&mut conn)).await?;
-        let max_deleted = stream_info_field(&info, "max-deleted-entry-id").and_then(|s| parse_stream_id(&s)).unwrap_or((0, 0));
         let start = match after {
             Some(raw) => format!("({raw}"),
             None => "-".to_owned(),
         };
-        let entries: Vec<(String, Vec<(String, String)>)> =
-            bounded(redis::cmd("XRANGE").arg(&key).arg(start).arg("+").arg("COUNT").arg(self.retention.max_count).query_async(&mut conn))
-                .await?;
+        let script = redis::Script::new(SINCE);
+        let mut call = script.key(log_key(user));
+        call.arg(start).arg(self.retention.max_count);
+        let (exists, max_deleted, first, entries): (i64, String, String, Vec<(String, Vec<(String, String)>)>) =
+            bounded(call.invoke_async(&mut conn)).await?;
+        if exists == 0 {
+            // Nothing retained: complete only for a client that has seen nothing yet.
+            return Ok(Replay { notifications: Vec::new(), complete: after.is_none() });
+        }
         let notifications = entries
             .into_iter()
             .filter_map(|(id, fields)| {
@@ -181,7 +179,8 @@ impl NotificationLog for RedisCache {
         // Complete when nothing newer than what the client saw was ever trimmed away. When
         // nothing was trimmed, a resume point older than the first entry comes from a stream
         // that expired as a whole: what followed it there is unknown, so not complete either.
-        let first = stream_info_field(&info, "recorded-first-entry-id").and_then(|s| parse_stream_id(&s)).unwrap_or((0, 0));
+        let max_deleted = parse_stream_id(&max_deleted).unwrap_or((0, 0));
+        let first = parse_stream_id(&first).unwrap_or((0, 0));
         let complete = match after_id {
             Some(seen) if max_deleted > (0, 0) => seen >= max_deleted,
             Some(seen) => seen >= first,
@@ -191,18 +190,16 @@ impl NotificationLog for RedisCache {
     }
 }
 
-/// A field of an `XINFO STREAM` reply (a flat key/value array in RESP2, a map in RESP3).
-fn stream_info_field(info: &redis::Value, name: &str) -> Option<String> {
-    let as_string = |v: &redis::Value| match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
-    match info {
-        redis::Value::Array(items) => {
-            items.chunks(2).find(|kv| kv.len() == 2 && as_string(&kv[0]).as_deref() == Some(name)).and_then(|kv| as_string(&kv[1]))
-        }
-        redis::Value::Map(pairs) => pairs.iter().find(|(k, _)| as_string(k).as_deref() == Some(name)).and_then(|(_, v)| as_string(v)),
-        _ => None,
-    }
-}
+/// One round trip, and one point in time: the stream cannot expire between reading its
+/// `XINFO` and its entries (separate commands could see it vanish in between).
+/// Returns {exists, max-deleted-entry-id, recorded-first-entry-id, entries after ARGV[1]}.
+const SINCE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0-0', '0-0', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local max_deleted, first = '0-0', '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then max_deleted = info[i + 1] end
+  if info[i] == 'recorded-first-entry-id' then first = info[i + 1] end
+end
+return {1, max_deleted, first, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+"#;

@@ -30,8 +30,8 @@ impl Fixture {
     async fn cleanup(self) {}
 }
 
-/// Small retention so trimming is reachable: 3 notifications, 2 seconds.
-const RETENTION: Retention = Retention { max_count: 3, max_age: Duration::from_secs(2) };
+/// Small retention so trimming is reachable: 3 notifications, 3 seconds.
+const RETENTION: Retention = Retention { max_count: 3, max_age: Duration::from_secs(3) };
 
 async fn redis() -> Fixture {
     Fixture(Arc::new(RedisCache::new(&env::redis_url(), 2, RETENTION).unwrap()))
@@ -152,11 +152,12 @@ async fn ageing_out_within_a_live_log_is_seen_too(c: &dyn Cache) {
     let start = tokio::time::Instant::now();
     let mallory = user("mallory");
     let first = append(c, &mallory, 1).await;
-    // The point is the passage of wall-clock time against a 2 s retention: there is no
-    // condition to await, only the clock. The second append keeps the log alive.
-    tokio::time::sleep_until(start + Duration::from_millis(1200)).await;
+    // The point is the passage of wall-clock time against a 3 s retention: there is no
+    // condition to await, only the clock. The second append keeps the log alive; each step
+    // has over a second of slack for a busy machine.
+    tokio::time::sleep_until(start + Duration::from_millis(1500)).await;
     let second = append(c, &mallory, 1).await;
-    tokio::time::sleep_until(start + Duration::from_millis(2300)).await;
+    tokio::time::sleep_until(start + Duration::from_millis(3300)).await;
     let third = append(c, &mallory, 1).await;
     let replay = c.since(&mallory, None).await.unwrap();
     assert!(!replay.complete, "first aged out");
