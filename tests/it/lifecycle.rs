@@ -221,7 +221,7 @@ async fn sigterm_during_a_burst_of_orders_exits_zero_and_loses_no_accepted_order
                             let id = res.json::<Value>().await.unwrap()["correlationId"].as_str().unwrap().to_owned();
                             accepted.lock().unwrap().push(id);
                         }
-                        Ok(res) => refused.push(res.status().as_u16()),
+                        Ok(res) => refused.push(format!("{} {}", res.status().as_u16(), res.text().await.unwrap_or_default())),
                         // The listener is closed: this client's burst is over.
                         Err(_) => return refused,
                     }
