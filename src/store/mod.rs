@@ -168,6 +168,6 @@ impl Store {
 }
 
 /// An `order.accepted` for an order that was accepted earlier (a new event id: a new message).
-fn accepted_again(id: uuid::Uuid) -> Event {
+pub(in crate::store) fn accepted_again(id: uuid::Uuid) -> Event {
     Event::new(EventKind::Accepted, CorrelationId(id), chrono::Utc::now())
 }
