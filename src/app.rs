@@ -43,15 +43,13 @@ impl App {
             Some(url) => {
                 let store = Store::new(url.expose(), settings.db_pool_size).context("invalid --database-url")?;
                 let background = if store.is_embedded() {
+                    tracing::info!(url = url.expose(), "using the embedded database");
                     // One SQLite file has one writer: every part of the process shares the store.
                     store.clone()
                 } else {
                     // Small on purpose: on a 2-core box a larger background pool measured slower (bench/process.sh).
                     Store::new(url.expose(), 4).context("invalid --database-url")?
                 };
-                if store.is_embedded() {
-                    tracing::info!(url = url.expose(), "using the embedded database");
-                }
                 (Some(store), Some(background))
             }
             None => (None, None),
@@ -85,15 +83,10 @@ impl App {
             tracing::info!("no --redis-url: status cache, notification log and backplane are in-process");
             Arc::new(MemoryCache::new(settings.retention))
         });
-        let cache = match (&redis, &memory) {
-            (Some(r), _) => Some(r.clone() as Arc<dyn StatusCache>),
-            (None, Some(m)) => Some(m.clone() as Arc<dyn StatusCache>),
-            (None, None) => None,
-        };
-        let notifications = match (&redis, &memory) {
-            (Some(r), _) => Some(r.clone() as Arc<dyn NotificationLog>),
-            (None, Some(m)) => Some(m.clone() as Arc<dyn NotificationLog>),
-            (None, None) => None,
+        let (cache, notifications) = match (&redis, memory) {
+            (Some(r), _) => (Some(r.clone() as Arc<dyn StatusCache>), Some(r.clone() as Arc<dyn NotificationLog>)),
+            (None, Some(m)) => (Some(m.clone() as Arc<dyn StatusCache>), Some(m as Arc<dyn NotificationLog>)),
+            (None, None) => (None, None),
         };
         // Notify pods of one deployment meet on Redis; without Redis (`all` on a laptop) the
         // process is its own, in-memory backplane.

@@ -59,6 +59,13 @@ struct Log {
     until: Instant,
 }
 
+impl Log {
+    /// A stream with nothing in it, as a missing Redis key reads.
+    fn empty(now: Instant) -> Self {
+        Log { entries: VecDeque::new(), last_id: (0, 0), max_deleted: (0, 0), until: now }
+    }
+}
+
 fn format_id((ms, seq): StreamId) -> String {
     format!("{ms}-{seq}")
 }
@@ -141,15 +148,10 @@ impl NotificationLog for MemoryCache {
         if let Some(seen) = inner.events.get(&key).filter(|e| e.live(now)) {
             return Ok(LoggedNotification { id: seen.value.clone(), target: target.to_owned(), payload: payload.clone() });
         }
-        let log = inner.logs.entry(user.clone()).or_insert_with(|| Log {
-            entries: VecDeque::new(),
-            last_id: (0, 0),
-            max_deleted: (0, 0),
-            until: now,
-        });
+        let log = inner.logs.entry(user.clone()).or_insert_with(|| Log::empty(now));
         if log.until <= now {
             // The whole stream expired, as its Redis key would have.
-            *log = Log { entries: VecDeque::new(), last_id: (0, 0), max_deleted: (0, 0), until: now };
+            *log = Log::empty(now);
         }
         // Like XADD *: the clock's millisecond, or the last one with the next sequence number.
         let ms = now_ms();
@@ -165,9 +167,11 @@ impl NotificationLog for MemoryCache {
             log.max_deleted = log.max_deleted.max(first.id);
             log.entries.pop_front();
         }
-        log.until = now + max_age.max(Duration::from_secs(1));
+        // Redis' EXPIRE takes whole seconds, at least one.
+        let until = now + max_age.max(Duration::from_secs(1));
+        log.until = until;
         let id = format_id(id);
-        inner.events.insert(key, Expiring { value: id.clone(), until: now + max_age.max(Duration::from_secs(1)) });
+        inner.events.insert(key, Expiring { value: id.clone(), until });
         inner.wrote(now);
         Ok(LoggedNotification { id, target: target.to_owned(), payload: payload.clone() })
     }

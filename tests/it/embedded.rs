@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{AppOptions, TestApp, eventually, spawn_app, unique_user};
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::harness::{
+    AppOptions, TestApp, eventually, spawn_app, unique_user,
+    ws::{Ws, connect},
+};
 
 async fn embedded(share: Option<&TestApp>) -> TestApp {
     embedded_with_delay(share, 0).await
@@ -27,12 +28,7 @@ async fn embedded_with_delay(share: Option<&TestApp>, process_delay_ms: u64) -> 
 }
 
 async fn tab(app: &TestApp, token: &str) -> Ws {
-    let mut request = format!("ws://127.0.0.1:{}/hubs/order-status", app.port).into_client_request().unwrap();
-    request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}")).await.unwrap();
-    assert_eq!(next_messages(&mut ws).await, [json!({})], "handshake reply");
-    ws
+    connect(&format!("ws://127.0.0.1:{}/hubs/order-status", app.port), token).await
 }
 
 /// The hub messages of the next text frame (pings skipped).
@@ -161,4 +157,15 @@ async fn an_order_still_in_the_in_process_bus_at_a_stop_is_finished_after_the_re
     assert!(order["orderId"].as_str().unwrap().starts_with("CS-"));
     second.stop().await;
     first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_database_that_cannot_be_opened_is_reported_not_fatal() {
+    // A bad path is not a crash: the store says why, and a process keeps retrying, not ready.
+    let store = contoso::store::Store::new("sqlite:///no/such/directory/contoso.db", 1).unwrap();
+    let err = store.migrate().await.unwrap_err();
+    assert!(err.to_string().starts_with("database unavailable: cannot open /no/such/directory/contoso.db"), "{err}");
+    assert!(store.ping().await.is_err());
+    let empty = contoso::store::Store::new("sqlite://", 1).err().expect("an empty path is refused at start");
+    assert!(empty.to_string().contains("sqlite:// needs a file path"), "{empty}");
 }

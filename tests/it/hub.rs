@@ -11,23 +11,12 @@ use contoso::{
 use deadpool_redis::redis;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{AppOptions, env, eventually, spawn_app, unique_user};
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(url: &str, token: &str) -> Ws {
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}")).await.unwrap();
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "{}\u{1e}"),
-        other => panic!("no handshake reply: {other:?}"),
-    }
-    ws
-}
+use crate::harness::{
+    AppOptions, env, eventually, spawn_app, unique_user,
+    ws::{Ws, connect},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_and_delays_no_one_else() {

@@ -7,7 +7,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { startCluster } from "./cluster.mjs";
-import { eventually, metric, newDeployment, startServer, uniqueUser } from "./harness.mjs";
+import { eventually, hubConnections as connections, newDeployment, startServer, uniqueUser } from "./harness.mjs";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
@@ -90,7 +90,6 @@ function noConsoleErrors(...tabs) {
   for (const tab of tabs) assert.deepEqual(tab.errors, [], "the SPA logs no errors to the console");
 }
 
-const connections = (server) => metric(server, "contoso_hub_connections");
 
 describe("the shop in a browser, against notify processes behind nginx", () => {
   let dep;

@@ -7,7 +7,7 @@ import { writeFileSync } from "node:fs";
 import { LogLevel } from "@microsoft/signalr";
 import { OrderStatusClient } from "../../clients/order-status-client/dist/index.js";
 import { chaosProxy, startCluster } from "./cluster.mjs";
-import { eventually, hubConnection, metric, newDeployment, placeOrder, sleep, startServer, token, uniqueUser } from "./harness.mjs";
+import { eventually, hubConnection, hubConnections as connections, newDeployment, placeOrder, sleep, startServer, token, uniqueUser } from "./harness.mjs";
 
 /** Every client this file opens, stopped after each suite even when a test failed. */
 const opened = new Set();
@@ -58,7 +58,6 @@ async function expectEveryNotificationOnce(tabs, ids) {
   }
 }
 
-const connections = (server) => metric(server, "contoso_hub_connections");
 
 describe("scale-in: case 4 and a killed process", () => {
   let dep;

@@ -125,6 +125,9 @@ export async function metric(server, name) {
     .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
 }
 
+/** The hub connections `server` holds now (its connection gauge). */
+export const hubConnections = (server) => metric(server, "contoso_hub_connections");
+
 const b64url = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
 
 /** An HS256 JWT for `sub`, signed with the deployment's secret. */

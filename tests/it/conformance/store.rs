@@ -11,7 +11,10 @@ use contoso::{
 use futures_util::FutureExt;
 
 use super::conformance;
-use crate::harness::{app::create_database, app::drop_database, env, unique_user};
+use crate::harness::{
+    app::{create_database, drop_database, remove_sqlite_file},
+    env, unique_user,
+};
 
 pub struct Fixture {
     store: Store,
@@ -35,11 +38,7 @@ impl Fixture {
         drop(self.store);
         match self.cleanup {
             Cleanup::Database(name) => drop_database(&name).await,
-            Cleanup::File(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
+            Cleanup::File(path) => remove_sqlite_file(&path.display().to_string()),
         }
     }
 }

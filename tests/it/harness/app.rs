@@ -245,9 +245,14 @@ impl TestApp {
 
     /// Removes the SQLite file of an embedded app and its WAL companions.
     pub fn remove_embedded_database(&self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.db_name));
-        }
+        remove_sqlite_file(&self.db_name);
+    }
+}
+
+/// Removes a SQLite database file and its WAL companions.
+pub fn remove_sqlite_file(path: &str) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
     }
 }
 

@@ -6,6 +6,7 @@ pub mod app;
 pub mod bus;
 pub mod chaos;
 pub mod env;
+pub mod ws;
 
 pub use app::{AppOptions, TestApp, spawn_app};
 pub use bus::BusObserver;
