@@ -99,17 +99,12 @@ async fn close_record(ws: &mut Ws) -> (String, Instant) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_closes_every_connection_with_a_reconnectable_close_within_the_shutdown_timeout() {
-    // A spread longer than the shutdown timeout (5 s in the harness) is shortened to fit in it.
-    let app =
-        spawn_app(AppOptions { roles: Some("notify"), extra_args: vec!["--drain-spread".into(), "30".into()], ..Default::default() }).await;
-    let token = app.token(&unique_user("leaving"));
-    let url = format!("ws://127.0.0.1:{}/hubs/order-status", app.port);
+/// `n` connections the server has registered: each has had an invocation answered (which
+/// happens after registration, since registration precedes the read loop).
+async fn registered_tabs(url: &str, token: &str, n: usize) -> Vec<Ws> {
     let mut tabs = Vec::new();
-    for _ in 0..4 {
-        let mut ws = connect(&url, &token).await;
-        // An answered invocation means the connection is registered (that precedes its read loop).
+    for _ in 0..n {
+        let mut ws = connect(url, token).await;
         ws.send(Message::text("{\"type\":1,\"invocationId\":\"1\",\"target\":\"GetCurrentStatus\",\"arguments\":[\"x\"]}\u{1e}"))
             .await
             .unwrap();
@@ -119,6 +114,17 @@ async fn shutdown_closes_every_connection_with_a_reconnectable_close_within_the_
         }
         tabs.push(ws);
     }
+    tabs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_connection_with_a_reconnectable_close_within_the_shutdown_timeout() {
+    // A spread longer than the shutdown timeout (5 s in the harness) is shortened to fit in it.
+    let app =
+        spawn_app(AppOptions { roles: Some("notify"), extra_args: vec!["--drain-spread".into(), "30".into()], ..Default::default() }).await;
+    let token = app.token(&unique_user("leaving"));
+    let url = format!("ws://127.0.0.1:{}/hubs/order-status", app.port);
+    let mut tabs = registered_tabs(&url, &token, 4).await;
     let started = Instant::now();
     let stopping = tokio::spawn(app.stop());
     let mut closes = Vec::new();
@@ -151,16 +157,7 @@ async fn a_process_older_than_its_shutdown_timeout_still_drains_gracefully() {
     let spawned = Instant::now();
     let token = app.token(&unique_user("veteran"));
     let url = format!("ws://127.0.0.1:{}/hubs/order-status", app.port);
-    let mut tabs = Vec::new();
-    for _ in 0..2 {
-        let mut ws = connect(&url, &token).await;
-        ws.send(Message::text("{\"type\":1,\"invocationId\":\"1\",\"target\":\"GetCurrentStatus\",\"arguments\":[\"x\"]}\u{1e}"))
-            .await
-            .unwrap();
-        let answered = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
-        assert!(matches!(answered, Ok(Some(Ok(Message::Text(_))))), "{answered:?}");
-        tabs.push(ws);
-    }
+    let mut tabs = registered_tabs(&url, &token, 2).await;
     // Outlive the 2 s shutdown timeout: only the clock matters here, there is nothing to await.
     tokio::time::sleep_until((spawned + Duration::from_millis(2500)).into()).await;
     let stopping = tokio::spawn(app.stop());
