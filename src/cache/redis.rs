@@ -1,7 +1,7 @@
 //! `StatusCache` on Redis through a deadpool-redis pool. Every command is bounded by the
 //! pool's timeouts, so a Redis outage turns into a quick `CacheError`, never a hang.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
 use deadpool_redis::{Config, Pool, Runtime, Timeouts, redis};
@@ -54,7 +54,9 @@ async fn bounded<T>(fut: impl std::future::Future<Output = redis::RedisResult<T>
 
 /// SETEX only when the new status is further along than the stored one, so two workers
 /// racing on a redelivered event can never move `order:status:*` backwards.
-const ADVANCE_STATUS: &str = r#"
+static ADVANCE_STATUS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 local rank = { ACCEPTED = 0, PROCESSING = 1, COMPLETED = 2, FAILED = 2 }
 local current = redis.call('GET', KEYS[1])
 if current and rank[current] and rank[current] >= rank[ARGV[1]] then
@@ -63,7 +65,9 @@ if current and rank[current] and rank[current] >= rank[ARGV[1]] then
 end
 redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
 return 1
-"#;
+"#,
+    )
+});
 
 #[async_trait]
 impl StatusCache for RedisCache {
@@ -76,8 +80,7 @@ impl StatusCache for RedisCache {
 
     async fn set_status(&self, id: CorrelationId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError> {
         let mut conn = self.conn().await?;
-        let script = redis::Script::new(ADVANCE_STATUS);
-        let mut invocation = script.key(status_key(id));
+        let mut invocation = ADVANCE_STATUS.key(status_key(id));
         invocation.arg(status.as_str()).arg(ttl.as_secs());
         bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
     }
@@ -113,7 +116,9 @@ fn event_key(user: &UserId, event_id: &str) -> String {
 /// and refreshes the TTLs. Returns the notification id (the earlier one for a duplicate).
 /// Trimming uses XDEL, not MAXLEN / XTRIM: only XDEL advances the stream's
 /// `max-deleted-entry-id`, which `since` reads to tell a client whether its replay is complete.
-const APPEND: &str = r#"
+static APPEND: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 local existing = redis.call('GET', KEYS[2])
 if existing then return existing end
 local id = redis.call('XADD', KEYS[1], '*', 'target', ARGV[1], 'payload', ARGV[2])
@@ -128,11 +133,9 @@ delete(redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[5], 'COUNT', 1000))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
 return id
-"#;
-
-fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
-    parse_notification_id(id).ok()
-}
+"#,
+    )
+});
 
 #[async_trait]
 impl NotificationLog for RedisCache {
@@ -140,8 +143,7 @@ impl NotificationLog for RedisCache {
         let mut conn = self.conn().await?;
         let max_age_ms = self.retention.max_age.as_millis() as u64;
         let min_id = (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(max_age_ms);
-        let script = redis::Script::new(APPEND);
-        let mut call = script.key(log_key(user));
+        let mut call = APPEND.key(log_key(user));
         call.key(event_key(user, event_id))
             .arg(target)
             .arg(payload.to_string())
@@ -159,8 +161,7 @@ impl NotificationLog for RedisCache {
             Some(raw) => format!("({raw}"),
             None => "-".to_owned(),
         };
-        let script = redis::Script::new(SINCE);
-        let mut call = script.key(log_key(user));
+        let mut call = SINCE.key(log_key(user));
         call.arg(start).arg(self.retention.max_count);
         let (exists, max_deleted, first, entries): (i64, String, String, Vec<(String, Vec<(String, String)>)>) =
             bounded(call.invoke_async(&mut conn)).await?;
@@ -179,8 +180,8 @@ impl NotificationLog for RedisCache {
         // Complete when nothing newer than what the client saw was ever trimmed away. When
         // nothing was trimmed, a resume point older than the first entry comes from a stream
         // that expired as a whole: what followed it there is unknown, so not complete either.
-        let max_deleted = parse_stream_id(&max_deleted).unwrap_or((0, 0));
-        let first = parse_stream_id(&first).unwrap_or((0, 0));
+        let max_deleted = parse_notification_id(&max_deleted).unwrap_or((0, 0));
+        let first = parse_notification_id(&first).unwrap_or((0, 0));
         let complete = match after_id {
             Some(seen) if max_deleted > (0, 0) => seen >= max_deleted,
             Some(seen) => seen >= first,
@@ -193,7 +194,9 @@ impl NotificationLog for RedisCache {
 /// One round trip, and one point in time: the stream cannot expire between reading its
 /// `XINFO` and its entries (separate commands could see it vanish in between).
 /// Returns {exists, max-deleted-entry-id, recorded-first-entry-id, entries after ARGV[1]}.
-const SINCE: &str = r#"
+static SINCE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0-0', '0-0', {}} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local max_deleted, first = '0-0', '0-0'
@@ -202,4 +205,6 @@ for i = 1, #info, 2 do
   if info[i] == 'recorded-first-entry-id' then first = info[i + 1] end
 end
 return {1, max_deleted, first, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
-"#;
+"#,
+    )
+});
