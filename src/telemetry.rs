@@ -24,6 +24,8 @@ pub mod names {
     pub const EVENTS_DEAD_LETTERED: &str = "contoso_events_dead_lettered_total";
     pub const EVENTS_IN_FLIGHT: &str = "contoso_events_in_flight";
     pub const PROCESSING_DURATION: &str = "contoso_processing_duration_seconds";
+    /// Deliveries handed to a handler at once (the process role writes each batch in one go).
+    pub const CONSUMER_BATCH_SIZE: &str = "contoso_consumer_batch_size";
 }
 
 /// Installs the global subscriber. Safe to call more than once (tests): later calls are no-ops.
@@ -45,6 +47,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .expect("buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full(names::CONSUMER_BATCH_SIZE.into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
             .expect("buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();

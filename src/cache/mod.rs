@@ -35,6 +35,13 @@ pub trait StatusCache: Send + Sync + 'static {
     async fn put_new_order(&self, id: CorrelationId, user: &UserId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError>;
     /// Moves `order:status:*` forward (SETEX); a status that is not further along is ignored.
     async fn set_status(&self, id: CorrelationId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError>;
+    /// `set_status` for a batch; one round trip where the cache is remote.
+    async fn set_statuses(&self, updates: &[(CorrelationId, OrderStatus)], ttl: Duration) -> Result<(), CacheError> {
+        for &(id, status) in updates {
+            self.set_status(id, status, ttl).await?;
+        }
+        Ok(())
+    }
     async fn status(&self, id: CorrelationId) -> Result<Option<OrderStatus>, CacheError>;
     async fn user_of(&self, id: CorrelationId) -> Result<Option<UserId>, CacheError>;
     async fn ping(&self) -> Result<(), CacheError>;

@@ -85,6 +85,23 @@ impl StatusCache for RedisCache {
         bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
     }
 
+    async fn set_statuses(&self, updates: &[(CorrelationId, OrderStatus)], ttl: Duration) -> Result<(), CacheError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        // A pipeline does not load a missing script on its own (after SCRIPT FLUSH or a Redis
+        // restart), so it loads it first: cheap, and the pipeline stays one round trip.
+        pipe.load_script(&ADVANCE_STATUS).ignore();
+        for &(id, status) in updates {
+            let mut invocation = ADVANCE_STATUS.key(status_key(id));
+            invocation.arg(status.as_str()).arg(ttl.as_secs());
+            pipe.invoke_script(&invocation).ignore();
+        }
+        bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
     async fn status(&self, id: CorrelationId) -> Result<Option<OrderStatus>, CacheError> {
         let mut conn = self.conn().await?;
         let raw: Option<String> = bounded(redis::cmd("GET").arg(status_key(id)).query_async(&mut conn)).await?;

@@ -5,7 +5,10 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{
+    FutureExt, StreamExt,
+    future::{BoxFuture, join_all},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -44,7 +47,24 @@ pub fn backoff(delivery_count: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << delivery_count.min(6))).min(Duration::from_secs(10))
 }
 
-/// Starts consuming `queue` once the database is migrated; stops at the shutdown's `intake` phase.
+/// What a batch handler answers: one result per delivery, in order.
+pub type BatchResults = BoxFuture<'static, Vec<Result<(), Failure>>>;
+
+/// A handler of one delivery at a time, as `spawn` takes handlers: the deliveries of a batch
+/// are handled concurrently and each is settled by its own result.
+pub fn one_at_a_time<H, Fut>(handler: H) -> impl Fn(Vec<Arc<[u8]>>) -> BatchResults + Send + Sync
+where
+    H: Fn(Arc<[u8]>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    move |bodies| join_all(bodies.into_iter().map(|body| handler(body)).collect::<Vec<_>>()).boxed()
+}
+
+/// Starts consuming `queue` once the database is migrated; stops at the shutdown's `intake`
+/// phase. `handler` gets every delivery the broker has ready (up to the prefetch) in one call
+/// and answers one result per body, in order: a handler that writes a batch in one statement
+/// pays one round trip and one commit for all of them (see `one_at_a_time` for the others).
 pub fn spawn<H, Fut>(
     deps: &super::Deps,
     shutdown: &crate::shutdown::Shutdown,
@@ -53,8 +73,8 @@ pub fn spawn<H, Fut>(
     handler: H,
 ) -> anyhow::Result<()>
 where
-    H: Fn(Arc<[u8]>, Option<String>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), Failure>> + Send,
+    H: Fn(Vec<Arc<[u8]>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Result<(), Failure>>> + Send,
 {
     let bus = deps.bus.clone().ok_or_else(|| anyhow::anyhow!("consuming {label} needs a bus"))?;
     let cfg = ConsumerConfig { queue, label, prefetch: deps.settings.prefetch, delivery_limit: deps.settings.delivery_limit };
@@ -74,8 +94,8 @@ where
 /// flight finish (each ends settled, or unsettled and so redelivered by the broker).
 pub async fn run<H, Fut>(bus: Arc<dyn EventBus>, cfg: ConsumerConfig, token: CancellationToken, handler: H)
 where
-    H: Fn(Arc<[u8]>, Option<String>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), Failure>> + Send,
+    H: Fn(Vec<Arc<[u8]>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Result<(), Failure>>> + Send,
 {
     let handler = Arc::new(handler);
     let cfg = Arc::new(cfg);
@@ -101,30 +121,46 @@ where
             }
         };
         tracing::info!(queue = cfg.label, "consuming");
+        // The broker bounds the deliveries in flight (the prefetch), so batches do not need a
+        // limit of their own: a batch is whatever had arrived when the last one was taken.
         stream
             .take_until(token.clone().cancelled_owned())
-            .for_each_concurrent(usize::from(cfg.prefetch), |delivery| {
+            .ready_chunks(usize::from(cfg.prefetch.max(1)))
+            .for_each_concurrent(None, |batch| {
                 let handler = handler.clone();
                 let cfg = cfg.clone();
                 let token = token.clone();
-                async move { handle(delivery, &cfg, &token, handler.as_ref()).await }
+                async move { handle(batch, &cfg, &token, handler.as_ref()).await }
             })
             .await;
     }
 }
 
-async fn handle<H, Fut>(delivery: Delivery, cfg: &ConsumerConfig, token: &CancellationToken, handler: &H)
+async fn handle<H, Fut>(batch: Vec<Delivery>, cfg: &ConsumerConfig, token: &CancellationToken, handler: &H)
 where
-    H: Fn(Arc<[u8]>, Option<String>) -> Fut,
-    Fut: Future<Output = Result<(), Failure>>,
+    H: Fn(Vec<Arc<[u8]>>) -> Fut,
+    Fut: Future<Output = Vec<Result<(), Failure>>>,
 {
     let queue = cfg.label;
-    metrics::counter!(names::EVENTS_CONSUMED, "queue" => queue).increment(1);
-    metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).increment(1.0);
+    let size = batch.len();
+    metrics::counter!(names::EVENTS_CONSUMED, "queue" => queue).increment(size as u64);
+    metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).increment(size as f64);
+    metrics::histogram!(names::CONSUMER_BATCH_SIZE, "queue" => queue).record(size as f64);
     let started = std::time::Instant::now();
-    let body: Arc<[u8]> = Arc::from(&delivery.body[..]);
-    let res = handler(body, delivery.message_id.clone()).await;
-    metrics::histogram!(names::PROCESSING_DURATION, "queue" => queue).record(started.elapsed().as_secs_f64());
+    let bodies = batch.iter().map(|d| Arc::from(&d.body[..])).collect();
+    let results = handler(bodies).await;
+    debug_assert_eq!(results.len(), size, "one result per delivery");
+    let elapsed = started.elapsed().as_secs_f64();
+    for _ in 0..size {
+        metrics::histogram!(names::PROCESSING_DURATION, "queue" => queue).record(elapsed);
+    }
+    join_all(batch.into_iter().zip(results).map(|(delivery, res)| settle(delivery, res, cfg, token))).await;
+    metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).decrement(size as f64);
+}
+
+/// Settles one delivery by its handler's result.
+async fn settle(delivery: Delivery, res: Result<(), Failure>, cfg: &ConsumerConfig, token: &CancellationToken) {
+    let queue = cfg.label;
     let settled = match res {
         Ok(()) => delivery.ack().await.map(|()| metrics::counter!(names::EVENTS_ACKED, "queue" => queue).increment(1)),
         Err(Failure::Poison { kind, reason }) => {
@@ -158,5 +194,4 @@ where
         // The broker redelivers an unsettled message; handlers are idempotent.
         tracing::warn!(queue, error = %err, "could not settle a delivery");
     }
-    metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).decrement(1.0);
 }

@@ -2,7 +2,7 @@
 //! COMPLETED (with a new order number and `order.processed`) or FAILED (`order.failed`, when a
 //! product cannot be sold). Acks only after the final state and its outbox row are committed.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::Context;
 
@@ -13,7 +13,7 @@ use super::{
 use crate::{
     bus::Queue,
     cache::StatusCache,
-    domain::{Event, EventKind, OrderStatus},
+    domain::{CorrelationId, Event, EventKind, OrderNumber, OrderStatus},
     health::Readiness,
     shutdown::Shutdown,
     store::Store,
@@ -32,56 +32,97 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> any
     let bus = deps.bus.clone().context("role process needs a bus")?;
     super::add_dependency_probes(readiness, &cache, &bus);
     let processor = Arc::new(Processor { store, cache, ttl: deps.settings.status_ttl, delay: deps.settings.process_delay });
-    consumer::spawn(deps, shutdown, Queue::OrderProcess, "contoso.order-process", move |body, _| {
+    consumer::spawn(deps, shutdown, Queue::OrderProcess, "contoso.order-process", move |bodies| {
         let processor = processor.clone();
-        async move { processor.handle(&body).await }
+        async move { processor.handle_batch(&bodies).await }
     })
 }
 
-fn technical(err: impl std::fmt::Display) -> Failure {
-    Failure::Technical(err.to_string())
+/// The order an `order.accepted` body names, or why the message can never be handled.
+fn parse(body: &[u8]) -> Result<CorrelationId, Failure> {
+    let event = Event::from_json(body).map_err(|e| Failure::poison("malformed", format!("not an event: {e}")))?;
+    if event.kind != EventKind::Accepted {
+        return Err(Failure::poison("unexpected-type", format!("{} does not belong on this queue", event.kind.routing_key())));
+    }
+    Ok(event.correlation_id)
 }
 
 impl Processor {
-    async fn handle(&self, body: &[u8]) -> Result<(), Failure> {
-        let event = Event::from_json(body).map_err(|e| Failure::poison("malformed", format!("not an event: {e}")))?;
-        if event.kind != EventKind::Accepted {
-            return Err(Failure::poison("unexpected-type", format!("{} does not belong on this queue", event.kind.routing_key())));
-        }
-        let id = event.correlation_id;
+    /// Handles what the broker had ready in one go. Per order the states and writes are those
+    /// of one order at a time; the batch shares the round trips and the commits. Several
+    /// deliveries of one order (duplicates) share its outcome. A technical failure fails every
+    /// valid delivery of the batch: none is acked, each is retried.
+    async fn handle_batch(&self, bodies: &[Arc<[u8]>]) -> Vec<Result<(), Failure>> {
+        let parsed: Vec<Result<CorrelationId, Failure>> = bodies.iter().map(|body| parse(body)).collect();
+        let mut ids: Vec<CorrelationId> = parsed.iter().filter_map(|p| p.as_ref().ok().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let outcome = if ids.is_empty() { Ok(HashSet::new()) } else { self.process(&ids).await };
+        parsed
+            .into_iter()
+            .map(|id| {
+                let id = id?;
+                match &outcome {
+                    Err(err) => Err(Failure::Technical(err.clone())),
+                    Ok(unknown) if unknown.contains(&id) => Err(Failure::poison("unknown-order", format!("no order {id}"))),
+                    Ok(_) => Ok(()),
+                }
+            })
+            .collect()
+    }
+
+    /// Processes distinct orders and returns those the database does not know.
+    async fn process(&self, ids: &[CorrelationId]) -> Result<HashSet<CorrelationId>, String> {
         // Status read, ACCEPTED -> PROCESSING, availability and the order number: one statement.
-        let Some(begun) = self.store.begin_processing(id).await.map_err(technical)? else {
-            return Err(Failure::poison("unknown-order", format!("no order {id}")));
-        };
-        if begun.status.is_final() {
-            // A duplicate or a redelivery after the commit: nothing to do but make sure the
-            // cache caught up (the previous attempt may have died before writing it).
-            self.cache.set_status(id, begun.status, self.ttl).await.map_err(technical)?;
-            tracing::debug!(correlation_id = %id, "order already final, duplicate event");
-            return Ok(());
+        let begun = self.store.begin_processing_many(ids).await.map_err(|e| e.to_string())?;
+        let unknown = ids.iter().filter(|id| !begun.contains_key(id)).copied().collect();
+        // An order already final is a duplicate or a redelivery after the commit: its status is
+        // written again only so the cache catches up if the previous attempt died before it.
+        let first: Vec<(CorrelationId, OrderStatus)> =
+            begun.iter().map(|(id, b)| (*id, if b.status.is_final() { b.status } else { OrderStatus::Processing })).collect();
+        self.cache.set_statuses(&first, self.ttl).await.map_err(|e| e.to_string())?;
+        let work: Vec<_> = begun.into_iter().filter(|(_, b)| !b.status.is_final()).collect();
+        if work.is_empty() {
+            return Ok(unknown);
         }
-        self.cache.set_status(id, OrderStatus::Processing, self.ttl).await.map_err(technical)?;
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        let status = match (begun.unavailable, begun.order_number) {
-            (Some(product), _) => {
-                let reason = format!("{product} is no longer available");
-                if self.store.fail(id, &reason).await.map_err(technical)? {
-                    tracing::info!(correlation_id = %id, %reason, "order failed");
+        let mut finals = Vec::with_capacity(work.len());
+        let mut completing: Vec<(CorrelationId, OrderNumber)> = Vec::with_capacity(work.len());
+        let mut settled_elsewhere = Vec::new();
+        for (id, begun) in work {
+            match (begun.unavailable, begun.order_number) {
+                (Some(product), _) => {
+                    let reason = format!("{product} is no longer available");
+                    if self.store.fail(id, &reason).await.map_err(|e| e.to_string())? {
+                        tracing::info!(correlation_id = %id, %reason, "order failed");
+                    }
+                    finals.push((id, OrderStatus::Failed));
                 }
-                OrderStatus::Failed
+                (None, Some(number)) => completing.push((id, number)),
+                (None, None) => settled_elsewhere.push(id),
             }
-            (None, Some(number)) if self.store.complete(id, number).await.map_err(technical)? => {
+        }
+        let moved = self.store.complete_many(&completing).await.map_err(|e| e.to_string())?;
+        for &(id, number) in &completing {
+            if moved.contains(&id) {
                 tracing::info!(correlation_id = %id, order_id = %number, "order completed");
-                // Tests crash here to prove a redelivery after the commit changes nothing.
-                fail::fail_point!("process-after-commit", |_| std::process::abort());
-                OrderStatus::Completed
+                finals.push((id, OrderStatus::Completed));
+            } else {
+                settled_elsewhere.push(id);
             }
-            // Someone else finished it first (a duplicate delivery): the database says how.
-            _ => self.store.order_state(id).await.map_err(technical)?.map(|s| s.status).unwrap_or(OrderStatus::Completed),
-        };
-        self.cache.set_status(id, status, self.ttl).await.map_err(technical)?;
-        Ok(())
+        }
+        if !moved.is_empty() {
+            // Tests crash here to prove a redelivery after the commit changes nothing.
+            fail::fail_point!("process-after-commit", |_| std::process::abort());
+        }
+        // Someone else finished these first (a duplicate delivery): the database says how.
+        for id in settled_elsewhere {
+            let state = self.store.order_state(id).await.map_err(|e| e.to_string())?;
+            finals.push((id, state.map(|s| s.status).unwrap_or(OrderStatus::Completed)));
+        }
+        self.cache.set_statuses(&finals, self.ttl).await.map_err(|e| e.to_string())?;
+        Ok(unknown)
     }
 }

@@ -2,9 +2,11 @@
 //! so a redelivered or duplicated event can neither move an order backwards nor assign a
 //! second order number nor write a second outbox row.
 
+use std::collections::{HashMap, HashSet};
+
 use diesel::{
     QueryableByName,
-    sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid},
+    sql_types::{Array, BigInt, Nullable, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
@@ -34,12 +36,20 @@ impl From<StatusRow> for OrderState {
 
 #[derive(QueryableByName)]
 struct BegunRow {
+    #[diesel(sql_type = SqlUuid)]
+    correlation_id: uuid::Uuid,
     #[diesel(sql_type = Text)]
     status: String,
     #[diesel(sql_type = Nullable<Text>)]
     unavailable: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     order_number: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct MovedRow {
+    #[diesel(sql_type = SqlUuid)]
+    correlation_id: uuid::Uuid,
 }
 
 /// What `begin_processing` found: the status before it, the product that cannot be sold (if
@@ -69,52 +79,77 @@ impl PgStore {
         Ok(rows.into_iter().next().map(OrderState::from))
     }
 
-    /// One statement at the start of processing: reads the order's status, moves it
-    /// ACCEPTED -> PROCESSING (the `moved` CTE runs whether or not it is read), finds the first product that cannot be sold and, when the order
-    /// can complete, takes its order number from the sequence (a number taken by an attempt
-    /// that does not complete is skipped, never reused). `None` for an unknown order.
-    pub async fn begin_processing(&self, id: CorrelationId) -> Result<Option<Begun>, StoreError> {
+    /// One statement at the start of processing a batch: reads each order's status, moves
+    /// those still ACCEPTED to PROCESSING (the `moved` CTE runs whether or not it is read), finds
+    /// each order's first product that cannot be sold and, for every order that can complete,
+    /// takes an order number from the sequence (a number taken by an attempt that does not
+    /// complete is skipped, never reused). Unknown orders are absent from the answer.
+    pub async fn begin_processing_many(&self, ids: &[CorrelationId]) -> Result<HashMap<CorrelationId, Begun>, StoreError> {
         let mut conn = self.conn().await?;
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
         let rows: Vec<BegunRow> = diesel::sql_query(
-            "WITH cur AS (SELECT status FROM orders WHERE correlation_id = $1), \
+            "WITH cur AS (SELECT correlation_id, status FROM orders WHERE correlation_id = ANY($1)), \
                   moved AS (UPDATE orders SET status = 'PROCESSING', updated_at = now() \
-                            WHERE correlation_id = $1 AND status = 'ACCEPTED' RETURNING 1), \
-                  blocked AS (SELECT p.name FROM order_lines l JOIN products p ON p.id = l.product_id \
-                              WHERE l.correlation_id = $1 AND NOT p.available ORDER BY l.line_no LIMIT 1) \
-             SELECT cur.status, (SELECT name FROM blocked) AS unavailable, \
-                    CASE WHEN cur.status IN ('ACCEPTED', 'PROCESSING') AND NOT EXISTS (SELECT 1 FROM blocked) \
+                            WHERE correlation_id = ANY($1) AND status = 'ACCEPTED' RETURNING 1), \
+                  blocked AS (SELECT DISTINCT ON (l.correlation_id) l.correlation_id, p.name \
+                              FROM order_lines l JOIN products p ON p.id = l.product_id \
+                              WHERE l.correlation_id = ANY($1) AND NOT p.available \
+                              ORDER BY l.correlation_id, l.line_no) \
+             SELECT cur.correlation_id, cur.status, blocked.name AS unavailable, \
+                    CASE WHEN cur.status IN ('ACCEPTED', 'PROCESSING') AND blocked.name IS NULL \
                          THEN nextval('order_number_seq') END AS order_number \
-             FROM cur",
+             FROM cur LEFT JOIN blocked USING (correlation_id)",
         )
-        .bind::<SqlUuid, _>(id.0)
+        .bind::<Array<SqlUuid>, _>(&ids)
         .load(&mut *conn)
         .await?;
-        Ok(rows.into_iter().next().map(|r| Begun {
-            status: OrderStatus::parse(&r.status).unwrap_or(OrderStatus::Accepted),
-            unavailable: r.unavailable,
-            order_number: r.order_number.map(OrderNumber),
-        }))
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let begun = Begun {
+                    status: OrderStatus::parse(&r.status).unwrap_or(OrderStatus::Accepted),
+                    unavailable: r.unavailable,
+                    order_number: r.order_number.map(OrderNumber),
+                };
+                (CorrelationId(r.correlation_id), begun)
+            })
+            .collect())
     }
 
-    /// -> COMPLETED with the order number `begin_processing` took and an `order.processed`
-    /// outbox row, in one statement (so one round trip and one commit). False when the order
-    /// was already final (nothing written).
-    pub async fn complete(&self, id: CorrelationId, number: OrderNumber) -> Result<bool, StoreError> {
+    /// -> COMPLETED with the order numbers `begin_processing_many` took, and one
+    /// `order.processed` outbox row per order that moved, in one statement (one round trip, one
+    /// commit for the batch). Returns the orders that moved; the others were already final.
+    pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber)]) -> Result<HashSet<CorrelationId>, StoreError> {
         let mut conn = self.conn().await?;
-        let event = Event::new(EventKind::Processed { order_id: number.to_string() }, id, chrono::Utc::now());
-        let inserted = diesel::sql_query(
-            "WITH done AS (UPDATE orders SET status = 'COMPLETED', order_number = $2, updated_at = now() \
-                           WHERE correlation_id = $1 AND status IN ('ACCEPTED', 'PROCESSING') RETURNING 1) \
-             INSERT INTO outbox (event_id, routing_key, payload) SELECT $3, $4, $5 FROM done",
+        let now = chrono::Utc::now();
+        let (mut ids, mut numbers, mut event_ids, mut payloads) = (vec![], vec![], vec![], vec![]);
+        let mut seen = HashSet::with_capacity(done.len());
+        // A second row for one order would join `done` twice and write two outbox rows.
+        for &(id, number) in done.iter().filter(|(id, _)| seen.insert(*id)) {
+            let event = Event::new(EventKind::Processed { order_id: number.to_string() }, id, now);
+            ids.push(id.0);
+            numbers.push(number.0);
+            event_ids.push(event.event_id.0);
+            payloads.push(String::from_utf8(event.to_json()).expect("json is utf-8"));
+        }
+        let moved: Vec<MovedRow> = diesel::sql_query(
+            "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[]) \
+                            AS t(correlation_id, order_number, event_id, payload)), \
+                  done AS (UPDATE orders o SET status = 'COMPLETED', order_number = i.order_number, updated_at = now() \
+                           FROM input i WHERE o.correlation_id = i.correlation_id \
+                           AND o.status IN ('ACCEPTED', 'PROCESSING') RETURNING o.correlation_id), \
+                  events AS (INSERT INTO outbox (event_id, routing_key, payload) \
+                             SELECT i.event_id, $5, i.payload FROM input i JOIN done USING (correlation_id)) \
+             SELECT correlation_id FROM done",
         )
-        .bind::<SqlUuid, _>(id.0)
-        .bind::<BigInt, _>(number.0)
-        .bind::<SqlUuid, _>(event.event_id.0)
-        .bind::<Text, _>(event.kind.routing_key())
-        .bind::<Text, _>(String::from_utf8(event.to_json()).expect("json is utf-8"))
-        .execute(&mut *conn)
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&numbers)
+        .bind::<Array<SqlUuid>, _>(&event_ids)
+        .bind::<Array<Text>, _>(&payloads)
+        .bind::<Text, _>(EventKind::Processed { order_id: String::new() }.routing_key())
+        .load(&mut *conn)
         .await?;
-        Ok(inserted == 1)
+        Ok(moved.into_iter().map(|r| CorrelationId(r.correlation_id)).collect())
     }
 
     /// -> FAILED with `reason` and an `order.failed` outbox row, in one transaction. False when

@@ -176,6 +176,67 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_do_not_block_the_qu
     app.stop().await;
 }
 
+/// A value of a metric line `name{labels} value` in a Prometheus text page (0 when absent).
+fn metric(page: &str, name_and_labels: &str) -> f64 {
+    page.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_processed_in_batches_and_each_order_once() {
+    // Orders (30 to complete, 3 to fail), two more copies of three of their events (two that
+    // complete, one that fails) and a poison message queue up while no processor runs, so the
+    // processor that starts finds a backlog and takes it in batches.
+    let accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
+    let mut bus = BusObserver::start(&accept.bus_prefix).await;
+    let token = accept.token(&unique_user("batch"));
+    let mut ids = accept.place_orders(&token, &mugs(), 30).await;
+    ids.extend(accept.place_orders(&token, &json!({ "items": [{ "productId": "discontinued", "quantity": 1 }] }), 3).await);
+    bus.wait_until(Duration::from_secs(15), "33 order.accepted", |seen| {
+        seen.iter().filter(|o| o.routing_key == "order.accepted").count() == 33
+    })
+    .await;
+    for id in &ids[28..31] {
+        let accepted = bus.for_correlation(id).into_iter().find(|o| o.routing_key == "order.accepted").unwrap().clone();
+        for _ in 0..2 {
+            bus.publish("order.accepted", accepted.body.to_string().as_bytes(), None).await;
+        }
+    }
+    bus.publish("order.accepted", b"not an event either", None).await;
+
+    // In a child process: the test binary's metrics are shared by the tests running beside it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut process = process_binary_with(&accept, None, "0", &format!("127.0.0.1:{port}"));
+    wait_all_final(&accept, &ids, Duration::from_secs(30)).await;
+    bus.wait_until(Duration::from_secs(15), "an outcome event per order", |seen| {
+        ids.iter().all(|id| seen.iter().any(|o| o.routing_key != "order.accepted" && o.body["correlationId"] == id.as_str()))
+    })
+    .await;
+    bus.drain_for(Duration::from_millis(500)).await;
+    let processed = bus.counts("order.processed");
+    let failed = bus.counts("order.failed");
+    for id in &ids[..30] {
+        assert_eq!((processed.get(id), failed.get(id)), (Some(&1), None), "{id}: one order.processed");
+        assert_eq!(redis_status(id).await.as_deref(), Some("COMPLETED"));
+    }
+    for id in &ids[30..] {
+        assert_eq!((processed.get(id), failed.get(id)), (None, Some(&1)), "{id}: one order.failed");
+        assert_eq!(redis_status(id).await.as_deref(), Some("FAILED"));
+    }
+    assert_eq!(accept.count("SELECT count(DISTINCT order_number) AS n FROM orders WHERE order_number IS NOT NULL").await, 30);
+    let letters = bus.dead_letters("contoso.order-process").await;
+    assert_eq!(letters.len(), 1, "only the poison message is dead-lettered: {letters:?}");
+    assert_eq!(letters[0].body, b"not an event either");
+
+    let page = accept.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    let consumed = metric(&page, "contoso_events_consumed_total{queue=\"contoso.order-process\"}");
+    let batches = metric(&page, "contoso_consumer_batch_size_count{queue=\"contoso.order-process\"}");
+    assert_eq!(consumed, 40.0, "33 orders, 6 duplicates and one poison message");
+    assert!(batches >= 1.0 && batches < consumed, "{batches} batches for {consumed} deliveries: the backlog was not batched");
+    let _ = Command::new("kill").args(["-TERM", &process.id().to_string()]).status();
+    let _ = tokio::task::spawn_blocking(move || process.wait()).await;
+    accept.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processors_competing_on_the_queue_process_each_order_once() {
     let accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
@@ -274,12 +335,14 @@ async fn a_database_outage_shorter_than_the_retry_budget_loses_and_dead_letters_
 
 /// Runs `contoso --role process` as a process; FAILPOINTS are honoured (tests build with them).
 fn process_binary(app: &TestApp, failpoints: Option<&str>) -> std::process::Child {
-    process_binary_with(app, failpoints, "0")
+    process_binary_with(app, failpoints, "0", "127.0.0.1:0")
 }
 
-fn process_binary_with(app: &TestApp, failpoints: Option<&str>, delay_ms: &str) -> std::process::Child {
+/// A process role in a child process of its own (its metrics are its own, not the test
+/// binary's), listening on `listen`.
+fn process_binary_with(app: &TestApp, failpoints: Option<&str>, delay_ms: &str, listen: &str) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_contoso"));
-    cmd.args(["--role", "process", "--listen", "127.0.0.1:0", "--process-delay-ms", delay_ms, "--log-level", "warn"])
+    cmd.args(["--role", "process", "--listen", listen, "--process-delay-ms", delay_ms, "--log-level", "warn"])
         .arg("--database-url")
         .arg(env::database_url(&app.db_name))
         .arg("--redis-url")
@@ -333,7 +396,7 @@ async fn a_crash_between_commit_and_ack_does_not_complete_an_order_twice() {
 async fn sigterm_during_processing_exits_zero_and_loses_no_order() {
     let accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
     let token = accept.token(&unique_user("term"));
-    let mut slow = process_binary_with(&accept, None, "1000");
+    let mut slow = process_binary_with(&accept, None, "1000", "127.0.0.1:0");
     let ids = accept.place_orders(&token, &mugs(), 10).await;
     // Wait until the slow processor is working on them (PROCESSING in the database).
     eventually(Duration::from_secs(15), "orders in processing", || async {

@@ -28,10 +28,11 @@ pub struct Notifier {
 
 pub fn start(deps: &Deps, shutdown: &Shutdown, notifier: Notifier) -> anyhow::Result<()> {
     let notifier = Arc::new(notifier);
-    consumer::spawn(deps, shutdown, Queue::OrderNotification, "contoso.order-notification", move |body, _| {
+    let handler = consumer::one_at_a_time(move |body| {
         let notifier = notifier.clone();
         async move { notifier.handle(&body).await }
-    })
+    });
+    consumer::spawn(deps, shutdown, Queue::OrderNotification, "contoso.order-notification", handler)
 }
 
 fn technical(err: impl std::fmt::Display) -> Failure {

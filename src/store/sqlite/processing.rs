@@ -1,6 +1,8 @@
 //! The process role's transitions in the embedded store: each a transaction that moves an
 //! order only forward, so a redelivered event changes nothing twice.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::Utc;
 use diesel::{
     QueryableByName,
@@ -30,7 +32,31 @@ impl SqliteStore {
         Ok(rows.into_iter().next().map(OrderState::from))
     }
 
-    pub async fn begin_processing(&self, id: CorrelationId) -> Result<Option<Begun>, StoreError> {
+    /// One transaction per order: the embedded store has one writer, so a batch gains nothing
+    /// from a single statement.
+    pub async fn begin_processing_many(&self, ids: &[CorrelationId]) -> Result<HashMap<CorrelationId, Begun>, StoreError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for &id in ids {
+            if !found.contains_key(&id)
+                && let Some(begun) = self.begin_processing(id).await?
+            {
+                found.insert(id, begun);
+            }
+        }
+        Ok(found)
+    }
+
+    pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber)]) -> Result<HashSet<CorrelationId>, StoreError> {
+        let mut moved = HashSet::with_capacity(done.len());
+        for &(id, number) in done {
+            if self.complete(id, number).await? {
+                moved.insert(id);
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn begin_processing(&self, id: CorrelationId) -> Result<Option<Begun>, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction::<_, StoreError, _>(async move |conn| {
             let key = id.0.to_string();
@@ -67,7 +93,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn complete(&self, id: CorrelationId, number: OrderNumber) -> Result<bool, StoreError> {
+    async fn complete(&self, id: CorrelationId, number: OrderNumber) -> Result<bool, StoreError> {
         let event = Event::new(EventKind::Processed { order_id: number.to_string() }, id, Utc::now());
         self.finish(id, OrderStatus::Completed, Some(number.0), None, event).await
     }

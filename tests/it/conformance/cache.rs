@@ -44,6 +44,7 @@ async fn memory() -> Fixture {
 conformance!(redis, memory;
     a_new_order_maps_to_its_user_and_status,
     status_only_moves_forward,
+    a_batch_of_statuses_moves_each_order_forward_only,
     keys_expire_with_their_ttl,
     notifications_replay_after_an_id_in_order,
     a_duplicate_event_keeps_its_notification_id,
@@ -79,6 +80,23 @@ async fn status_only_moves_forward(c: &dyn Cache) {
     c.set_status(id, OrderStatus::Processing, DAY).await.unwrap();
     c.set_status(id, OrderStatus::Failed, DAY).await.unwrap();
     assert_eq!(c.status(id).await.unwrap(), Some(OrderStatus::Completed));
+}
+
+async fn a_batch_of_statuses_moves_each_order_forward_only(c: &dyn Cache) {
+    let (fresh, done, unknown) = (CorrelationId::new(), CorrelationId::new(), CorrelationId::new());
+    for id in [fresh, done] {
+        c.put_new_order(id, &user("dora"), OrderStatus::Accepted, DAY).await.unwrap();
+    }
+    c.set_status(done, OrderStatus::Completed, DAY).await.unwrap();
+    c.set_statuses(&[], DAY).await.unwrap();
+    c.set_statuses(&[(fresh, OrderStatus::Processing), (done, OrderStatus::Processing), (unknown, OrderStatus::Failed)], DAY)
+        .await
+        .unwrap();
+    assert_eq!(c.status(fresh).await.unwrap(), Some(OrderStatus::Processing));
+    assert_eq!(c.status(done).await.unwrap(), Some(OrderStatus::Completed), "a final status never moves back");
+    assert_eq!(c.status(unknown).await.unwrap(), Some(OrderStatus::Failed));
+    c.set_statuses(&[(fresh, OrderStatus::Completed), (fresh, OrderStatus::Processing)], DAY).await.unwrap();
+    assert_eq!(c.status(fresh).await.unwrap(), Some(OrderStatus::Completed), "applied in order, forward only");
 }
 
 async fn keys_expire_with_their_ttl(c: &dyn Cache) {

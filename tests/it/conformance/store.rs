@@ -68,6 +68,7 @@ conformance!(postgres, sqlite;
     a_failed_before_commit_rolls_the_order_back,
     orders_are_listed_newest_first,
     processing_completes_once_with_a_number_never_reused,
+    a_batch_is_processed_like_its_orders_one_by_one,
     an_unavailable_product_fails_the_order_once,
     an_unknown_order_cannot_be_processed,
     the_relay_deletes_only_confirmed_rows,
@@ -223,6 +224,40 @@ async fn processing_completes_once_with_a_number_never_reused(s: &Store) {
     assert_eq!(events.len(), 2, "one order.processed per order: {events:?}");
     assert!(events.iter().all(|e| e.routing_key == "order.processed"));
     assert!(events[0].payload.contains(&number.to_string()) && events[1].payload.contains(&b_number.to_string()));
+}
+
+async fn a_batch_is_processed_like_its_orders_one_by_one(s: &Store) {
+    let judy = user();
+    let a = place(s, &judy, &[("mug", 1)]).await.correlation_id;
+    let b = place(s, &judy, &[("kettle", 2)]).await.correlation_id;
+    let blocked = place(s, &judy, &[("mug", 1), ("discontinued", 1)]).await.correlation_id;
+    let unknown = CorrelationId::new();
+    outbox(s).await;
+    // An unknown order is absent; a duplicate id changes nothing.
+    let begun = s.begin_processing_many(&[a, unknown, b, a, blocked]).await.unwrap();
+    assert_eq!(begun.len(), 3, "{begun:?}");
+    assert!(!begun.contains_key(&unknown));
+    for id in [a, b, blocked] {
+        assert_eq!(s.order_state(id).await.unwrap().unwrap().status, OrderStatus::Processing);
+    }
+    assert_eq!(begun[&blocked].unavailable.as_deref(), Some("Limited edition tamper"));
+    assert_eq!(begun[&blocked].order_number, None, "no number for an order that cannot complete");
+    let (na, nb) = (begun[&a].order_number.unwrap(), begun[&b].order_number.unwrap());
+    assert_ne!(na, nb);
+    // The same order twice in one batch completes once, with one outbox row.
+    let moved = s.complete_many(&[(a, na), (b, nb), (a, na)]).await.unwrap();
+    assert_eq!(moved, [a, b].into_iter().collect());
+    assert!(s.complete_many(&[(a, na), (b, nb)]).await.unwrap().is_empty(), "completing twice writes nothing");
+    assert!(s.complete_many(&[]).await.unwrap().is_empty());
+    let events = outbox(s).await;
+    assert_eq!(events.len(), 2, "one order.processed per order: {events:?}");
+    for (id, number) in [(a, na), (b, nb)] {
+        let state = s.order_state(id).await.unwrap().unwrap();
+        assert_eq!((state.status, state.order_number), (OrderStatus::Completed, Some(number)));
+        assert!(events.iter().any(|e| e.payload.contains(&id.to_string()) && e.payload.contains(&number.to_string())));
+    }
+    let again = s.begin_processing_many(&[a, b]).await.unwrap();
+    assert!(again.values().all(|b| b.status == OrderStatus::Completed && b.order_number.is_none()));
 }
 
 async fn an_unavailable_product_fails_the_order_once(s: &Store) {
