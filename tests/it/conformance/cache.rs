@@ -194,3 +194,30 @@ async fn users_never_see_each_others_notifications(c: &dyn Cache) {
     let replay = c.since(&judy, None).await.unwrap();
     assert!(replay.notifications.is_empty() && replay.complete);
 }
+
+/// Redis forgets its scripts on a restart without persistence (or `SCRIPT FLUSH`): every call
+/// that runs one, alone or in a pipeline, must load it again rather than fail with NOSCRIPT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_scripts_are_loaded_again_after_redis_forgets_them() {
+    let c = redis().await;
+    let (one, two) = (CorrelationId::new(), CorrelationId::new());
+    let carl = user("carl");
+    c.put_new_order(one, &carl, OrderStatus::Accepted, DAY).await.unwrap();
+    c.put_new_order(two, &carl, OrderStatus::Accepted, DAY).await.unwrap();
+    let flush = || async {
+        let client = deadpool_redis::redis::Client::open(env::redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let () = deadpool_redis::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    };
+    flush().await;
+    c.set_statuses(&[(one, OrderStatus::Processing), (two, OrderStatus::Processing)], DAY).await.unwrap();
+    flush().await;
+    c.set_status(one, OrderStatus::Completed, DAY).await.unwrap();
+    assert_eq!(c.status(one).await.unwrap(), Some(OrderStatus::Completed));
+    assert_eq!(c.status(two).await.unwrap(), Some(OrderStatus::Processing));
+    flush().await;
+    let logged = c.append(&carl, "event-1", "OrderCompleted", &json!({ "correlationId": one.to_string() })).await.unwrap();
+    flush().await;
+    let replay = c.since(&carl, None).await.unwrap();
+    assert_eq!(replay.notifications, vec![logged]);
+}
