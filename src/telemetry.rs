@@ -26,6 +26,8 @@ pub mod names {
     pub const PROCESSING_DURATION: &str = "contoso_processing_duration_seconds";
     /// Deliveries handed to a handler at once (the process role writes each batch in one go).
     pub const CONSUMER_BATCH_SIZE: &str = "contoso_consumer_batch_size";
+    /// New orders written in one transaction (the accept role's group commit).
+    pub const ORDER_BATCH_SIZE: &str = "contoso_order_batch_size";
 }
 
 /// Installs the global subscriber. Safe to call more than once (tests): later calls are no-ops.
@@ -48,7 +50,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
             .expect("buckets are not empty")
-            .set_buckets_for_metric(Matcher::Full(names::CONSUMER_BATCH_SIZE.into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+            .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
             .expect("buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();

@@ -2,6 +2,7 @@
 //! roles) or by an embedded SQLite file (`--role all` on a laptop), chosen by the URL's
 //! scheme. Only this module knows diesel; rows become domain types here.
 
+mod group_commit;
 mod orders;
 mod outbox;
 mod postgres;
@@ -20,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use crate::domain::{CorrelationId, Event, EventKind, NewOrder, OrderNumber, UserId};
 use orders::Attempt;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or failed mid-way; the transaction was rolled back.
     #[error("database unavailable: {0}")]

@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable, Selectable, SelectableHelper, upsert::on_constraint};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable, Selectable, SelectableHelper};
+use diesel_async::RunQueryDsl;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::{PgStore, StoreError, schema::*};
-use crate::domain::{CorrelationId, Event, EventKind, IdempotencyKey, NewOrder, OrderNumber, OrderStatus, UserId};
+use crate::domain::{CorrelationId, IdempotencyKey, NewOrder, OrderNumber, OrderStatus, UserId};
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = products)]
@@ -123,6 +123,7 @@ impl PgStore {
         }
     }
 
+    /// Writes the order through the group commit (see `group_commit.rs`).
     pub(super) async fn try_place(
         &self,
         user: &UserId,
@@ -130,72 +131,7 @@ impl PgStore {
         idem: Option<&Idempotency>,
         before_commit: BeforeCommit,
     ) -> Result<Attempt, StoreError> {
-        let mut conn = self.conn().await?;
-        let user = user.clone();
-        let order = order.clone();
-        conn.transaction::<_, StoreError, _>(async move |conn| {
-            let ids: Vec<&str> = order.lines.iter().map(|l| l.product_id.as_str()).collect();
-            let catalogue: HashMap<String, Product> = products::table
-                .filter(products::id.eq_any(&ids))
-                .select(Product::as_select())
-                .load(conn)
-                .await?
-                .into_iter()
-                .map(|p| (p.id.clone(), p))
-                .collect();
-            let priced = price(&order, &catalogue)?;
-            let correlation_id = CorrelationId::new();
-            let lines: Vec<_> = priced
-                .lines
-                .iter()
-                .map(|l| {
-                    (
-                        order_lines::correlation_id.eq(correlation_id.0),
-                        order_lines::line_no.eq(l.line_no),
-                        order_lines::product_id.eq(l.product_id.clone()),
-                        order_lines::quantity.eq(l.quantity),
-                        order_lines::unit_price_cents.eq(l.unit_price_cents),
-                    )
-                })
-                .collect();
-            let (total, currency) = (priced.total, priced.currency);
-            diesel::insert_into(orders::table)
-                .values((
-                    orders::correlation_id.eq(correlation_id.0),
-                    orders::user_id.eq(user.as_str()),
-                    orders::status.eq(OrderStatus::Accepted.as_str()),
-                    orders::total_cents.eq(total),
-                    orders::currency.eq(&currency),
-                ))
-                .execute(conn)
-                .await?;
-            diesel::insert_into(order_lines::table).values(&lines).execute(conn).await?;
-            let placed = PlacedOrder { correlation_id, status: OrderStatus::Accepted, total_cents: total, currency };
-            if let Some(idem) = idem {
-                let body = placed.body();
-                let inserted = diesel::insert_into(idempotency_keys::table)
-                    .values((
-                        idempotency_keys::user_id.eq(user.as_str()),
-                        idempotency_keys::key.eq(idem.key.as_str()),
-                        idempotency_keys::request_hash.eq(&idem.request_hash),
-                        idempotency_keys::correlation_id.eq(correlation_id.0),
-                        idempotency_keys::response_body.eq(body),
-                    ))
-                    .on_conflict(on_constraint("idempotency_keys_pkey"))
-                    .do_nothing()
-                    .execute(conn)
-                    .await?;
-                if inserted == 0 {
-                    return Err(StoreError::Aborted(LOST_RACE.into()));
-                }
-            }
-            let event = Event::new(EventKind::Accepted, correlation_id, Utc::now());
-            super::outbox::insert(conn, &event).await?;
-            before_commit(placed.clone()).await.map_err(StoreError::Aborted)?;
-            Ok(Attempt::Done(PlaceOutcome::Created(placed)))
-        })
-        .await
-        .or_else(lost_race)
+        self.group.place(&self.pool, user, order, idem, before_commit).await
     }
 
     /// The order if `user` owns it; `None` both when it does not exist and when it is someone else's.

@@ -11,7 +11,7 @@ use diesel_async::{
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::StoreError;
+use super::{StoreError, group_commit::GroupCommit};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 /// Key of the advisory lock that serialises migrations across pods starting together.
@@ -27,8 +27,9 @@ impl From<deadpool::managed::PoolError<diesel_async::pooled_connection::PoolErro
 /// store never fails because the database is down; the first query tells.
 #[derive(Clone)]
 pub struct PgStore {
-    pool: Pool<AsyncPgConnection>,
+    pub(super) pool: Pool<AsyncPgConnection>,
     url: std::sync::Arc<str>,
+    pub(super) group: GroupCommit,
 }
 
 impl PgStore {
@@ -43,7 +44,8 @@ impl PgStore {
             .wait_timeout(Some(Duration::from_secs(2)))
             .create_timeout(Some(Duration::from_secs(2)))
             .build()?;
-        Ok(Self { pool, url: url.into() })
+        // A quarter of the pool writes new orders: the rest stays for reads, the relay and processing.
+        Ok(Self { pool, url: url.into(), group: GroupCommit::new(size / 4) })
     }
 
     /// Runs pending migrations on a dedicated connection holding a session advisory lock, so

@@ -149,6 +149,72 @@ async fn a_retried_request_with_the_same_key_returns_the_first_answer_and_create
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_orders_share_transactions_and_each_gets_its_own_answer() {
+    // The test apps' pool of 4 leaves one writer: orders that arrive together are written together.
+    let app = spawn_app(AppOptions::default()).await;
+    let mut bus = BusObserver::start(&app.bus_prefix).await;
+    let (ann, ben) = (unique_user("group-ann"), unique_user("group-ben"));
+    let (ann_token, ben_token) = (app.token(&ann), app.token(&ben));
+    let unknown = json!({ "items": [{ "productId": "mug", "quantity": 1 }, { "productId": "no-such-thing", "quantity": 1 }] });
+    let other = json!({ "items": [{ "productId": "kettle", "quantity": 1 }] });
+    let mut requests = Vec::new();
+    for i in 0..40 {
+        let token = if i % 2 == 0 { &ann_token } else { &ben_token };
+        requests.push(app.post_order(token, one_mug(), None));
+    }
+    for _ in 0..8 {
+        requests.push(app.post_order(&ann_token, unknown.clone(), None));
+    }
+    // One key, one body, five times: one order. Another key with two bodies: the first wins.
+    for _ in 0..5 {
+        requests.push(app.post_order(&ben_token, one_mug(), Some("group-same")));
+    }
+    for i in 0..5 {
+        requests.push(app.post_order(&ben_token, if i < 3 { one_mug() } else { other.clone() }, Some("group-mixed")));
+    }
+    let answers = futures_util::future::join_all(requests).await;
+    let mut bodies = Vec::new();
+    for res in answers {
+        let status = res.status().as_u16();
+        bodies.push((status, res.json::<Value>().await.unwrap()));
+    }
+    let created: std::collections::HashSet<String> =
+        bodies[..40].iter().map(|(s, b)| (assert_eq!(*s, 202, "{b}"), b["correlationId"].as_str().unwrap().to_owned()).1).collect();
+    assert_eq!(created.len(), 40, "forty orders, forty ids");
+    for (status, problem) in &bodies[40..48] {
+        assert_eq!(*status, 422);
+        assert_eq!(problem["field"], "items[1].productId", "{problem}");
+    }
+    let same: Vec<_> = bodies[48..53].iter().map(|(s, b)| (assert_eq!(*s, 202), b["correlationId"].clone()).1).collect();
+    assert!(same.iter().all(|id| *id == same[0]), "one key, one order: {same:?}");
+    let mixed = &bodies[53..];
+    let winners: std::collections::HashSet<_> = mixed.iter().filter(|(s, _)| *s == 202).map(|(_, b)| b["correlationId"].clone()).collect();
+    let refused = mixed.iter().filter(|(s, _)| *s == 422).count();
+    assert_eq!(winners.len(), 1, "the key's one order: {mixed:?}");
+    assert!(refused == 2 || refused == 3, "the other body is refused: {mixed:?}");
+
+    let users = format!("user_id IN ('{ann}', '{ben}')");
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM orders WHERE {users}")).await, 42);
+    assert_eq!(app.count("SELECT count(*) AS n FROM order_lines").await, 42, "no line of a refused order");
+    bus.wait_until(Duration::from_secs(10), "42 order.accepted", |seen| {
+        seen.iter().filter(|o| o.routing_key == "order.accepted").count() >= 42
+    })
+    .await;
+    bus.drain_for(Duration::from_millis(300)).await;
+    assert_eq!(bus.counts("order.accepted").len(), 42);
+    assert!(bus.counts("order.accepted").values().all(|n| *n == 1));
+    let mut redis = redis_conn().await;
+    for id in &created {
+        let owner: Option<String> = redis.get(format!("order:map:{id}")).await.unwrap();
+        assert!(owner == Some(ann.clone()) || owner == Some(ben.clone()), "{id}: {owner:?}");
+    }
+    // Orders of one transaction share its start time: fewer times than orders means shared commits.
+    let times = app.count(&format!("SELECT count(DISTINCT created_at) AS n FROM orders WHERE {users}")).await;
+    assert!(times < 42, "{times} transactions for 42 orders: nothing was grouped");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_order_is_not_found_and_lists_are_private() {
     let app = spawn_app(AppOptions::default()).await;
     let alice = app.token(&unique_user("alice"));

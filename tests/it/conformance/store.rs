@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use super::conformance;
 use crate::harness::{
     app::{create_database, drop_database, remove_sqlite_file},
-    env, unique_user,
+    env, eventually, unique_user,
 };
 
 pub struct Fixture {
@@ -318,4 +318,83 @@ async fn unfinished_orders_can_be_sent_to_processing_again(s: &Store) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].routing_key, "order.accepted");
     assert!(events[0].payload.contains(&waiting.to_string()));
+}
+
+/// PostgreSQL's group commit: orders placed together share transactions, and a failed
+/// `before_commit` takes its whole batch back, never an order whose hook failed, never a
+/// committed order without its hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_placed_together_commit_only_with_their_hooks() {
+    let s = postgres().await;
+    let kim = user();
+    let hooked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let calls = (0..50).map(|i| {
+        let (s, kim, hooked) = (s.store.clone(), kim.clone(), hooked.clone());
+        async move {
+            let hook: contoso::store::BeforeCommit = Box::new(move |placed: PlacedOrder| {
+                async move {
+                    if i % 5 == 0 {
+                        return Err(format!("hook {i} failed"));
+                    }
+                    hooked.lock().unwrap().insert(placed.correlation_id);
+                    Ok(())
+                }
+                .boxed()
+            });
+            s.place_order(&kim, &order(&[("mug", 1)]), None, hook).await
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let hooked = hooked.lock().unwrap().clone();
+    let mut created = std::collections::HashSet::new();
+    for (i, res) in results.into_iter().enumerate() {
+        match res {
+            Ok(PlaceOutcome::Created(placed)) => {
+                assert_ne!(i % 5, 0, "order {i} committed although its hook failed");
+                assert!(hooked.contains(&placed.correlation_id), "order {i} committed without its hook");
+                created.insert(placed.correlation_id);
+            }
+            Ok(other) => panic!("order {i}: {other:?}"),
+            Err(StoreError::Aborted(why)) => assert!(why.starts_with("hook "), "{why}"),
+            Err(err) => panic!("order {i}: {err}"),
+        }
+    }
+    let stored: std::collections::HashSet<_> = s.orders_for_user(&kim, 100).await.unwrap().into_iter().map(|o| o.correlation_id).collect();
+    assert_eq!(stored, created, "exactly the answered orders are stored");
+    assert_eq!(outbox(&s).await.len(), created.len(), "one order.accepted per stored order");
+    s.cleanup().await;
+}
+
+/// With every writer stuck (here: the orders table locked), orders queue up to a bound; past
+/// it a placement waits two seconds and is refused, and the queued ones go through later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_beyond_the_writers_queue_are_refused_and_the_rest_go_through() {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let s = postgres().await;
+    let Cleanup::Database(name) = &s.cleanup else { unreachable!() };
+    let mut locker = diesel_async::AsyncPgConnection::establish(&env::database_url(name)).await.unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let lee = user();
+    let calls: Vec<_> = (0..1200)
+        .map(|_| {
+            let (s, lee) = (s.store.clone(), lee.clone());
+            tokio::spawn(async move { s.place_order(&lee, &order(&[("mug", 1)]), None, no_hook()).await })
+        })
+        .collect();
+    // Refusals come while the table is still locked: they do not wait for the writers.
+    eventually(std::time::Duration::from_secs(10), "a refusal", || async { calls.iter().any(|c| c.is_finished()).then_some(()) }).await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let (mut created, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(PlaceOutcome::Created(_)) => created += 1,
+            Err(StoreError::Unavailable(why)) if why.contains("too many orders") => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    // At most a batch of 64, one order waiting for the writer and 1,024 queued.
+    assert!((1 + 1 + 1024..=64 + 1 + 1024).contains(&created), "{created} created");
+    assert_eq!(created + refused, 1200);
+    assert_eq!(s.orders_for_user(&lee, 2000).await.unwrap().len(), created);
+    s.cleanup().await;
 }
