@@ -53,7 +53,7 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> any
         routes.push(accept::start(deps, shutdown, readiness, relay_wake.clone().expect("relay runs for accept"))?);
     }
     if roles.contains(Role::Process) {
-        process::start(deps, shutdown, readiness)?;
+        process::start(deps, shutdown, readiness, relay_wake.clone().expect("relay runs for process"))?;
     }
     if roles.contains(Role::Notify)
         && let Some(r) = notify::start(deps, shutdown, readiness)?

@@ -5,6 +5,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use tokio::sync::Notify;
 
 use super::{
     Deps,
@@ -24,14 +25,17 @@ struct Processor {
     cache: Arc<dyn StatusCache>,
     ttl: Duration,
     delay: Duration,
+    /// Wakes this process's outbox relay once outcome events are committed; otherwise they
+    /// would wait for its next poll.
+    relay_wake: Arc<Notify>,
 }
 
-pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> anyhow::Result<()> {
+pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness, relay_wake: Arc<Notify>) -> anyhow::Result<()> {
     let store = deps.background_store.clone().context("role process needs a database")?;
     let cache = deps.cache.clone().context("role process needs redis")?;
     let bus = deps.bus.clone().context("role process needs a bus")?;
     super::add_dependency_probes(readiness, &cache, &bus);
-    let processor = Arc::new(Processor { store, cache, ttl: deps.settings.status_ttl, delay: deps.settings.process_delay });
+    let processor = Arc::new(Processor { store, cache, ttl: deps.settings.status_ttl, delay: deps.settings.process_delay, relay_wake });
     consumer::spawn(deps, shutdown, Queue::OrderProcess, "contoso.order-process", move |bodies| {
         let processor = processor.clone();
         async move { processor.handle_batch(&bodies).await }
@@ -89,6 +93,7 @@ impl Processor {
             tokio::time::sleep(self.delay).await;
         }
         let mut finals = Vec::with_capacity(work.len());
+        let mut committed = false;
         let mut completing: Vec<(CorrelationId, OrderNumber)> = Vec::with_capacity(work.len());
         let mut settled_elsewhere = Vec::new();
         for (id, begun) in work {
@@ -97,6 +102,7 @@ impl Processor {
                     let reason = format!("{product} is no longer available");
                     if self.store.fail(id, &reason).await.map_err(|e| e.to_string())? {
                         tracing::info!(correlation_id = %id, %reason, "order failed");
+                        committed = true;
                     }
                     finals.push((id, OrderStatus::Failed));
                 }
@@ -116,6 +122,10 @@ impl Processor {
         if !moved.is_empty() {
             // Tests crash here to prove a redelivery after the commit changes nothing.
             fail::fail_point!("process-after-commit", |_| std::process::abort());
+            committed = true;
+        }
+        if committed {
+            self.relay_wake.notify_one();
         }
         // Someone else finished these first (a duplicate delivery): the database says how.
         for id in settled_elsewhere {

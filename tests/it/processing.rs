@@ -205,7 +205,7 @@ async fn a_backlog_is_processed_in_batches_and_each_order_once() {
 
     // In a child process: the test binary's metrics are shared by the tests running beside it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut process = process_binary_with(&accept, None, "0", &format!("127.0.0.1:{port}"));
+    let mut process = process_binary_with(&accept, None, "0", &format!("127.0.0.1:{port}"), &[]);
     wait_all_final(&accept, &ids, Duration::from_secs(30)).await;
     bus.wait_until(Duration::from_secs(15), "an outcome event per order", |seen| {
         ids.iter().all(|id| seen.iter().any(|o| o.routing_key != "order.accepted" && o.body["correlationId"] == id.as_str()))
@@ -335,12 +335,18 @@ async fn a_database_outage_shorter_than_the_retry_budget_loses_and_dead_letters_
 
 /// Runs `contoso --role process` as a process; FAILPOINTS are honoured (tests build with them).
 fn process_binary(app: &TestApp, failpoints: Option<&str>) -> std::process::Child {
-    process_binary_with(app, failpoints, "0", "127.0.0.1:0")
+    process_binary_with(app, failpoints, "0", "127.0.0.1:0", &[])
 }
 
 /// A process role in a child process of its own (its metrics are its own, not the test
-/// binary's), listening on `listen`.
-fn process_binary_with(app: &TestApp, failpoints: Option<&str>, delay_ms: &str, listen: &str) -> std::process::Child {
+/// binary's), listening on `listen`, with `envs` added to its environment.
+fn process_binary_with(
+    app: &TestApp,
+    failpoints: Option<&str>,
+    delay_ms: &str,
+    listen: &str,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_contoso"));
     cmd.args(["--role", "process", "--listen", listen, "--process-delay-ms", delay_ms, "--log-level", "warn"])
         .arg("--database-url")
@@ -358,7 +364,34 @@ fn process_binary_with(app: &TestApp, failpoints: Option<&str>, delay_ms: &str, 
     if let Some(fp) = failpoints {
         cmd.env("FAILPOINTS", fp);
     }
+    cmd.envs(envs.iter().copied());
     cmd.spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_pod_publishes_its_outcomes_without_waiting_for_its_outbox_poll() {
+    // Accepted orders wait in the queue; then accept stops, so no other relay shares the outbox,
+    // and a process pod that polls its outbox once a minute takes them.
+    let mut accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
+    let mut bus = BusObserver::start(&accept.bus_prefix).await;
+    let token = accept.token(&unique_user("wake"));
+    let mut ids = accept.place_orders(&token, &mugs(), 2).await;
+    ids.extend(accept.place_orders(&token, &json!({ "items": [{ "productId": "discontinued", "quantity": 1 }] }), 1).await);
+    bus.wait_until(Duration::from_secs(15), "three order.accepted", |seen| {
+        seen.iter().filter(|o| o.routing_key == "order.accepted").count() == 3
+    })
+    .await;
+    accept.halt().await;
+    let mut process = process_binary_with(&accept, None, "0", "127.0.0.1:0", &[("CONTOSO_OUTBOX_POLL_MS", "60000")]);
+    // Well within the minute: the commit woke the relay.
+    bus.wait_until(Duration::from_secs(15), "two order.processed and one order.failed", |seen| {
+        let outcome = |id: &String, key: &str| seen.iter().any(|o| o.routing_key == key && o.body["correlationId"] == id.as_str());
+        outcome(&ids[0], "order.processed") && outcome(&ids[1], "order.processed") && outcome(&ids[2], "order.failed")
+    })
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &process.id().to_string()]).status();
+    let _ = tokio::task::spawn_blocking(move || process.wait()).await;
+    accept.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +429,7 @@ async fn a_crash_between_commit_and_ack_does_not_complete_an_order_twice() {
 async fn sigterm_during_processing_exits_zero_and_loses_no_order() {
     let accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
     let token = accept.token(&unique_user("term"));
-    let mut slow = process_binary_with(&accept, None, "1000", "127.0.0.1:0");
+    let mut slow = process_binary_with(&accept, None, "1000", "127.0.0.1:0", &[]);
     let ids = accept.place_orders(&token, &mugs(), 10).await;
     // Wait until the slow processor is working on them (PROCESSING in the database).
     eventually(Duration::from_secs(15), "orders in processing", || async {
