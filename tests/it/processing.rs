@@ -176,6 +176,19 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_do_not_block_the_qu
     app.stop().await;
 }
 
+/// Places `completing` orders that can complete, then `failing` that cannot, for one user, and
+/// waits until every `order.accepted` is on the bus; returns their ids in that order.
+async fn queue_orders(accept: &TestApp, bus: &mut BusObserver, user: &str, completing: usize, failing: usize) -> Vec<String> {
+    let token = accept.token(&unique_user(user));
+    let mut ids = accept.place_orders(&token, &mugs(), completing).await;
+    ids.extend(accept.place_orders(&token, &json!({ "items": [{ "productId": "discontinued", "quantity": 1 }] }), failing).await);
+    bus.wait_until(Duration::from_secs(15), "every order.accepted", |seen| {
+        seen.iter().filter(|o| o.routing_key == "order.accepted").count() == ids.len()
+    })
+    .await;
+    ids
+}
+
 /// A value of a metric line `name{labels} value` in a Prometheus text page (0 when absent).
 fn metric(page: &str, name_and_labels: &str) -> f64 {
     page.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
@@ -188,13 +201,7 @@ async fn a_backlog_is_processed_in_batches_and_each_order_once() {
     // processor that starts finds a backlog and takes it in batches.
     let accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
     let mut bus = BusObserver::start(&accept.bus_prefix).await;
-    let token = accept.token(&unique_user("batch"));
-    let mut ids = accept.place_orders(&token, &mugs(), 30).await;
-    ids.extend(accept.place_orders(&token, &json!({ "items": [{ "productId": "discontinued", "quantity": 1 }] }), 3).await);
-    bus.wait_until(Duration::from_secs(15), "33 order.accepted", |seen| {
-        seen.iter().filter(|o| o.routing_key == "order.accepted").count() == 33
-    })
-    .await;
+    let ids = queue_orders(&accept, &mut bus, "batch", 30, 3).await;
     for id in &ids[28..31] {
         let accepted = bus.for_correlation(id).into_iter().find(|o| o.routing_key == "order.accepted").unwrap().clone();
         for _ in 0..2 {
@@ -374,13 +381,7 @@ async fn a_process_pod_publishes_its_outcomes_without_waiting_for_its_outbox_pol
     // and a process pod that polls its outbox once a minute takes them.
     let mut accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
     let mut bus = BusObserver::start(&accept.bus_prefix).await;
-    let token = accept.token(&unique_user("wake"));
-    let mut ids = accept.place_orders(&token, &mugs(), 2).await;
-    ids.extend(accept.place_orders(&token, &json!({ "items": [{ "productId": "discontinued", "quantity": 1 }] }), 1).await);
-    bus.wait_until(Duration::from_secs(15), "three order.accepted", |seen| {
-        seen.iter().filter(|o| o.routing_key == "order.accepted").count() == 3
-    })
-    .await;
+    let ids = queue_orders(&accept, &mut bus, "wake", 2, 1).await;
     accept.halt().await;
     let mut process = process_binary_with(&accept, None, "0", "127.0.0.1:0", &[("CONTOSO_OUTBOX_POLL_MS", "60000")]);
     // Well within the minute: the commit woke the relay.
