@@ -120,6 +120,10 @@ impl PgStore {
     /// `order.processed` outbox row per order that moved, in one statement (one round trip, one
     /// commit for the batch). Returns the orders that moved; the others were already final.
     pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber)]) -> Result<HashSet<CorrelationId>, StoreError> {
+        if done.is_empty() {
+            // A batch whose orders all failed or were finished elsewhere: no round trip.
+            return Ok(HashSet::new());
+        }
         let mut conn = self.conn().await?;
         let now = chrono::Utc::now();
         let (mut ids, mut numbers, mut event_ids, mut payloads) = (vec![], vec![], vec![], vec![]);
