@@ -237,7 +237,10 @@ async fn a_backlog_is_processed_in_batches_and_each_order_once() {
     let page = accept.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
     let consumed = metric(&page, "contoso_events_consumed_total{queue=\"contoso.order-process\"}");
     let batches = metric(&page, "contoso_consumer_batch_size_count{queue=\"contoso.order-process\"}");
-    assert_eq!(consumed, 40.0, "33 orders, 6 duplicates and one poison message");
+    let acked = metric(&page, "contoso_events_acked_total{queue=\"contoso.order-process\"}");
+    // A retry after a slow dependency would consume a message again, and is no failure here.
+    assert!(consumed >= 40.0, "33 orders, 6 duplicates and one poison message: {consumed}");
+    assert_eq!(acked, 39.0, "each order and duplicate acked once");
     assert!(batches >= 1.0 && batches < consumed, "{batches} batches for {consumed} deliveries: the backlog was not batched");
     let _ = Command::new("kill").args(["-TERM", &process.id().to_string()]).status();
     let _ = tokio::task::spawn_blocking(move || process.wait()).await;

@@ -392,8 +392,10 @@ async fn orders_beyond_the_writers_queue_are_refused_and_the_rest_go_through() {
             other => panic!("{other:?}"),
         }
     }
-    // At most a batch of 64, one order waiting for the writer and 1,024 queued.
-    assert!((1 + 1 + 1024..=64 + 1 + 1024).contains(&created), "{created} created");
+    // At least what fit: a batch, one order waiting for the writer and 1,024 queued. (A placement
+    // that started a little later may find room once the lock is gone, so no upper bound.)
+    assert!(created > 1024, "{created} created");
+    assert!(refused > 0);
     assert_eq!(created + refused, 1200);
     assert_eq!(s.orders_for_user(&lee, 2000).await.unwrap().len(), created);
     s.cleanup().await;
