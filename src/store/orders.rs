@@ -116,11 +116,7 @@ impl PgStore {
             .first(&mut *conn)
             .await
             .optional()?;
-        match found {
-            None => Ok(None),
-            Some((hash, _, _)) if hash != idem.request_hash => Err(StoreError::IdempotencyMismatch),
-            Some((_, id, body)) => Ok(Some(PlaceOutcome::Replayed { correlation_id: CorrelationId(id), body })),
-        }
+        found.map(|(hash, id, body)| replayed(idem, hash, CorrelationId(id), body)).transpose()
     }
 
     /// Writes the order through the group commit (see `group_commit.rs`).
@@ -159,6 +155,20 @@ impl PgStore {
             .await?;
         Ok(rows.into_iter().map(OrderView::from).collect())
     }
+}
+
+/// A request's answer from the idempotency record stored for its key: the first answer,
+/// verbatim, or a mismatch when the key came with another order. Both stores call it.
+pub(super) fn replayed(
+    idem: &Idempotency,
+    request_hash: String,
+    correlation_id: CorrelationId,
+    body: String,
+) -> Result<PlaceOutcome, StoreError> {
+    if request_hash != idem.request_hash {
+        return Err(StoreError::IdempotencyMismatch);
+    }
+    Ok(PlaceOutcome::Replayed { correlation_id, body })
 }
 
 pub(super) const LOST_RACE: &str = "idempotency key taken by a concurrent request";

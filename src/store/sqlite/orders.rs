@@ -15,7 +15,7 @@ use crate::{
     domain::{CorrelationId, Event, EventKind, NewOrder, OrderNumber, OrderStatus, UserId},
     store::{
         BeforeCommit, Idempotency, OrderView, PlaceOutcome, PlacedOrder, Product, StoreError,
-        orders::{Attempt, LOST_RACE, lost_race, price},
+        orders::{Attempt, LOST_RACE, lost_race, price, replayed},
     },
 };
 
@@ -99,11 +99,8 @@ impl SqliteStore {
                 .bind::<Text, _>(idem.key.as_str())
                 .load(&mut *conn)
                 .await?;
-        match rows.into_iter().next() {
-            None => Ok(None),
-            Some(r) if r.request_hash != idem.request_hash => Err(StoreError::IdempotencyMismatch),
-            Some(r) => Ok(Some(PlaceOutcome::Replayed { correlation_id: CorrelationId(uuid(&r.correlation_id)?), body: r.response_body })),
-        }
+        let Some(r) = rows.into_iter().next() else { return Ok(None) };
+        replayed(idem, r.request_hash, CorrelationId(uuid(&r.correlation_id)?), r.response_body).map(Some)
     }
 
     pub(in crate::store) async fn try_place(
