@@ -174,13 +174,16 @@ async fn place_all(
     let mut writing: Vec<(usize, Work, Priced, CorrelationId)> = Vec::with_capacity(work.len());
     let mut keys = HashSet::new();
     for (index, w) in work.into_iter().enumerate() {
-        outcomes.push(Outcome::LostRace);
-        match price(&w.order, &catalogue) {
-            Err(err) => outcomes[index] = Outcome::Refused(err),
+        outcomes.push(match price(&w.order, &catalogue) {
+            Err(err) => Outcome::Refused(err),
             // A key twice in one batch: the first one wins, the second replays its answer.
-            Ok(_) if w.idem.as_ref().is_some_and(|i| !keys.insert((w.user.clone(), i.key.clone()))) => {}
-            Ok(priced) => writing.push((index, w, priced, CorrelationId::new())),
-        }
+            Ok(_) if w.idem.as_ref().is_some_and(|i| !keys.insert((w.user.clone(), i.key.clone()))) => Outcome::LostRace,
+            Ok(priced) => {
+                writing.push((index, w, priced, CorrelationId::new()));
+                // Until it is written: its key may still turn out to be taken.
+                Outcome::LostRace
+            }
+        });
     }
     let placed = |(_, _, priced, id): &(usize, Work, Priced, CorrelationId)| PlacedOrder {
         correlation_id: *id,
@@ -207,10 +210,10 @@ async fn place_all(
     diesel::insert_into(orders::table).values(&orders).execute(conn).await?;
     // Keys in one order in every batch, so two batches that share keys cannot deadlock.
     let mut keyed: Vec<_> = writing.iter().filter(|row| row.1.idem.is_some()).collect();
-    let key_of = |row: &&(usize, Work, Priced, CorrelationId)| {
-        (row.1.user.as_str().to_owned(), row.1.idem.as_ref().map(|i| i.key.as_str().to_owned()))
-    };
-    keyed.sort_by_key(key_of);
+    fn key(row: &(usize, Work, Priced, CorrelationId)) -> (&str, Option<&str>) {
+        (row.1.user.as_str(), row.1.idem.as_ref().map(|i| i.key.as_str()))
+    }
+    keyed.sort_by(|a, b| key(a).cmp(&key(b)));
     let records: Vec<_> = keyed
         .into_iter()
         .filter_map(|row| {
