@@ -133,26 +133,16 @@ impl Store {
         dispatch!(self, s => s.order_state(id).await)
     }
 
-    /// ACCEPTED -> PROCESSING, the first product that cannot be sold and, when the order can
-    /// complete, a fresh order number (never reused). `None` for an unknown order.
-    pub async fn begin_processing(&self, id: CorrelationId) -> Result<Option<Begun>, StoreError> {
-        Ok(self.begin_processing_many(&[id]).await?.remove(&id))
-    }
-
-    /// `begin_processing` for a batch of orders, in one round trip on PostgreSQL. Unknown
-    /// orders are absent from the answer.
+    /// For each order: ACCEPTED -> PROCESSING, the first product that cannot be sold and, when
+    /// the order can complete, a fresh order number (never reused). One round trip on
+    /// PostgreSQL for the whole batch. Unknown orders are absent from the answer.
     pub async fn begin_processing_many(&self, ids: &[CorrelationId]) -> Result<HashMap<CorrelationId, Begun>, StoreError> {
         dispatch!(self, s => s.begin_processing_many(ids).await)
     }
 
-    /// -> COMPLETED with `number` and an `order.processed` outbox row, atomically. False when
-    /// the order was already final (nothing written).
-    pub async fn complete(&self, id: CorrelationId, number: OrderNumber) -> Result<bool, StoreError> {
-        Ok(self.complete_many(&[(id, number)]).await?.contains(&id))
-    }
-
-    /// `complete` for a batch, in one statement and one commit on PostgreSQL. Returns the
-    /// orders that moved; the others were already final.
+    /// -> COMPLETED with its number and an `order.processed` outbox row, for each order, atomically
+    /// (one statement and one commit on PostgreSQL). Returns the orders that moved; the others
+    /// were already final (nothing written for them).
     pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber)]) -> Result<HashSet<CorrelationId>, StoreError> {
         dispatch!(self, s => s.complete_many(done).await)
     }

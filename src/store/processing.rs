@@ -52,8 +52,8 @@ struct MovedRow {
     correlation_id: uuid::Uuid,
 }
 
-/// What `begin_processing` found: the status before it, the product that cannot be sold (if
-/// any), and the order number to complete with (when the order can complete).
+/// What `begin_processing_many` found for one order: the status before it, the product that
+/// cannot be sold (if any), and the order number to complete with (when the order can complete).
 #[derive(Debug, Clone)]
 pub struct Begun {
     pub status: OrderStatus,

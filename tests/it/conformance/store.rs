@@ -93,6 +93,15 @@ fn no_hook() -> contoso::store::BeforeCommit {
     Box::new(|_| async { Ok(()) }.boxed())
 }
 
+/// One order through the batch calls of processing.
+async fn begin(s: &Store, id: CorrelationId) -> Result<Option<contoso::store::Begun>, StoreError> {
+    Ok(s.begin_processing_many(&[id]).await?.remove(&id))
+}
+
+async fn complete(s: &Store, id: CorrelationId, number: contoso::domain::OrderNumber) -> Result<bool, StoreError> {
+    Ok(s.complete_many(&[(id, number)]).await?.contains(&id))
+}
+
 async fn place(s: &Store, user: &UserId, items: &[(&str, i64)]) -> PlacedOrder {
     match s.place_order(user, &order(items), None, no_hook()).await.unwrap() {
         PlaceOutcome::Created(placed) => placed,
@@ -198,28 +207,28 @@ async fn processing_completes_once_with_a_number_never_reused(s: &Store) {
     let a = place(s, &heidi, &[("mug", 1)]).await.correlation_id;
     let b = place(s, &heidi, &[("kettle", 1)]).await.correlation_id;
     outbox(s).await; // what accept wrote is not this test's concern
-    let begun = s.begin_processing(a).await.unwrap().unwrap();
+    let begun = begin(s, a).await.unwrap().unwrap();
     assert_eq!((begun.status, begun.unavailable.as_deref()), (OrderStatus::Accepted, None));
     assert_eq!(s.order_state(a).await.unwrap().unwrap().status, OrderStatus::Processing);
     let number = begun.order_number.expect("an order that can complete gets a number");
     // A redelivery before completion takes a new number; the first one is skipped, never reused.
-    let again = s.begin_processing(a).await.unwrap().unwrap();
+    let again = begin(s, a).await.unwrap().unwrap();
     assert_eq!(again.status, OrderStatus::Processing);
     let second = again.order_number.unwrap();
     assert!(second.0 > number.0);
-    assert!(s.complete(a, number).await.unwrap());
-    assert!(!s.complete(a, second).await.unwrap(), "completing twice writes nothing");
+    assert!(complete(s, a, number).await.unwrap());
+    assert!(!complete(s, a, second).await.unwrap(), "completing twice writes nothing");
     assert!(!s.fail(a, "late failure").await.unwrap(), "a final order never changes");
     let state = s.order_state(a).await.unwrap().unwrap();
     assert_eq!((state.status, state.order_number), (OrderStatus::Completed, Some(number)));
-    let after = s.begin_processing(a).await.unwrap().unwrap();
+    let after = begin(s, a).await.unwrap().unwrap();
     assert_eq!((after.status, after.order_number), (OrderStatus::Completed, None), "no number for a completed order");
     let view = s.order_for_user(&heidi, a).await.unwrap().unwrap();
     assert_eq!(view.order_id, Some(number.to_string()));
 
-    let b_number = s.begin_processing(b).await.unwrap().unwrap().order_number.unwrap();
+    let b_number = begin(s, b).await.unwrap().unwrap().order_number.unwrap();
     assert!(b_number.0 > second.0, "numbers only grow");
-    assert!(s.complete(b, b_number).await.unwrap());
+    assert!(complete(s, b, b_number).await.unwrap());
     let events = outbox(s).await;
     assert_eq!(events.len(), 2, "one order.processed per order: {events:?}");
     assert!(events.iter().all(|e| e.routing_key == "order.processed"));
@@ -264,7 +273,7 @@ async fn an_unavailable_product_fails_the_order_once(s: &Store) {
     let ivan = user();
     let id = place(s, &ivan, &[("mug", 1), ("discontinued", 1)]).await.correlation_id;
     outbox(s).await;
-    let begun = s.begin_processing(id).await.unwrap().unwrap();
+    let begun = begin(s, id).await.unwrap().unwrap();
     assert_eq!(begun.unavailable.as_deref(), Some("Limited edition tamper"));
     assert_eq!(begun.order_number, None, "a failing order takes no number");
     assert!(s.fail(id, "Limited edition tamper is unavailable").await.unwrap());
@@ -279,7 +288,7 @@ async fn an_unavailable_product_fails_the_order_once(s: &Store) {
 async fn an_unknown_order_cannot_be_processed(s: &Store) {
     let id = CorrelationId::new();
     assert!(s.order_state(id).await.unwrap().is_none());
-    assert!(s.begin_processing(id).await.unwrap().is_none());
+    assert!(begin(s, id).await.unwrap().is_none());
     assert!(!s.fail(id, "x").await.unwrap());
 }
 
@@ -310,8 +319,8 @@ async fn unfinished_orders_can_be_sent_to_processing_again(s: &Store) {
     let kim = user();
     let done = place(s, &kim, &[("mug", 1)]).await.correlation_id;
     let waiting = place(s, &kim, &[("mug", 1)]).await.correlation_id;
-    let number = s.begin_processing(done).await.unwrap().unwrap().order_number.unwrap();
-    assert!(s.complete(done, number).await.unwrap());
+    let number = begin(s, done).await.unwrap().unwrap().order_number.unwrap();
+    assert!(complete(s, done, number).await.unwrap());
     outbox(s).await;
     assert_eq!(s.requeue_unfinished().await.unwrap(), 1, "only the order that is not final");
     let events = outbox(s).await;
