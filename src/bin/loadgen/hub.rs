@@ -49,7 +49,24 @@ pub async fn connect_with(url: &str, token: &str, client: &ClientArgs, n: usize)
     let url = if client.negotiate { format!("{url}?id={}", negotiate(url, token).await?) } else { url.to_owned() };
     let mut request = url.as_str().into_client_request()?;
     request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
-    let mut ws = match client.source_ips.get(n % client.source_ips.len().max(1)) {
+    let mut ws = open(request, client, n).await?;
+    ws.send(Message::text(format!("{{\"protocol\":\"{}\",\"version\":1}}\u{1e}", client.protocol))).await?;
+    // The handshake reply is JSON in both protocols; a binary protocol gets it in a binary frame.
+    match tokio::time::timeout(TIMEOUT, ws.next()).await? {
+        Some(Ok(Message::Text(t))) if t.as_str().starts_with("{}\u{1e}") => Ok(ws),
+        Some(Ok(Message::Binary(b))) if b.starts_with(b"{}\x1e") => Ok(ws),
+        other => anyhow::bail!("unexpected handshake reply: {other:?}"),
+    }
+}
+
+/// Connects the `n`th connection to a bare relay (`contoso-loadgen relay`) as `user`: no token, no handshake.
+pub async fn connect_bare(url: &str, user: &str, client: &ClientArgs, n: usize) -> anyhow::Result<Ws> {
+    open(format!("{url}?user={user}").as_str().into_client_request()?, client, n).await
+}
+
+/// The WebSocket upgrade, from the source address `client` gives the `n`th connection.
+async fn open(request: tokio_tungstenite::tungstenite::handshake::client::Request, client: &ClientArgs, n: usize) -> anyhow::Result<Ws> {
+    Ok(match client.source_ips.get(n % client.source_ips.len().max(1)) {
         None => {
             tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(small_buffers()), false)).await??.0
         }
@@ -64,14 +81,7 @@ pub async fn connect_with(url: &str, token: &str, client: &ClientArgs, n: usize)
             let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
             tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async_with_config(request, stream, Some(small_buffers()))).await??.0
         }
-    };
-    ws.send(Message::text(format!("{{\"protocol\":\"{}\",\"version\":1}}\u{1e}", client.protocol))).await?;
-    // The handshake reply is JSON in both protocols; a binary protocol gets it in a binary frame.
-    match tokio::time::timeout(TIMEOUT, ws.next()).await? {
-        Some(Ok(Message::Text(t))) if t.as_str().starts_with("{}\u{1e}") => Ok(ws),
-        Some(Ok(Message::Binary(b))) if b.starts_with(b"{}\x1e") => Ok(ws),
-        other => anyhow::bail!("unexpected handshake reply: {other:?}"),
-    }
+    })
 }
 
 /// `POST {hub}/negotiate?negotiateVersion=1`; returns the connection token.

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::hub::{ClientArgs, connect_with};
+use crate::hub::{ClientArgs, connect_bare, connect_with};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,6 +40,9 @@ pub struct Args {
     /// Worker processes to shard the connections over
     #[arg(long, default_value_t = 1)]
     workers: u64,
+    /// The URL is a bare relay (`contoso-loadgen relay`): no token, no handshake (the floor)
+    #[arg(long)]
+    bare: bool,
     /// Index of the first connection (set by the parent for each worker)
     #[arg(long, default_value_t = 0, hide = true)]
     first: u64,
@@ -61,10 +64,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..args.connections {
         tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
         let n = args.first + i;
-        let token = minter.token(&format!("idle-{run_id}-{}", n / args.tabs.max(1)))?;
+        let user = format!("idle-{run_id}-{}", n / args.tabs.max(1));
+        let token = minter.token(&user)?;
         let (url, open, failed, closed, client) = (args.url.clone(), open.clone(), failed.clone(), closed.clone(), args.client.clone());
+        let bare = args.bare;
         tokio::spawn(async move {
-            match connect_with(&url, &token, &client, n as usize).await {
+            let ws = if bare {
+                connect_bare(&url, &user, &client, n as usize).await
+            } else {
+                connect_with(&url, &token, &client, n as usize).await
+            };
+            match ws {
                 Ok(mut ws) => {
                     open.fetch_add(1, Ordering::Relaxed);
                     while let Some(Ok(_)) = ws.next().await {}
@@ -118,6 +128,9 @@ async fn shard(args: Args) -> anyhow::Result<()> {
             .kill_on_drop(true);
         if args.client.negotiate {
             cmd.arg("--negotiate");
+        }
+        if args.bare {
+            cmd.arg("--bare");
         }
         if !args.client.source_ips.is_empty() {
             cmd.arg("--source-ips").arg(args.client.source_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(","));

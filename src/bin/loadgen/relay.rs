@@ -2,7 +2,8 @@
 //! relay on the same Redis pub/sub: no authentication, no hub protocol, no queues. A client
 //! connects to `/?user=<id>`; the relay subscribes to that user's backplane channel on one
 //! shared subscriber connection and forwards every payload unchanged as a binary frame. It lives
-//! for one benchmark run: nothing is ever unsubscribed or cleaned up.
+//! for one benchmark run: nothing is ever unsubscribed or cleaned up. Its buffers are minimal,
+//! so it is the floor for the memory of an idle connection as well.
 
 use std::{
     collections::HashMap,
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use deadpool_redis::redis;
 use futures_util::{SinkExt, StreamExt};
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_tungstenite::tungstenite::{Message, handshake::server::Request};
+use tokio_tungstenite::tungstenite::{Message, handshake::server::Request, protocol::WebSocketConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,6 +23,12 @@ pub struct Args {
     /// User u's channel is the hub's: `{channel_prefix}{hub_name}:user:{u}`
     #[command(flatten)]
     backplane: crate::hub::BackplaneArgs,
+}
+
+/// The floor for memory too: a 512-byte read buffer (tungstenite's default reserves 128 KiB)
+/// and no write buffer, so an idle relayed socket costs what the crate needs and no more.
+fn minimal_buffers() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(512).write_buffer_size(0)
 }
 
 type Sockets = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Bytes>>>>>;
@@ -55,10 +62,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let mut user = String::new();
             // The callback's error type is tungstenite's, large or not.
             #[allow(clippy::result_large_err)]
-            let ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, res| {
-                user = req.uri().query().and_then(|q| q.strip_prefix("user=")).unwrap_or_default().to_owned();
-                Ok(res)
-            })
+            let ws = tokio_tungstenite::accept_hdr_async_with_config(
+                tcp,
+                |req: &Request, res| {
+                    user = req.uri().query().and_then(|q| q.strip_prefix("user=")).unwrap_or_default().to_owned();
+                    Ok(res)
+                },
+                Some(minimal_buffers()),
+            )
             .await;
             let Ok(ws) = ws else { return };
             let channel = channels.user(&user);

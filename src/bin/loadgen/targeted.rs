@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    hub::{BackplaneArgs, ClientArgs, connect_with, correlation_ids},
+    hub::{BackplaneArgs, ClientArgs, connect_bare, connect_with, correlation_ids},
     procfs::{cpu_ticks, rss_kib},
     report::{Latency, histogram},
 };
@@ -209,11 +209,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let (token, book, permit) = (token.clone(), book.clone(), limit.clone().acquire_owned().await?);
             let (bare, slow, user, client, k) = (args.bare, slow(u * tabs + t), user.clone(), args.client.clone(), u * tabs + t);
             handles.push(tokio::spawn(async move {
-                let ws = if bare {
-                    tokio_tungstenite::connect_async(format!("{url}?user={user}")).await.map(|(ws, _)| ws).map_err(anyhow::Error::from)
-                } else {
-                    connect_with(&url, &token, &client, k).await
-                };
+                let ws = if bare { connect_bare(&url, &user, &client, k).await } else { connect_with(&url, &token, &client, k).await };
                 drop(permit);
                 let mut ws = ws?;
                 if slow {
