@@ -17,7 +17,7 @@ use crate::{
     cache::{MemoryCache, NotificationLog, RedisCache, StatusCache},
     config::Settings,
     health::{self, Readiness},
-    http::{Authenticator, middleware::observe},
+    http::{self, Authenticator, middleware::observe},
     roles::{self, Deps},
     shutdown::Shutdown,
     store::Store,
@@ -116,7 +116,7 @@ impl App {
         let listen = settings.listen;
         let workers = settings.http_workers;
         let deps = Deps { settings, auth: auth.clone(), store, background_store, cache, bus, notifications, backplane, db_ready };
-        let routes = roles::start(&deps, &shutdown, &mut readiness)?;
+        let roles::Endpoints { routes, upgrades } = roles::start(&deps, &shutdown, &mut readiness)?;
         let spa = if deps.settings.roles.contains(crate::config::Role::Accept) { crate::spa::find() } else { None };
         if let Some(dir) = &spa {
             tracing::info!(dir = %dir.display(), "serving the SPA at /");
@@ -128,7 +128,7 @@ impl App {
         let shutdown_data = web::Data::new(shutdown.clone());
         let auth_data = web::Data::from(auth);
         let prometheus = telemetry::prometheus();
-        let mut server = actix_web::HttpServer::new(move || {
+        let app = move || {
             let mut app = actix_web::App::new()
                 .wrap(from_fn(observe))
                 .app_data(readiness.clone())
@@ -147,13 +147,9 @@ impl App {
                 app = app.configure(|cfg| crate::spa::configure(cfg, dir));
             }
             app.default_service(web::to(HttpResponse::NotFound))
-        })
-        .disable_signals()
-        .shutdown_timeout(shutdown_timeout.as_secs().max(1));
-        if let Some(n) = workers {
-            server = server.workers(n.max(1));
-        }
-        let server = server.listen(listener)?.run();
+        };
+        let options = http::server::Options { workers, shutdown_timeout };
+        let server = http::server::serve(listener, options, app, upgrades)?;
         tracing::info!(roles = %roles_label, %port, "contoso listening");
         Ok(App { server, port, shutdown, shutdown_timeout })
     }

@@ -8,7 +8,7 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Backplane, BackplaneError};
 
@@ -72,12 +72,14 @@ impl Backplane for MemoryBackplane {
         Ok(())
     }
 
-    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+    fn subscribe(&self, channel: &str) -> oneshot::Receiver<()> {
         self.hub.inner.lock().expect("lock").subscriptions.entry(channel.to_owned()).or_default().insert(self.node);
-        Ok(())
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(());
+        rx
     }
 
-    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+    fn unsubscribe(&self, channel: &str) {
         let mut inner = self.hub.inner.lock().expect("lock");
         if let Some(subs) = inner.subscriptions.get_mut(channel) {
             subs.remove(&self.node);
@@ -85,7 +87,6 @@ impl Backplane for MemoryBackplane {
                 inner.subscriptions.remove(channel);
             }
         }
-        Ok(())
     }
 
     fn take_inbound(&self) -> Option<mpsc::UnboundedReceiver<(String, Bytes)>> {

@@ -7,9 +7,7 @@ pub mod redis;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
-
-use crate::hub::protocol::Protocol;
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackplaneError {
@@ -23,8 +21,12 @@ pub enum BackplaneError {
 pub trait Backplane: Send + Sync + 'static {
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BackplaneError>;
     /// Called by the lifetime manager on a user's first local connection (ref-counted there).
-    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError>;
-    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError>;
+    /// Never waits: the request is queued in call order (with `unsubscribe`), and the receiver
+    /// resolves once the subscription is in place. While the backplane is away the channel
+    /// stays wanted and is subscribed when it is back.
+    fn subscribe(&self, channel: &str) -> oneshot::Receiver<()>;
+    /// Called after a user's last local connection here. Never waits.
+    fn unsubscribe(&self, channel: &str);
     /// The single inbound stream of (channel, payload); taken once, at start.
     fn take_inbound(&self) -> Option<mpsc::UnboundedReceiver<(String, Bytes)>>;
     /// Whether messages can flow now (readiness).
@@ -88,9 +90,9 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The framed bytes for `protocol`, ready to write to a socket as they are.
-    pub fn payload(&self, protocol: Protocol) -> Option<&Bytes> {
-        self.payloads.iter().find(|(name, _)| name == protocol.name()).map(|(_, b)| b)
+    /// The framed bytes for the hub protocol called `protocol`, ready to write to a socket as they are.
+    pub fn payload(&self, protocol: &str) -> Option<&Bytes> {
+        self.payloads.iter().find(|(name, _)| name == protocol).map(|(_, b)| b)
     }
 
     pub fn encode(&self) -> Bytes {

@@ -28,9 +28,6 @@ pub mod names {
     pub const PUBLISH_BATCH: &str = "contoso_backplane_publish_batch_size";
 }
 
-/// How long `subscribe` waits for Redis to confirm before reporting an error (the channel stays
-/// wanted and is subscribed when Redis is back).
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most PUBLISHes in one pipeline.
 const MAX_PUBLISH_BATCH: usize = 512;
@@ -79,19 +76,15 @@ impl Backplane for RedisBackplane {
         rx.await.map_err(|_| BackplaneError::Unavailable("backplane stopped".into()))?
     }
 
-    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+    fn subscribe(&self, channel: &str) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Subscribe(channel.to_owned(), tx))
-            .map_err(|_| BackplaneError::Unavailable("backplane stopped".into()))?;
-        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(BackplaneError::Unavailable("subscription not confirmed yet; it will be made when redis is back".into())),
-        }
+        // A stopped backplane drops `tx`: the caller sees the subscription unconfirmed.
+        let _ = self.commands.send(Command::Subscribe(channel.to_owned(), tx));
+        rx
     }
 
-    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
-        self.commands.send(Command::Unsubscribe(channel.to_owned())).map_err(|_| BackplaneError::Unavailable("backplane stopped".into()))
+    fn unsubscribe(&self, channel: &str) {
+        let _ = self.commands.send(Command::Unsubscribe(channel.to_owned()));
     }
 
     fn take_inbound(&self) -> Option<mpsc::UnboundedReceiver<(String, Bytes)>> {
@@ -181,16 +174,16 @@ async fn subscriber(
                 },
                 cmd = commands.recv() => {
                     let Some(first) = cmd else { return };
-                    let before = wanted.clone();
-                    let mut confirm = Vec::new();
-                    apply(&mut wanted, first, &mut confirm);
+                    // Only what these commands change is sent: the cost does not grow with the
+                    // number of channels already subscribed.
+                    let mut changes = Changes::default();
+                    changes.apply(&mut wanted, first);
                     while let Ok(more) = commands.try_recv() {
-                        apply(&mut wanted, more, &mut confirm);
+                        changes.apply(&mut wanted, more);
                     }
-                    let subscribe: Vec<&String> = wanted.difference(&before).collect();
-                    let unsubscribe: Vec<&String> = before.difference(&wanted).collect();
-                    let ok = (subscribe.is_empty() || sink.subscribe(subscribe).await.is_ok())
-                        && (unsubscribe.is_empty() || sink.unsubscribe(unsubscribe).await.is_ok());
+                    let Changes { subscribe, unsubscribe, confirm } = changes;
+                    let ok = (subscribe.is_empty() || sink.subscribe(subscribe.iter().collect::<Vec<_>>()).await.is_ok())
+                        && (unsubscribe.is_empty() || sink.unsubscribe(unsubscribe.iter().collect::<Vec<_>>()).await.is_ok());
                     if ok {
                         confirm.into_iter().for_each(|tx| { let _ = tx.send(()); });
                     } else {
@@ -204,6 +197,34 @@ async fn subscriber(
         connected.store(false, Ordering::SeqCst);
         metrics::gauge!(names::CONNECTED).set(0.0);
         tracing::warn!("redis backplane connection lost, reconnecting");
+    }
+}
+
+/// What a burst of commands changes in the wanted set: channels to subscribe and to
+/// unsubscribe (a channel wanted and unwanted within the burst cancels out), and who waits.
+#[derive(Default)]
+struct Changes {
+    subscribe: HashSet<String>,
+    unsubscribe: HashSet<String>,
+    confirm: Vec<oneshot::Sender<()>>,
+}
+
+impl Changes {
+    fn apply(&mut self, wanted: &mut HashSet<String>, cmd: Command) {
+        match cmd {
+            Command::Subscribe(channel, tx) => {
+                self.confirm.push(tx);
+                if !self.unsubscribe.remove(&channel) && !wanted.contains(&channel) {
+                    self.subscribe.insert(channel.clone());
+                }
+                wanted.insert(channel);
+            }
+            Command::Unsubscribe(channel) => {
+                if wanted.remove(&channel) && !self.subscribe.remove(&channel) {
+                    self.unsubscribe.insert(channel);
+                }
+            }
+        }
     }
 }
 
@@ -249,5 +270,48 @@ async fn publisher(pool: deadpool_redis::Pool, mut rx: mpsc::Receiver<PublishReq
         for req in batch {
             let _ = req.done.send(res.clone().map_err(BackplaneError::Unavailable));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(ch: &str) -> (Command, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Command::Subscribe(ch.to_owned(), tx), rx)
+    }
+
+    fn unsub(ch: &str) -> Command {
+        Command::Unsubscribe(ch.to_owned())
+    }
+
+    #[test]
+    fn a_burst_sends_only_what_it_changes() {
+        let mut wanted: HashSet<String> = ["old".to_owned(), "kept".to_owned()].into();
+        let mut changes = Changes::default();
+        let (a, _ra) = sub("new");
+        changes.apply(&mut wanted, a);
+        let (b, _rb) = sub("kept");
+        changes.apply(&mut wanted, b);
+        changes.apply(&mut wanted, unsub("old"));
+        let (c, _rc) = sub("brief");
+        changes.apply(&mut wanted, c);
+        changes.apply(&mut wanted, unsub("brief"));
+        assert_eq!(changes.subscribe, ["new".to_owned()].into());
+        assert_eq!(changes.unsubscribe, ["old".to_owned()].into());
+        assert_eq!(changes.confirm.len(), 3, "every subscriber is confirmed, even of a channel already wanted");
+        assert_eq!(wanted, ["new".to_owned(), "kept".to_owned()].into());
+    }
+
+    #[test]
+    fn unsubscribing_and_subscribing_again_in_one_burst_changes_nothing() {
+        let mut wanted: HashSet<String> = ["a".to_owned()].into();
+        let mut changes = Changes::default();
+        changes.apply(&mut wanted, unsub("a"));
+        let (s, _r) = sub("a");
+        changes.apply(&mut wanted, s);
+        assert!(changes.subscribe.is_empty() && changes.unsubscribe.is_empty());
+        assert!(wanted.contains("a"));
     }
 }

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::hub::protocol::HubMessage;
+use crate::hub::protocol::{HubMessage, Protocol};
 
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()

@@ -117,7 +117,12 @@ impl Authenticator {
     /// The token of a request: `Authorization: Bearer` first, else the `access_token` query
     /// parameter (browsers cannot set headers on WebSockets).
     pub fn token_from_request(req: &HttpRequest) -> Option<String> {
-        if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        Self::token_from_parts(req.headers(), req.query_string())
+    }
+
+    /// `token_from_request` for a request outside actix-web (a WebSocket upgrade).
+    pub fn token_from_parts(headers: &actix_web::http::header::HeaderMap, query: &str) -> Option<String> {
+        if let Some(value) = headers.get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             let mut parts = value.splitn(2, ' ');
             if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
                 && scheme.eq_ignore_ascii_case("bearer")
@@ -126,7 +131,7 @@ impl Authenticator {
                 return Some(token.trim().to_owned());
             }
         }
-        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        web::Query::<std::collections::HashMap<String, String>>::from_query(query)
             .ok()
             .and_then(|q| q.get("access_token").cloned())
             .filter(|t| !t.is_empty())

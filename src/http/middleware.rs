@@ -18,23 +18,48 @@ use crate::telemetry::names;
 
 pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, Error> {
     let started = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method().as_str());
     let path = req.path().to_owned();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let span = tracing::info_span!("http", %method, %route, status = tracing::field::Empty);
+    let span = tracing::info_span!("http", method, %route, status = tracing::field::Empty);
     let res = next.call(req).instrument(span.clone()).await?;
     let res = problem_fallback(res.map_into_boxed_body());
     let status = res.status().as_u16();
-    let elapsed = started.elapsed();
     span.record("status", status);
+    span.in_scope(|| record(method, &route, &path, status, started.elapsed()));
+    Ok(res)
+}
+
+/// The log line and metrics of one request; also used for requests answered outside the
+/// middleware (WebSocket upgrades).
+pub fn record(method: &str, route: &str, path: &str, status: u16, elapsed: std::time::Duration) {
+    let method = method_label(method);
+    let path = truncate(path, MAX_LOGGED_PATH);
     // Health probes and scrapes are frequent and boring; they are counted but not logged.
     if !route.starts_with("/health") && route != "/metrics" {
-        span.in_scope(|| tracing::info!(%method, %route, %path, status, latency_ms = elapsed.as_secs_f64() * 1e3, "request"));
+        tracing::info!(method, route, path = %path, status, latency_ms = elapsed.as_secs_f64() * 1e3, "request");
     }
-    let labels = [("method", method), ("route", route), ("status", status.to_string())];
+    let labels = [("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
     metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(names::HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
-    Ok(res)
+}
+
+/// Longest request path written to a log line, in bytes (a longer one is cut, marked with `…`).
+const MAX_LOGGED_PATH: usize = 256;
+
+fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let end = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…", &s[..end]).into()
+}
+
+/// A request's method as a metric label and log field: one of a fixed set, because a client
+/// can invent any number of methods and each would be a new time series.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("OTHER")
 }
 
 fn problem_fallback(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
@@ -62,4 +87,21 @@ fn problem_fallback(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
         }
     }
     ServiceResponse::new(req, new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label_and_long_paths_are_cut() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("FOOBAR"), "OTHER");
+        assert_eq!(method_label("get"), "OTHER");
+        let long = "é".repeat(300);
+        let cut = truncate(&long, MAX_LOGGED_PATH);
+        assert!(cut.len() <= MAX_LOGGED_PATH + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate("/api/orders", MAX_LOGGED_PATH), "/api/orders");
+    }
 }

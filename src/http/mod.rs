@@ -1,9 +1,12 @@
-//! What every HTTP role shares: problem+json errors, JWT authentication and the request
-//! middleware (span, metrics, problem fallback). Only this module knows problem+json.
+//! What every HTTP role shares: problem+json errors, JWT authentication, the request
+//! middleware (span, metrics, problem fallback), and the server with its WebSocket upgrades.
+//! Only this module knows problem+json.
 
 pub mod auth;
 pub mod middleware;
 pub mod problem;
+pub mod server;
+pub mod upgrade;
 
 pub use auth::{Authenticator, Caller};
 pub use problem::ApiError;

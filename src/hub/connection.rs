@@ -1,16 +1,19 @@
 //! One hub connection as the rest of the server sees it: its id, user, protocol and the
-//! bounded queue its writer drains. Fan-out never waits on it: a full queue closes that
-//! (slow) connection and nobody else notices.
+//! bounded outbox its socket loop drains. Fan-out never waits on it: a full outbox closes that
+//! (slow) connection and nobody else notices. The outbox allocates only while it holds
+//! something, because almost every connection is idle almost all the time.
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
+};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::{metrics_names as m, protocol::Protocol};
 
-/// Why and how a connection is being closed: the Close record the writer sends last.
+/// Why and how a connection is being closed: the Close record the socket loop sends last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
     pub error: Option<String>,
@@ -28,15 +31,36 @@ struct Inner {
     id: Arc<str>,
     user_id: Arc<str>,
     protocol: Protocol,
-    tx: mpsc::Sender<Bytes>,
-    /// Cancelled when the connection must end; the writer then sends `close` and closes the socket.
-    abort: CancellationToken,
-    close: OnceLock<CloseRequest>,
+    /// Pushes queued before the connection counts as too slow.
+    capacity: u32,
+    outbox: Mutex<Outbox>,
+}
+
+/// What waits to be written, and the socket loop's waker (one lock for both, so a push never
+/// misses a loop that is just going to sleep).
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Bytes>,
+    /// Replies to this connection's own invocations, not counted against `capacity`: the loop
+    /// reads no more input while it has unwritten bytes, so they are bounded by what one
+    /// invocation answers.
+    replies: u32,
+    close: Option<CloseRequest>,
+    waker: Option<Waker>,
+}
+
+/// What the socket loop finds when it looks at the outbox.
+pub enum Outgoing {
+    /// Bytes to write, in order; more may follow.
+    Bytes(Vec<Bytes>),
+    /// The connection must end: what was queued before the request, then the Close record.
+    Close(Vec<Bytes>, CloseRequest),
 }
 
 impl ConnectionHandle {
-    pub fn new(id: Arc<str>, user_id: Arc<str>, protocol: Protocol, tx: mpsc::Sender<Bytes>) -> Self {
-        Self { inner: Arc::new(Inner { id, user_id, protocol, tx, abort: CancellationToken::new(), close: OnceLock::new() }) }
+    pub fn new(id: Arc<str>, user_id: Arc<str>, protocol: Protocol, capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, u32::MAX as usize) as u32;
+        Self { inner: Arc::new(Inner { id, user_id, protocol, capacity, outbox: Mutex::new(Outbox::default()) }) }
     }
 
     pub fn id(&self) -> &Arc<str> {
@@ -51,48 +75,162 @@ impl ConnectionHandle {
         self.inner.protocol
     }
 
-    pub fn abort_token(&self) -> &CancellationToken {
-        &self.inner.abort
+    /// Whether two handles are the same connection (ids can repeat: a token reused).
+    pub fn same(&self, other: &ConnectionHandle) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
-    pub fn close_request(&self) -> Option<&CloseRequest> {
-        self.inner.close.get()
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        // A panic while holding this lock cannot leave the queue inconsistent: keep going.
+        self.inner.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues framed bytes without waiting. A full queue means the client stopped reading:
     /// the connection is closed (the client may reconnect and replay what it missed).
     pub fn try_send(&self, bytes: Bytes) -> bool {
-        match self.inner.tx.try_send(bytes) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!(m::QUEUE_FULL_CLOSES).increment(1);
-                self.close(CloseRequest {
-                    error: Some("Connection closed with an error.".into()),
-                    allow_reconnect: true,
-                    reason: "queue-full",
-                });
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return false;
         }
+        if outbox.queue.len() as u32 - outbox.replies.min(outbox.queue.len() as u32) >= self.inner.capacity {
+            drop(outbox);
+            metrics::counter!(m::QUEUE_FULL_CLOSES).increment(1);
+            self.close(CloseRequest {
+                error: Some("Connection closed with an error.".into()),
+                allow_reconnect: true,
+                reason: "queue-full",
+            });
+            return false;
+        }
+        outbox.queue.push_back(bytes);
+        wake(&mut outbox);
+        true
     }
 
-    /// Queues bytes for this connection's own replies, waiting for room (the caller is this
-    /// connection's reader, so waiting slows only this connection down).
-    pub async fn send(&self, bytes: Bytes) -> bool {
-        tokio::select! {
-            res = self.inner.tx.send(bytes) => res.is_ok(),
-            () = self.inner.abort.cancelled() => false,
+    /// Queues a reply to this connection's own invocation (a completion, a replayed
+    /// notification). Never waits and never counts as slowness; `false` once closing.
+    pub fn send_reply(&self, bytes: Bytes) -> bool {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return false;
         }
+        outbox.queue.push_back(bytes);
+        outbox.replies += 1;
+        wake(&mut outbox);
+        true
     }
 
-    /// Asks the writer to send a Close record and end the connection. The first request wins.
+    /// Asks the socket loop to send a Close record and end the connection. The first request wins.
     pub fn close(&self, request: CloseRequest) {
-        let _ = self.inner.close.set(request);
-        self.inner.abort.cancel();
+        let mut outbox = self.outbox();
+        if outbox.close.is_none() {
+            outbox.close = Some(request);
+            wake(&mut outbox);
+        }
     }
 
     pub fn is_closed(&self) -> bool {
-        self.inner.abort.is_cancelled()
+        self.outbox().close.is_some()
+    }
+
+    pub fn close_request(&self) -> Option<CloseRequest> {
+        self.outbox().close.clone()
+    }
+
+    /// For the socket loop while its socket is blocked: the close request, or a wake-up when one comes.
+    pub fn poll_close_request(&self, cx: &mut Context<'_>) -> Poll<CloseRequest> {
+        let mut outbox = self.outbox();
+        if let Some(close) = &outbox.close {
+            return Poll::Ready(close.clone());
+        }
+        if !outbox.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            outbox.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// For the socket loop: takes what is queued, or registers to be woken when something is.
+    pub fn poll_outgoing(&self, cx: &mut Context<'_>) -> Poll<Outgoing> {
+        let mut outbox = self.outbox();
+        let queued: Vec<Bytes> = outbox.queue.drain(..).collect();
+        outbox.replies = 0;
+        if outbox.queue.capacity() > 64 {
+            // A burst is over: give its memory back.
+            outbox.queue = VecDeque::new();
+        }
+        if let Some(close) = &outbox.close {
+            return Poll::Ready(Outgoing::Close(queued, close.clone()));
+        }
+        if !queued.is_empty() {
+            return Poll::Ready(Outgoing::Bytes(queued));
+        }
+        if !outbox.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            outbox.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+fn wake(outbox: &mut Outbox) {
+    if let Some(waker) = outbox.waker.take() {
+        waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    fn conn(capacity: usize) -> ConnectionHandle {
+        ConnectionHandle::new("c".into(), "u".into(), Protocol::Json, capacity)
+    }
+
+    fn poll(c: &ConnectionHandle) -> Poll<Outgoing> {
+        c.poll_outgoing(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn an_idle_outbox_holds_no_memory_and_a_push_wakes_the_loop() {
+        let c = conn(4);
+        assert!(matches!(poll(&c), Poll::Pending));
+        assert_eq!(c.inner.outbox.lock().unwrap().queue.capacity(), 0);
+        assert!(c.try_send(Bytes::from_static(b"a")));
+        assert!(c.try_send(Bytes::from_static(b"b")));
+        match poll(&c) {
+            Poll::Ready(Outgoing::Bytes(b)) => assert_eq!(b, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]),
+            _ => panic!("expected bytes"),
+        }
+        assert!(matches!(poll(&c), Poll::Pending));
+    }
+
+    #[test]
+    fn a_full_outbox_closes_the_connection_but_replies_do_not_count() {
+        let c = conn(2);
+        for _ in 0..10 {
+            assert!(c.send_reply(Bytes::from_static(b"r")));
+        }
+        assert!(c.try_send(Bytes::from_static(b"1")));
+        assert!(c.try_send(Bytes::from_static(b"2")));
+        assert!(!c.is_closed());
+        assert!(!c.try_send(Bytes::from_static(b"3")), "the third push exceeds the bound");
+        assert_eq!(c.close_request().map(|r| r.reason), Some("queue-full"));
+        match poll(&c) {
+            Poll::Ready(Outgoing::Close(queued, req)) => {
+                assert_eq!(queued.len(), 12, "what was queued before the close is still written");
+                assert!(req.allow_reconnect);
+            }
+            _ => panic!("expected close"),
+        }
+        assert!(!c.send_reply(Bytes::from_static(b"late")));
+    }
+
+    #[test]
+    fn the_first_close_request_wins() {
+        let c = conn(2);
+        c.close(CloseRequest { error: None, allow_reconnect: true, reason: "first" });
+        c.close(CloseRequest { error: None, allow_reconnect: false, reason: "second" });
+        assert_eq!(c.close_request().map(|r| r.reason), Some("first"));
     }
 }

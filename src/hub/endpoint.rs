@@ -1,15 +1,25 @@
 //! The HTTP side of a hub: the WebSocket upgrade at the hub path (authenticated before the
-//! upgrade; no subprotocol in the 101) and `POST {path}/negotiate`. A draining process refuses
-//! both with 503, so a load balancer that has not noticed yet sends the client elsewhere.
+//! upgrade; no subprotocol in the 101; served beside actix-web so the hub owns the socket) and
+//! `POST {path}/negotiate`. A draining process refuses both with 503, so a load balancer that
+//! has not noticed yet sends the client elsewhere.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use actix_http::Request;
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::{StatusCode, header::HeaderMap},
+    web,
+};
 use serde_json::json;
 
 use super::{HubContext, metrics_names as m, negotiate::TokenSigner, session};
 use crate::{
-    http::{Authenticator, Caller, problem::Problem},
+    http::{
+        Authenticator, Caller, middleware,
+        problem::Problem,
+        upgrade::{self, Framed, UpgradeFn},
+    },
     shutdown::Shutdown,
 };
 
@@ -20,64 +30,97 @@ pub struct HubEndpoint {
     pub signer: TokenSigner,
 }
 
-/// Routes for a hub at `path` (e.g. `/hubs/order-status`).
+/// Routes for a hub at `path` (e.g. `/hubs/order-status`) other than the upgrade itself,
+/// which `upgrade_handler` serves: negotiate, and a problem for a GET that is no upgrade.
 pub fn configure(cfg: &mut web::ServiceConfig, path: &str, endpoint: web::Data<HubEndpoint>) {
-    cfg.service(web::resource(path).app_data(endpoint.clone()).route(web::get().to(upgrade)).default_service(web::to(|| async {
+    cfg.service(web::resource(path).app_data(endpoint.clone()).route(web::get().to(not_an_upgrade)).default_service(web::to(|| async {
         Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this resource").response()
     })))
     .service(web::resource(format!("{path}/negotiate")).app_data(endpoint).route(web::post().to(negotiate)));
 }
 
 /// The caller, or the 401 problem (its detail) to answer with.
-fn authenticate(req: &HttpRequest, auth: &Authenticator) -> Result<Caller, String> {
-    let token = Authenticator::token_from_request(req).ok_or_else(|| "missing bearer token".to_owned())?;
+fn authenticate(headers: &HeaderMap, query: &str, auth: &Authenticator) -> Result<Caller, String> {
+    let token = Authenticator::token_from_parts(headers, query).ok_or_else(|| "missing bearer token".to_owned())?;
     auth.authenticate(&token).map_err(|e| e.to_string())
 }
 
-fn unauthorized(why: &str) -> HttpResponse {
-    Problem::new(StatusCode::UNAUTHORIZED, why).response()
+fn unauthorized(why: &str) -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED, why)
 }
 
-fn draining() -> HttpResponse {
-    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "this server is draining, connect to another one").response()
+fn draining() -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "this server is draining, connect to another one")
 }
 
-async fn upgrade(req: HttpRequest, body: web::Payload, ep: web::Data<HubEndpoint>) -> Result<HttpResponse, actix_web::Error> {
+/// Whether a connection may open: (connection id, user id), or the answer that refuses it.
+fn admit(ep: &HubEndpoint, headers: &HeaderMap, query: &str) -> Result<(String, Caller), Problem> {
     if ep.shutdown.is_draining() {
-        return Ok(draining());
+        return Err(draining());
     }
-    let caller = match authenticate(&req, &ep.auth) {
-        Ok(c) => c,
-        Err(why) => {
-            metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
-            return Ok(unauthorized(&why));
-        }
-    };
-    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).map(|q| q.into_inner()).unwrap_or_default();
+    let caller = authenticate(headers, query, &ep.auth).map_err(|why| {
+        metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
+        unauthorized(&why)
+    })?;
+    let query = web::Query::<HashMap<String, String>>::from_query(query).map(|q| q.into_inner()).unwrap_or_default();
     let connection_id = match query.get("id") {
         // Negotiated: any process can verify the token; a bad or stale one is unknown here, as in ASP.NET.
-        Some(token) => match ep.signer.verify(token, caller.user_id.as_str()) {
-            Some(id) => id,
-            None => return Ok(Problem::new(StatusCode::NOT_FOUND, "No Connection with that ID").response()),
-        },
+        Some(token) => ep
+            .signer
+            .verify(token, caller.user_id.as_str())
+            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "No Connection with that ID"))?,
         None => super::negotiate::new_connection_id(),
     };
-    let (res, ws, stream) = actix_ws::handle(&req, body)?;
-    let max = ep.ctx.settings.max_message_size;
-    // Frames may exceed the message limit (several records per frame); the parser enforces the
-    // per-message limit and answers with a Close instead of a dropped socket.
-    let stream = stream.max_frame_size(max * 4 + 64 * 1024).aggregate_continuations().max_continuation_size(max * 4 + 64 * 1024);
-    actix_web::rt::spawn(session::run(ep.ctx.clone(), connection_id.into(), caller.user_id.as_str().into(), ws, stream));
-    Ok(res)
+    Ok((connection_id, caller))
+}
+
+async fn not_an_upgrade(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse {
+    match admit(&ep, req.headers(), req.query_string()) {
+        Err(problem) => problem.response(),
+        Ok(_) => Problem::new(StatusCode::BAD_REQUEST, "a websocket upgrade is expected here").response(),
+    }
+}
+
+/// The WebSocket upgrade at the hub path: admitted (draining, token, negotiate id) before the
+/// 101, then the connection runs on the socket itself (`session`).
+pub fn upgrade_handler(ep: Arc<HubEndpoint>) -> UpgradeFn {
+    Arc::new(move |req, framed| Box::pin(upgrade(ep.clone(), req, framed)))
+}
+
+async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) {
+    let started = Instant::now();
+    let head = req.head();
+    let answer =
+        admit(&ep, &head.headers, req.uri().query().unwrap_or_default()).and_then(|admitted| match actix_http::ws::handshake(head) {
+            Ok(mut switching) => Ok((admitted, switching.finish().drop_body())),
+            Err(err) => Err(Problem::new(StatusCode::BAD_REQUEST, format!("invalid websocket upgrade: {err}"))),
+        });
+    let status = match &answer {
+        Ok(_) => StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+        Err(problem) => problem.status,
+    };
+    middleware::record(req.method().as_str(), req.path(), req.path(), status, started.elapsed());
+    let ((id, caller), switching) = match answer {
+        Ok(ok) => ok,
+        Err(problem) => {
+            let _ = upgrade::respond(&mut framed, problem.response()).await;
+            return;
+        }
+    };
+    if upgrade::switch(&mut framed, switching).await.is_err() {
+        return;
+    }
+    let parts = framed.into_parts();
+    session::run(ep.ctx.clone(), id.into(), caller.user_id.as_str().into(), parts.io, parts.read_buf).await;
 }
 
 async fn negotiate(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse {
     if ep.shutdown.is_draining() {
-        return draining();
+        return draining().response();
     }
-    let caller = match authenticate(&req, &ep.auth) {
+    let caller = match authenticate(req.headers(), req.query_string(), &ep.auth) {
         Ok(c) => c,
-        Err(why) => return unauthorized(&why),
+        Err(why) => return unauthorized(&why).response(),
     };
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).map(|q| q.into_inner()).unwrap_or_default();
     let requested = query.iter().find(|(k, _)| k.eq_ignore_ascii_case("negotiateVersion")).map(|(_, v)| v.as_str());

@@ -1,7 +1,7 @@
 //! The lifetime manager: the local registry of connections (by id and by user) and fan-out
 //! through the `Backplane`. A user's channel is subscribed on their first local connection and
-//! unsubscribed after the last, under one lock so interleaved connects and disconnects cannot
-//! race. Every user send goes through the backplane, local targets included (no sticky
+//! unsubscribed after the last; the requests are queued in registry order under a short,
+//! in-memory lock, so interleaved connects and disconnects cannot race and none waits on Redis. Every user send goes through the backplane, local targets included (no sticky
 //! sessions, so no short-cut): a process receives its own publishes.
 
 use std::{
@@ -26,22 +26,26 @@ pub const RESUME_NEEDED: &str = "ResumeNeeded";
 pub struct HubLifetime {
     channels: Channels,
     backplane: Arc<dyn Backplane>,
-    /// Serialises registry changes with their SUBSCRIBE / UNSUBSCRIBE calls.
-    changes: tokio::sync::Mutex<()>,
-    users: RwLock<HashMap<Arc<str>, Vec<ConnectionHandle>>>,
-    connections: RwLock<HashMap<Arc<str>, ConnectionHandle>>,
+    /// Connections by id and by user. Held only for in-memory work: SUBSCRIBE and
+    /// UNSUBSCRIBE are queued to the backplane under it (so they reach Redis in the order of
+    /// the registry's changes) but never awaited under it.
+    registry: RwLock<Registry>,
 }
+
+#[derive(Default)]
+struct Registry {
+    users: HashMap<Arc<str>, Vec<ConnectionHandle>>,
+    connections: HashMap<Arc<str>, ConnectionHandle>,
+}
+
+/// How long a new connection waits for its user's subscription to be confirmed before it is
+/// served anyway (the backplane subscribes when Redis is back, and announces the gap).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
 impl HubLifetime {
     /// Builds the manager and starts the task that delivers inbound backplane messages.
     pub fn start(channels: Channels, backplane: Arc<dyn Backplane>) -> Arc<Self> {
-        let lifetime = Arc::new(Self {
-            channels,
-            backplane: backplane.clone(),
-            changes: tokio::sync::Mutex::new(()),
-            users: RwLock::new(HashMap::new()),
-            connections: RwLock::new(HashMap::new()),
-        });
+        let lifetime = Arc::new(Self { channels, backplane: backplane.clone(), registry: RwLock::new(Registry::default()) });
         if let Some(mut gaps) = backplane.reconnections() {
             let weak = Arc::downgrade(&lifetime);
             tokio::spawn(async move {
@@ -71,48 +75,64 @@ impl HubLifetime {
         &self.backplane
     }
 
-    /// Registers a connection; subscribes the user's channel when it is their first here.
-    pub async fn add(&self, conn: ConnectionHandle) -> Result<(), BackplaneError> {
-        let _guard = self.changes.lock().await;
-        let first = {
-            let mut users = self.users.write().expect("lock");
-            let list = users.entry(conn.user_id().clone()).or_default();
-            list.push(conn.clone());
-            list.len() == 1
-        };
-        self.connections.write().expect("lock").insert(conn.id().clone(), conn.clone());
-        metrics::gauge!(m::CONNECTIONS, "protocol" => conn.protocol().name()).increment(1.0);
-        if first {
-            self.backplane.subscribe(&self.channels.user(conn.user_id())).await?;
-        }
-        Ok(())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Unregisters a connection; unsubscribes the user's channel after their last one here.
-    pub async fn remove(&self, conn: &ConnectionHandle) {
-        let _guard = self.changes.lock().await;
-        if self.connections.write().expect("lock").remove(conn.id()).is_none() {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection; subscribes the user's channel when it is their first here and
+    /// waits (bounded, holding no lock) until Redis confirms. A connection whose id is already
+    /// registered (one negotiate token used by two sockets) replaces the older one, which is closed.
+    pub async fn add(&self, conn: &ConnectionHandle) {
+        let (confirm, replaced) = {
+            let mut registry = self.write();
+            let replaced = registry.connections.insert(conn.id().clone(), conn.clone());
+            if let Some(old) = &replaced {
+                detach(&mut registry, old);
+            }
+            let list = registry.users.entry(conn.user_id().clone()).or_default();
+            list.push(conn.clone());
+            let confirm = (list.len() == 1).then(|| self.backplane.subscribe(&self.channels.user(conn.user_id())));
+            if let Some(old) = &replaced
+                && !registry.users.contains_key(old.user_id())
+            {
+                self.backplane.unsubscribe(&self.channels.user(old.user_id()));
+            }
+            (confirm, replaced)
+        };
+        metrics::gauge!(m::CONNECTIONS, "protocol" => conn.protocol().name()).increment(1.0);
+        if let Some(old) = replaced {
+            metrics::gauge!(m::CONNECTIONS, "protocol" => old.protocol().name()).decrement(1.0);
+            old.close(CloseRequest {
+                error: Some("Connection replaced by a newer one with the same connection token.".into()),
+                allow_reconnect: false,
+                reason: "replaced",
+            });
+        }
+        if let Some(confirm) = confirm
+            && !matches!(tokio::time::timeout(SUBSCRIBE_WAIT, confirm).await, Ok(Ok(())))
+        {
+            tracing::warn!("subscription not confirmed yet, delivery resumes when the backplane is back");
+        }
+    }
+
+    /// Unregisters exactly this connection (not another one that reused its id); unsubscribes
+    /// the user's channel after their last one here.
+    pub fn remove(&self, conn: &ConnectionHandle) {
+        let mut registry = self.write();
+        if !registry.connections.get(conn.id()).is_some_and(|c| c.same(conn)) {
             return;
         }
-        metrics::gauge!(m::CONNECTIONS, "protocol" => conn.protocol().name()).decrement(1.0);
-        let last = {
-            let mut users = self.users.write().expect("lock");
-            match users.get_mut(conn.user_id()) {
-                Some(list) => {
-                    list.retain(|c| c.id() != conn.id());
-                    if list.is_empty() {
-                        users.remove(conn.user_id());
-                        true
-                    } else {
-                        false
-                    }
-                }
-                None => false,
-            }
-        };
-        if last && let Err(err) = self.backplane.unsubscribe(&self.channels.user(conn.user_id())).await {
-            tracing::warn!(error = %err, "unsubscribe failed");
+        registry.connections.remove(conn.id());
+        detach(&mut registry, conn);
+        if !registry.users.contains_key(conn.user_id()) {
+            self.backplane.unsubscribe(&self.channels.user(conn.user_id()));
         }
+        drop(registry);
+        metrics::gauge!(m::CONNECTIONS, "protocol" => conn.protocol().name()).decrement(1.0);
     }
 
     /// Sends `target(arguments)` to every connection of `user_id`, on every process.
@@ -139,7 +159,7 @@ impl HubLifetime {
             if envelope.excluded.iter().any(|id| id.as_str() == &**conn.id()) {
                 return;
             }
-            match envelope.payload(conn.protocol()) {
+            match envelope.payload(conn.protocol().name()) {
                 Some(bytes) => {
                     if conn.try_send(bytes.clone()) {
                         metrics::counter!(m::MESSAGES_OUT).increment(1);
@@ -150,14 +170,13 @@ impl HubLifetime {
         };
         match target {
             Target::User(user) => {
-                let users = self.users.read().expect("lock");
-                if let Some(list) = users.get(user) {
+                if let Some(list) = self.read().users.get(user) {
                     list.iter().for_each(write);
                 }
             }
-            Target::All => self.connections.read().expect("lock").values().for_each(write),
+            Target::All => self.read().connections.values().for_each(write),
             Target::Connection(id) => {
-                if let Some(conn) = self.connections.read().expect("lock").get(id) {
+                if let Some(conn) = self.read().connections.get(id) {
                     write(conn);
                 }
             }
@@ -180,12 +199,12 @@ impl HubLifetime {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.connections.read().expect("lock").len()
+        self.read().connections.len()
     }
 
     /// Every local connection.
     pub fn snapshot(&self) -> Vec<ConnectionHandle> {
-        self.connections.read().expect("lock").values().cloned().collect()
+        self.read().connections.values().cloned().collect()
     }
 
     /// Closes every local connection with the Close ASP.NET sends when it shuts down
@@ -220,6 +239,16 @@ pub fn envelope(msg: &HubMessage) -> Envelope {
     Envelope {
         excluded: Vec::new(),
         payloads: Protocol::ALL.iter().map(|p| (p.name().to_owned(), p.encode_to_bytes(msg))).collect::<Vec<(String, Bytes)>>(),
+    }
+}
+
+/// Takes `conn` off its user's list, and the user off the registry after their last connection.
+fn detach(registry: &mut Registry, conn: &ConnectionHandle) {
+    if let Some(list) = registry.users.get_mut(conn.user_id()) {
+        list.retain(|c| !c.same(conn));
+        if list.is_empty() {
+            registry.users.remove(conn.user_id());
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! A generic ASP.NET Core SignalR-compatible hub server. Layers, each knowing only the one
-//! below: `protocol` (bytes <-> messages), `session` (one WebSocket: handshake, keep-alive,
-//! dispatch), `lifetime` (the local registry and fan-out through the `Backplane` seam), and the
+//! below: `protocol` (bytes <-> messages), `socket` (WebSocket frames on the upgraded TCP
+//! stream), `session` (one connection's loop: handshake, keep-alive, dispatch), `lifetime` (the local registry and fan-out through the `Backplane` seam), and the
 //! application's `Hub` (its methods). Nothing here knows about orders.
 
 pub mod connection;
@@ -9,6 +9,7 @@ pub mod lifetime;
 pub mod negotiate;
 pub mod protocol;
 pub mod session;
+pub mod socket;
 
 use std::{sync::Arc, time::Duration};
 

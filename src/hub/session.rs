@@ -1,92 +1,298 @@
-//! One WebSocket connection, start to end: handshake (with its timeout; nothing is written
-//! before the reply), registration with the lifetime manager, then the read loop (records may
-//! be split across or packed into frames) and a writer task that owns the socket, batches
-//! queued records into one frame, and sends a Ping after `keep_alive` of silence.
+//! One hub connection, start to end, as one loop on the worker that accepted its socket:
+//! handshake (with its timeout; nothing is written before the reply), registration, then
+//! reading records (split across or packed into frames), running invocations one at a time,
+//! writing what the outbox holds, Pings after `keep_alive` of silence and the Close at the end.
 
-use std::{sync::Arc, time::Duration};
-
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
-use bytes::{Bytes, BytesMut};
-use tokio::{sync::mpsc, time::Instant};
-
-use super::{
-    Caller, CloseRequest, ConnectionHandle, HubContext, HubError, metrics_names as m,
-    protocol::{Completion, HANDSHAKE_OK, HandshakeError, HubMessage, Protocol, ProtocolError, parse_handshake},
+use std::{
+    future::{Future, poll_fn},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
 };
 
-/// Largest batch the writer puts in one WebSocket message.
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    net::TcpStream,
+    time::{Instant, Sleep},
+};
+
+use super::{
+    Caller, CloseRequest, ConnectionHandle, HubContext, HubError,
+    connection::Outgoing,
+    metrics_names as m,
+    protocol::{Completion, HANDSHAKE_OK, HandshakeError, HubMessage, Protocol, ProtocolError, parse_handshake},
+    socket::{Read, WsSocket},
+};
+
+/// Largest batch of queued records put in one WebSocket message.
 const MAX_BATCH: usize = 64 * 1024;
-/// How long a write may still take once the connection is being closed. A client that stopped
-/// reading blocks writes forever; after this the socket is dropped instead.
+/// How long the last writes may take once the connection is being closed. A client that
+/// stopped reading blocks writes forever; after this the socket is dropped instead.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+type Invocation = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn disconnect(reason: &'static str) {
     metrics::counter!(m::DISCONNECTS, "reason" => reason).increment(1);
 }
 
-/// Runs the connection until it ends. Spawned on the actix worker that accepted the socket.
-pub async fn run(ctx: Arc<HubContext>, id: Arc<str>, user_id: Arc<str>, mut session: Session, mut stream: AggregatedMessageStream) {
-    let mut buf = BytesMut::new();
-    let protocol = match handshake(&ctx, &mut session, &mut stream, &mut buf).await {
+/// Runs the connection until it ends. `leftover`: bytes read past the upgrade request.
+pub async fn run(ctx: Arc<HubContext>, id: Arc<str>, user_id: Arc<str>, io: TcpStream, leftover: BytesMut) {
+    let max = ctx.settings.max_message_size;
+    // Frames may exceed the message limit (several records per frame); the record parser
+    // enforces the per-message limit and answers with a Close instead of a dropped socket.
+    let mut ws = WsSocket::new(io, leftover, max * 4 + 64 * 1024);
+    let timer = tokio::time::sleep(ctx.settings.handshake_timeout);
+    tokio::pin!(timer);
+    let mut records = BytesMut::new();
+    let protocol = match handshake(&mut ws, &mut records, timer.as_mut(), max).await {
         Ok(p) => p,
         Err(err) => {
             metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
             if let Some(err) = err {
-                let _ = session.text(String::from_utf8(err.record()).expect("utf-8")).await;
+                let _ = ws.write_data(&err.record(), false);
             }
-            let _ = session.close(Some(CloseReason { code: CloseCode::Normal, description: None })).await;
+            let _ = ws.write_close();
+            let _ = tokio::time::timeout(CLOSE_GRACE, poll_fn(|cx| ws.poll_flush(cx))).await;
             return;
         }
     };
     // The reply goes out before the connection is registered, so no push can precede it.
-    let reply = if protocol.is_binary() { session.binary(Bytes::from_static(HANDSHAKE_OK)).await } else { session.text("{}\u{1e}").await };
-    if reply.is_err() {
+    if ws.write_data(HANDSHAKE_OK, protocol.is_binary()).is_err() {
         return;
     }
-    let (tx, rx) = mpsc::channel(ctx.settings.send_queue);
-    let conn = ConnectionHandle::new(id, user_id, protocol, tx);
-    if let Err(err) = ctx.lifetime.add(conn.clone()).await {
-        // Registered locally; the backplane re-subscribes when it is back.
-        tracing::warn!(error = %err, "subscription failed, delivery resumes when the backplane is back");
-    }
+    let conn = ConnectionHandle::new(id, user_id, protocol, ctx.settings.send_queue);
+    ctx.lifetime.add(&conn).await;
     metrics::counter!(m::CONNECTS, "protocol" => protocol.name()).increment(1);
-    let writer = tokio::task::spawn_local(write_loop(session, rx, conn.clone(), ctx.settings.keep_alive));
-    let reason = read_loop(&ctx, &conn, &mut stream, buf).await;
-    if let Some(request) = reason {
-        conn.close(request);
+    let now = Instant::now();
+    let mut live =
+        Live { ctx: &ctx, conn: conn.clone(), ws, records, invocation: None, armed: false, rearm: false, last_read: now, last_write: now };
+    timer.as_mut().reset(now + ctx.settings.keep_alive);
+    let end = poll_fn(|cx| live.poll(cx, timer.as_mut())).await;
+    let (queued, request) = match end {
+        End::Gone => (Vec::new(), None),
+        End::Close(queued, request) => (queued, Some(request)),
+    };
+    if let Some(request) = &request {
+        // Everyone else learns of it through the handle (the drain waits for it).
+        conn.close(request.clone());
     }
-    ctx.lifetime.remove(&conn).await;
-    conn.abort_token().cancel();
-    let _ = writer.await;
-    disconnect(conn.close_request().map(|r| r.reason).unwrap_or("client-closed"));
+    ctx.lifetime.remove(&conn);
+    live.finish(queued, request.as_ref()).await;
+    disconnect(request.map(|r| r.reason).unwrap_or("client-closed"));
 }
 
-/// Reads the handshake request; `Err(Some(_))` carries the error record to send.
+/// Reads the handshake request; `Err(Some(_))` carries the error record to send. Records the
+/// client sent right behind it stay in `records`.
 async fn handshake(
-    ctx: &HubContext,
-    session: &mut Session,
-    stream: &mut AggregatedMessageStream,
-    buf: &mut BytesMut,
+    ws: &mut WsSocket,
+    records: &mut BytesMut,
+    mut timer: Pin<&mut Sleep>,
+    max: usize,
 ) -> Result<Protocol, Option<HandshakeError>> {
-    let deadline = Instant::now() + ctx.settings.handshake_timeout;
     loop {
-        if let Some(req) = parse_handshake(buf, ctx.settings.max_message_size)? {
+        if let Some(req) = parse_handshake(records, max)? {
             return Ok(req.protocol);
         }
-        let msg = match tokio::time::timeout_at(deadline, stream.recv()).await {
-            Err(_) => return Err(Some(HandshakeError::Canceled)),
-            Ok(None) | Ok(Some(Err(_))) => return Err(None),
-            Ok(Some(Ok(msg))) => msg,
-        };
-        match msg {
-            AggregatedMessage::Text(text) => buf.extend_from_slice(text.as_bytes()),
-            AggregatedMessage::Binary(bytes) => buf.extend_from_slice(&bytes),
-            AggregatedMessage::Ping(p) => {
-                let _ = session.pong(&p).await;
+        let read = poll_fn(|cx| match ws.poll_read(cx, records) {
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(Some(HandshakeError::Canceled))),
+            Poll::Ready(Ok(Read::Frames)) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(Read::Closed) | Err(_)) => Poll::Ready(Err(None)),
+        });
+        read.await?;
+    }
+}
+
+/// How the loop ended: the client left, or the server closes (what was still queued, and why).
+enum End {
+    Gone,
+    Close(Vec<Bytes>, CloseRequest),
+}
+
+struct Live<'a> {
+    ctx: &'a Arc<HubContext>,
+    conn: ConnectionHandle,
+    ws: WsSocket,
+    /// Hub records received and not parsed yet (a partial record, or those behind an
+    /// invocation in flight); empty and unallocated when idle.
+    records: BytesMut,
+    invocation: Option<Invocation>,
+    /// The client timeout runs once the client has sent its first Ping.
+    armed: bool,
+    /// The timer must be moved earlier: the client timeout was just armed.
+    rearm: bool,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+impl Live<'_> {
+    /// One turn of the loop: writes first, then the invocation in flight, then input (only
+    /// when nothing waits to be written, so a client that does not read cannot make the
+    /// server buffer its answers), then the timer.
+    fn poll(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
+        loop {
+            if self.ws.has_pending() {
+                match self.ws.poll_flush(cx) {
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                    Poll::Ready(Ok(())) => self.last_write = Instant::now(),
+                    Poll::Pending => {
+                        // Still learn of a close request (a drain, a full outbox) while blocked.
+                        if let Poll::Ready(request) = self.conn.poll_close_request(cx) {
+                            return Poll::Ready(End::Close(Vec::new(), request));
+                        }
+                    }
+                }
             }
-            AggregatedMessage::Pong(_) => {}
-            AggregatedMessage::Close(_) => return Err(None),
+            if !self.ws.has_pending() {
+                match self.conn.poll_outgoing(cx) {
+                    Poll::Ready(Outgoing::Close(queued, request)) => return Poll::Ready(End::Close(queued, request)),
+                    Poll::Ready(Outgoing::Bytes(queued)) => {
+                        if self.write_batches(&queued).is_err() {
+                            return Poll::Ready(End::Gone);
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(invocation) = &mut self.invocation {
+                if invocation.as_mut().poll(cx).is_pending() {
+                    return self.poll_timer(cx, timer.as_mut());
+                }
+                self.invocation = None;
+                continue;
+            }
+            if self.ws.has_pending() {
+                return self.poll_timer(cx, timer.as_mut());
+            }
+            if let Some(end) = self.parse_records() {
+                return Poll::Ready(end);
+            }
+            if self.invocation.is_some() {
+                continue;
+            }
+            match self.ws.poll_read(cx, &mut self.records) {
+                Poll::Ready(Ok(Read::Frames)) => {
+                    self.last_read = Instant::now();
+                    continue;
+                }
+                Poll::Ready(Ok(Read::Closed) | Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Pending => return self.poll_timer(cx, timer.as_mut()),
+            }
         }
+    }
+
+    /// The one timer of the connection. It is not moved on every read and write: when it
+    /// fires, it checks what is really due and sleeps again until the next deadline.
+    fn poll_timer(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
+        if std::mem::take(&mut self.rearm) && self.next_deadline() < timer.deadline() {
+            timer.as_mut().reset(self.next_deadline());
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let settings = &self.ctx.settings;
+            if self.armed && now >= self.last_read + settings.client_timeout {
+                let request = CloseRequest {
+                    error: Some("Connection closed with an error.".into()),
+                    allow_reconnect: true,
+                    reason: "client-timeout",
+                };
+                return Poll::Ready(End::Close(Vec::new(), request));
+            }
+            if now >= self.last_write + settings.keep_alive && !self.ws.has_pending() {
+                let ping = self.conn.protocol().encode_to_bytes(&HubMessage::Ping);
+                if self.ws.write_data(&ping, self.conn.protocol().is_binary()).is_err() {
+                    return Poll::Ready(End::Gone);
+                }
+                self.last_write = now;
+            }
+            timer.as_mut().reset(self.next_deadline());
+        }
+        Poll::Pending
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let settings = &self.ctx.settings;
+        let ping = self.last_write + settings.keep_alive;
+        if self.armed { ping.min(self.last_read + settings.client_timeout) } else { ping }
+    }
+
+    /// Writes queued records, batched into messages of up to `MAX_BATCH` that end on a record boundary.
+    fn write_batches(&mut self, queued: &[Bytes]) -> std::io::Result<()> {
+        let binary = self.conn.protocol().is_binary();
+        let mut rest = queued;
+        while let Some(first) = rest.first() {
+            let mut take = 1;
+            let mut len = first.len();
+            while take < rest.len() && len + rest[take].len() <= MAX_BATCH {
+                len += rest[take].len();
+                take += 1;
+            }
+            if take == 1 {
+                self.ws.write_data(first, binary)?;
+            } else {
+                let mut batch = BytesMut::with_capacity(len);
+                rest[..take].iter().for_each(|b| batch.extend_from_slice(b));
+                self.ws.write_data(&batch, binary)?;
+            }
+            rest = &rest[take..];
+        }
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Handles the complete records received, stopping at an invocation (it runs before the
+    /// records behind it). `Some`: the connection ends.
+    fn parse_records(&mut self) -> Option<End> {
+        let protocol = self.conn.protocol();
+        let max = self.ctx.settings.max_message_size;
+        while self.invocation.is_none() {
+            match protocol.parse(&mut self.records, max) {
+                Ok(Some(msg)) => {
+                    metrics::counter!(m::MESSAGES_IN).increment(1);
+                    match msg {
+                        HubMessage::Ping => self.arm(),
+                        HubMessage::Close { .. } => return Some(End::Gone),
+                        other => self.invocation = dispatch(self.ctx, &self.conn, other),
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(error = %err, "closing a connection after a protocol error");
+                    return Some(End::Close(Vec::new(), protocol_error(&err)));
+                }
+            }
+        }
+        if self.records.is_empty() && self.records.capacity() > 0 {
+            // Idle connections keep no buffer.
+            self.records = BytesMut::new();
+        }
+        None
+    }
+
+    fn arm(&mut self) {
+        if !self.armed {
+            self.armed = true;
+            self.rearm = true;
+        }
+    }
+
+    /// Writes what was queued before the close and the Close record, then the WebSocket Close
+    /// frame; bounded, because a client that stopped reading cannot take these either.
+    async fn finish(&mut self, queued: Vec<Bytes>, request: Option<&CloseRequest>) {
+        let protocol = self.conn.protocol();
+        let mut tail = Vec::from_iter(queued);
+        if let Some(req) = request {
+            tail.push(protocol.encode_to_bytes(&HubMessage::Close { error: req.error.clone(), allow_reconnect: req.allow_reconnect }));
+        }
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            poll_fn(|cx| self.ws.poll_flush(cx)).await?;
+            self.write_batches(&tail)?;
+            self.ws.write_close()?;
+            poll_fn(|cx| self.ws.poll_flush(cx)).await
+        })
+        .await;
     }
 }
 
@@ -103,79 +309,30 @@ fn protocol_error(err: &ProtocolError) -> CloseRequest {
     }
 }
 
-/// Returns why the server ended the connection (`None`: the client left or the connection was aborted).
-async fn read_loop(
-    ctx: &HubContext,
-    conn: &ConnectionHandle,
-    stream: &mut AggregatedMessageStream,
-    mut buf: BytesMut,
-) -> Option<CloseRequest> {
-    let protocol = conn.protocol();
-    let max = ctx.settings.max_message_size;
-    let mut client_timeout_armed = false;
-    let mut last_received = Instant::now();
-    loop {
-        // Records that arrived with the handshake, or in the last frame.
-        loop {
-            match protocol.parse(&mut buf, max) {
-                Ok(Some(msg)) => {
-                    metrics::counter!(m::MESSAGES_IN).increment(1);
-                    match msg {
-                        HubMessage::Ping => client_timeout_armed = true,
-                        HubMessage::Close { .. } => return None,
-                        other => dispatch(ctx, conn, other).await,
-                    }
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::debug!(error = %err, "closing a connection after a protocol error");
-                    return Some(protocol_error(&err));
-                }
-            }
-        }
-        if buf.is_empty() && buf.capacity() > 4096 {
-            // Give back the memory of a large message once it is consumed.
-            buf = BytesMut::new();
-        }
-        let deadline = last_received + ctx.settings.client_timeout;
-        let next = tokio::select! {
-            msg = stream.recv() => msg,
-            () = tokio::time::sleep_until(deadline), if client_timeout_armed => {
-                return Some(CloseRequest { error: Some("Connection closed with an error.".into()), allow_reconnect: true, reason: "client-timeout" });
-            }
-            () = conn.abort_token().cancelled() => return None,
-        };
-        last_received = Instant::now();
-        match next {
-            None | Some(Err(_)) => return None,
-            Some(Ok(AggregatedMessage::Text(text))) => buf.extend_from_slice(text.as_bytes()),
-            Some(Ok(AggregatedMessage::Binary(bytes))) => buf.extend_from_slice(&bytes),
-            Some(Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_))) => {}
-            Some(Ok(AggregatedMessage::Close(_))) => return None,
-        }
-    }
-}
-
-/// Runs one message from the client. Invocations run one at a time, in arrival order.
-async fn dispatch(ctx: &HubContext, conn: &ConnectionHandle, msg: HubMessage) {
+/// Starts one message from the client: an invocation becomes the future the loop polls until
+/// it has queued its completion. Invocations run one at a time, in arrival order.
+fn dispatch(ctx: &Arc<HubContext>, conn: &ConnectionHandle, msg: HubMessage) -> Option<Invocation> {
     let protocol = conn.protocol();
     match msg {
         HubMessage::Invocation { invocation_id, target, arguments, .. } => {
-            let started = std::time::Instant::now();
-            let caller = Caller { connection: conn.clone() };
-            let res = ctx.hub.invoke(&caller, &target, arguments).await;
-            let label = if ctx.hub.has_method(&target) { target.to_ascii_lowercase() } else { "unknown".to_owned() };
-            metrics::histogram!(m::INVOCATION_DURATION, "method" => label).record(started.elapsed().as_secs_f64());
-            if let Err(HubError::Unexpected(why)) = &res {
-                tracing::error!(method = %target, error = %why, "hub method failed");
-            }
-            // A non-blocking invocation (no id) never gets an answer, not even an error.
-            let Some(invocation_id) = invocation_id else { return };
-            let outcome = match res {
-                Ok(value) => Completion::Result(value),
-                Err(err) => Completion::Error(err.client_message(&target)),
-            };
-            conn.send(protocol.encode_to_bytes(&HubMessage::Completion { invocation_id, outcome })).await;
+            let (ctx, conn) = (ctx.clone(), conn.clone());
+            Some(Box::pin(async move {
+                let started = std::time::Instant::now();
+                let caller = Caller { connection: conn.clone() };
+                let res = ctx.hub.invoke(&caller, &target, arguments).await;
+                let label = if ctx.hub.has_method(&target) { target.to_ascii_lowercase() } else { "unknown".to_owned() };
+                metrics::histogram!(m::INVOCATION_DURATION, "method" => label).record(started.elapsed().as_secs_f64());
+                if let Err(HubError::Unexpected(why)) = &res {
+                    tracing::error!(method = %target, error = %why, "hub method failed");
+                }
+                // A non-blocking invocation (no id) never gets an answer, not even an error.
+                let Some(invocation_id) = invocation_id else { return };
+                let outcome = match res {
+                    Ok(value) => Completion::Result(value),
+                    Err(err) => Completion::Error(err.client_message(&target)),
+                };
+                conn.send_reply(protocol.encode_to_bytes(&HubMessage::Completion { invocation_id, outcome }));
+            }))
         }
         HubMessage::StreamInvocation { invocation_id, target, .. } => {
             let error = if ctx.hub.has_method(&target) {
@@ -183,89 +340,11 @@ async fn dispatch(ctx: &HubContext, conn: &ConnectionHandle, msg: HubMessage) {
             } else {
                 HubError::MethodNotFound.client_message(&target)
             };
-            conn.send(protocol.encode_to_bytes(&HubMessage::Completion { invocation_id, outcome: Completion::Error(error) })).await;
+            conn.send_reply(protocol.encode_to_bytes(&HubMessage::Completion { invocation_id, outcome: Completion::Error(error) }));
+            None
         }
         // No streams and no client results here: nothing to cancel or complete.
-        HubMessage::CancelInvocation { .. } | HubMessage::Completion { .. } | HubMessage::StreamItem { .. } | HubMessage::Other(_) => {}
-        HubMessage::Ping | HubMessage::Close { .. } => {}
+        HubMessage::CancelInvocation { .. } | HubMessage::Completion { .. } | HubMessage::StreamItem { .. } | HubMessage::Other(_) => None,
+        HubMessage::Ping | HubMessage::Close { .. } => None,
     }
-}
-
-/// `flush`, but once the connection is aborted it gets only `CLOSE_GRACE` more to finish.
-async fn flush_or_abort(session: &mut Session, protocol: Protocol, batch: &mut BytesMut, conn: &ConnectionHandle) -> bool {
-    let abort = conn.abort_token().clone();
-    let write = flush(session, protocol, batch);
-    tokio::pin!(write);
-    tokio::select! {
-        ok = &mut write => ok,
-        () = abort.cancelled() => tokio::time::timeout(CLOSE_GRACE, write).await.unwrap_or(false),
-    }
-}
-
-async fn flush(session: &mut Session, protocol: Protocol, batch: &mut BytesMut) -> bool {
-    let bytes = batch.split().freeze();
-    if protocol.is_binary() {
-        session.binary(bytes).await.is_ok()
-    } else {
-        match bytestring::ByteString::try_from(bytes) {
-            Ok(text) => session.text(text).await.is_ok(),
-            Err(_) => false,
-        }
-    }
-}
-
-/// Owns the socket: drains the queue (batching what is ready into one frame that ends on a
-/// record boundary), keeps the connection alive, and sends the Close record at the end.
-async fn write_loop(mut session: Session, mut rx: mpsc::Receiver<Bytes>, conn: ConnectionHandle, keep_alive: Duration) {
-    let protocol = conn.protocol();
-    let ping = protocol.encode_to_bytes(&HubMessage::Ping);
-    let mut batch = BytesMut::new();
-    let mut last_sent = Instant::now();
-    loop {
-        tokio::select! {
-            biased;
-            () = conn.abort_token().cancelled() => break,
-            item = rx.recv() => {
-                let Some(first) = item else { break };
-                batch.extend_from_slice(&first);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
-                if !flush_or_abort(&mut session, protocol, &mut batch, &conn).await {
-                    conn.abort_token().cancel();
-                    return;
-                }
-                last_sent = Instant::now();
-            }
-            () = tokio::time::sleep_until(last_sent + keep_alive) => {
-                batch.extend_from_slice(&ping);
-                if !flush_or_abort(&mut session, protocol, &mut batch, &conn).await {
-                    conn.abort_token().cancel();
-                    return;
-                }
-                last_sent = Instant::now();
-            }
-        }
-        if batch.capacity() > 4 * MAX_BATCH {
-            batch = BytesMut::new();
-        }
-    }
-    // Flush what was queued before the close, then the Close record itself.
-    while let Ok(more) = rx.try_recv() {
-        batch.extend_from_slice(&more);
-    }
-    if let Some(req) = conn.close_request() {
-        protocol.encode(&HubMessage::Close { error: req.error.clone(), allow_reconnect: req.allow_reconnect }, &mut batch);
-    }
-    // A client that stopped reading cannot take these either: bounded, then the socket is dropped.
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if !batch.is_empty() {
-            let _ = flush(&mut session, protocol, &mut batch).await;
-        }
-        let _ = session.close(Some(CloseReason { code: CloseCode::Normal, description: None })).await;
-    })
-    .await;
 }

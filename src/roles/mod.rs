@@ -18,13 +18,20 @@ use crate::{
     cache::{NotificationLog, StatusCache},
     config::{Role, Settings},
     health::Readiness,
-    http::Authenticator,
+    http::{Authenticator, upgrade::Upgrades},
     shutdown::Shutdown,
     store::Store,
 };
 
 /// Routes a role adds to the HTTP server; called once per actix worker.
 pub type Routes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// What the enabled roles serve over HTTP: actix-web routes and WebSocket upgrades.
+#[derive(Default)]
+pub struct Endpoints {
+    pub routes: Vec<Routes>,
+    pub upgrades: Upgrades,
+}
 
 /// The connections to the outside world, built once by `App::build` from the settings.
 /// A field is `None` when no enabled role needs it.
@@ -45,22 +52,20 @@ pub struct Deps {
     pub db_ready: tokio::sync::watch::Receiver<bool>,
 }
 
-pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> anyhow::Result<Vec<Routes>> {
+pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> anyhow::Result<Endpoints> {
     let roles = &deps.settings.roles;
-    let mut routes = Vec::new();
+    let mut endpoints = Endpoints::default();
     let relay_wake = if roles.contains(Role::Accept) || roles.contains(Role::Process) { Some(relay::start(deps, shutdown)?) } else { None };
     if roles.contains(Role::Accept) {
-        routes.push(accept::start(deps, shutdown, readiness, relay_wake.clone().expect("relay runs for accept"))?);
+        endpoints.routes.push(accept::start(deps, shutdown, readiness, relay_wake.clone().expect("relay runs for accept"))?);
     }
     if roles.contains(Role::Process) {
         process::start(deps, shutdown, readiness, relay_wake.clone().expect("relay runs for process"))?;
     }
-    if roles.contains(Role::Notify)
-        && let Some(r) = notify::start(deps, shutdown, readiness)?
-    {
-        routes.push(r);
+    if roles.contains(Role::Notify) {
+        notify::start(deps, shutdown, readiness, &mut endpoints)?;
     }
-    Ok(routes)
+    Ok(endpoints)
 }
 
 /// Readiness probes for Redis and RabbitMQ (the database probe is registered by `App`).

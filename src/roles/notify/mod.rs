@@ -12,18 +12,22 @@ use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{Deps, Routes};
+use super::{Deps, Endpoints};
 use crate::{
     backplane::Channels,
     health::Readiness,
-    hub::{HubContext, HubLifetime, endpoint::HubEndpoint, negotiate::TokenSigner},
+    hub::{
+        HubContext, HubLifetime,
+        endpoint::{self, HubEndpoint},
+        negotiate::TokenSigner,
+    },
     shutdown::Shutdown,
 };
 
 /// Where the hub is served (CONTRACT §5).
 pub const HUB_PATH: &str = "/hubs/order-status";
 
-pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> anyhow::Result<Option<Routes>> {
+pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness, endpoints: &mut Endpoints) -> anyhow::Result<()> {
     let store = deps.background_store.clone().context("role notify needs a database")?;
     let cache = deps.cache.clone().context("role notify needs redis")?;
     let log = deps.notifications.clone().context("role notify needs a notification log")?;
@@ -49,7 +53,9 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness) -> any
     });
     drain_on_shutdown(&lifetime, settings, shutdown);
     consumer::start(deps, shutdown, consumer::Notifier { store, cache, log, lifetime })?;
-    Ok(Some(Arc::new(move |cfg: &mut web::ServiceConfig| crate::hub::endpoint::configure(cfg, HUB_PATH, endpoint.clone()))))
+    endpoints.upgrades.add(HUB_PATH, endpoint::upgrade_handler(endpoint.clone().into_inner()));
+    endpoints.routes.push(Arc::new(move |cfg: &mut web::ServiceConfig| endpoint::configure(cfg, HUB_PATH, endpoint.clone())));
+    Ok(())
 }
 
 /// Phase 3 of the shutdown (see `shutdown`): the consumer has stopped; close every connection

@@ -111,7 +111,7 @@ impl OrderStatusHub {
         for notification in &replay.notifications {
             // To the calling connection only, before the completion, with the original ids.
             let msg = HubMessage::push(notification.target.clone(), vec![notification.argument()]);
-            caller.connection.send(protocol.encode_to_bytes(&msg)).await;
+            caller.connection.send_reply(protocol.encode_to_bytes(&msg));
         }
         Ok(json!({ "replayed": replay.notifications.len(), "complete": replay.complete }))
     }

@@ -2,6 +2,7 @@
 //! of each seam (PostgreSQL, Redis, RabbitMQ) and the embedded one of `--role all` (SQLite,
 //! memory), so the two cannot drift. Each case becomes `case::real` and `case::embedded`.
 
+mod backplane;
 mod bus;
 mod cache;
 mod store;
