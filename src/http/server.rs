@@ -2,7 +2,7 @@
 //! with `HttpServer` for one reason: `HttpServer` cannot register an upgrade handler, and the
 //! hub must own its upgraded sockets (see `upgrade`). Timeouts are actix-web's defaults.
 
-use std::{convert::Infallible, fmt, net::TcpListener, time::Duration};
+use std::{fmt, net::TcpListener, time::Duration};
 
 use actix_http::{HttpService, KeepAlive, Request, Response, body::MessageBody};
 use actix_service::{IntoServiceFactory, ServiceFactory, ServiceFactoryExt, fn_factory, fn_service, map_config};
@@ -47,13 +47,9 @@ where
             .upgrade(fn_factory(move || {
                 let upgrades = upgrades.clone();
                 async move {
-                    Ok::<_, ()>(fn_service(move |(req, framed): (Request, Framed)| {
-                        let upgrades = upgrades.clone();
-                        async move {
-                            upgrades.handle(req, framed).await;
-                            Ok::<(), Infallible>(())
-                        }
-                    }))
+                    // The handler's future is boxed: the dispatcher holds a pointer for the life of
+                    // the connection, not a future sized for the request and its codec.
+                    Ok::<_, ()>(fn_service(move |(req, framed): (Request, Framed)| upgrades.handle(req, framed)))
                 }
             }))
             .finish(map_config(app, |()| AppConfig::default()))

@@ -3,7 +3,7 @@
 //! it and then owns the TCP stream, with none of the dispatcher's buffers left behind. Every
 //! other request goes to the actix-web app.
 
-use std::{io, sync::Arc, time::Instant};
+use std::{convert::Infallible, io, sync::Arc, time::Instant};
 
 use actix_http::{
     ConnectionType, Request, Response,
@@ -11,7 +11,7 @@ use actix_http::{
     h1,
 };
 use actix_web::{HttpResponse, http::StatusCode};
-use futures_util::{SinkExt, future::LocalBoxFuture};
+use futures_util::{FutureExt, SinkExt, future::LocalBoxFuture};
 use tokio::net::TcpStream;
 
 use super::{middleware, problem::Problem};
@@ -33,18 +33,20 @@ impl Upgrades {
         self.routes.push((path.to_owned(), handler));
     }
 
-    pub async fn handle(&self, req: Request, mut framed: Framed) {
-        let path = req.path().to_owned();
-        match self.routes.iter().find(|(p, _)| *p == path) {
-            Some((_, handler)) => handler(req, framed).await,
-            None => {
-                let started = Instant::now();
-                let res = Problem::new(StatusCode::NOT_FOUND, "no such resource").response();
-                let _ = respond(&mut framed, res).await;
-                middleware::record(req.method().as_str(), "unmatched", &path, 404, started.elapsed());
-            }
+    /// The future that serves `req` for as long as its connection lives.
+    pub fn handle(&self, req: Request, framed: Framed) -> LocalBoxFuture<'static, Result<(), Infallible>> {
+        let handler = self.routes.iter().find(|(p, _)| p == req.path()).map(|(_, h)| h.clone());
+        match handler {
+            Some(handler) => handler(req, framed).map(Ok).boxed_local(),
+            None => not_found(req, framed).map(Ok).boxed_local(),
         }
     }
+}
+
+async fn not_found(req: Request, mut framed: Framed) {
+    let started = Instant::now();
+    let _ = respond(&mut framed, Problem::new(StatusCode::NOT_FOUND, "no such resource").response()).await;
+    middleware::record(req.method().as_str(), "unmatched", req.path(), 404, started.elapsed());
 }
 
 /// Answers an upgrade request with a complete HTTP response, then the connection closes.
@@ -63,4 +65,11 @@ pub async fn respond(framed: &mut Framed, res: HttpResponse) -> io::Result<()> {
 /// Sends the 101 (or any bodiless head) and keeps the connection.
 pub async fn switch(framed: &mut Framed, head: Response<()>) -> io::Result<()> {
     framed.send(h1::Message::Item((head, BodySize::None))).await
+}
+
+/// The TCP stream and the bytes read past the request; the rest of the connection's HTTP state
+/// (codec, write buffer) is freed here.
+pub fn into_stream(framed: Framed) -> (TcpStream, bytes::BytesMut) {
+    let parts = framed.into_parts();
+    (parts.io, parts.read_buf)
 }

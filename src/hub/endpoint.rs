@@ -11,7 +11,10 @@ use actix_web::{
     http::{StatusCode, header::HeaderMap},
     web,
 };
+use bytes::BytesMut;
+use futures_util::FutureExt;
 use serde_json::json;
+use tokio::net::TcpStream;
 
 use super::{HubContext, metrics_names as m, negotiate::TokenSigner, session};
 use crate::{
@@ -84,10 +87,22 @@ async fn not_an_upgrade(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpRes
 /// The WebSocket upgrade at the hub path: admitted (draining, token, negotiate id) before the
 /// 101, then the connection runs on the socket itself (`session`).
 pub fn upgrade_handler(ep: Arc<HubEndpoint>) -> UpgradeFn {
-    Arc::new(move |req, framed| Box::pin(upgrade(ep.clone(), req, framed)))
+    // Two allocations in turn: the upgrade's (request, codec, answer) is freed before the
+    // connection's own, much smaller, loop starts, instead of living as long as it does.
+    Arc::new(move |req, framed| {
+        let ctx = ep.ctx.clone();
+        upgrade(ep.clone(), req, framed)
+            .boxed_local()
+            .then(move |admitted| match admitted {
+                Some((id, user_id, io, leftover)) => session::run(ctx, id, user_id, io, leftover).boxed(),
+                None => std::future::ready(()).boxed(),
+            })
+            .boxed_local()
+    })
 }
 
-async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) {
+/// Answers the upgrade request: the 101 and what the connection needs, or a refusal (`None`).
+async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Option<(Arc<str>, Arc<str>, TcpStream, BytesMut)> {
     let started = Instant::now();
     let head = req.head();
     let answer =
@@ -100,18 +115,20 @@ async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) {
         Err(problem) => problem.status,
     };
     middleware::record(req.method().as_str(), req.path(), req.path(), status, started.elapsed());
+    // The request is not needed past this point; an idle connection must not keep its headers.
+    drop(req);
     let ((id, caller), switching) = match answer {
         Ok(ok) => ok,
         Err(problem) => {
             let _ = upgrade::respond(&mut framed, problem.response()).await;
-            return;
+            return None;
         }
     };
-    if upgrade::switch(&mut framed, switching).await.is_err() {
-        return;
-    }
-    let parts = framed.into_parts();
-    session::run(ep.ctx.clone(), id.into(), caller.user_id.as_str().into(), parts.io, parts.read_buf).await;
+    upgrade::switch(&mut framed, switching).await.ok()?;
+    // Only the stream and what was read past the request stay: the codec and the write
+    // buffer (8 KiB) go now, not when the connection ends.
+    let (io, leftover) = upgrade::into_stream(framed);
+    Some((id.into(), caller.user_id.as_str().into(), io, leftover))
 }
 
 async fn negotiate(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse {

@@ -6,7 +6,7 @@
 use std::{
     future::{Future, poll_fn},
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, LazyLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -30,6 +30,13 @@ const MAX_BATCH: usize = 64 * 1024;
 /// How long the last writes may take once the connection is being closed. A client that
 /// stopped reading blocks writes forever; after this the socket is dropped instead.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The Ping record of each protocol (`Protocol as usize`), encoded once.
+static PINGS: LazyLock<[Bytes; 2]> = LazyLock::new(|| {
+    let ping = |p: Protocol| p.encode_to_bytes(&HubMessage::Ping);
+    debug_assert_eq!((Protocol::Json as usize, Protocol::MessagePack as usize), (0, 1));
+    [ping(Protocol::Json), ping(Protocol::MessagePack)]
+});
 
 type Invocation = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -201,8 +208,8 @@ impl Live<'_> {
                 return Poll::Ready(End::Close(Vec::new(), request));
             }
             if now >= self.last_write + settings.keep_alive && !self.ws.has_pending() {
-                let ping = self.conn.protocol().encode_to_bytes(&HubMessage::Ping);
-                if self.ws.write_data(&ping, self.conn.protocol().is_binary()).is_err() {
+                let protocol = self.conn.protocol();
+                if self.ws.write_data(&PINGS[protocol as usize], protocol.is_binary()).is_err() {
                     return Poll::Ready(End::Gone);
                 }
                 self.last_write = now;

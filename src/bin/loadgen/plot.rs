@@ -1,6 +1,6 @@
 //! PNG plots of the JSON results, drawn by the tool itself (plotters): latency percentiles
-//! against offered rate for the fan-out runs (one colour per driver), and server RSS against
-//! open connections for the idle run.
+//! against offered rate for the fan-out runs (one colour per driver), and for the idle run
+//! server RSS against open connections and open connections over time, one line per server.
 
 use std::path::{Path, PathBuf};
 
@@ -15,11 +15,16 @@ pub struct Args {
     /// Where the latency chart goes
     #[arg(long, default_value = "bench/plots/fanout-latency.png")]
     latency_out: PathBuf,
-    /// An `idle` result file: `[{"connections": n, "rss_kib": k}, ...]`
+    /// An `idle` result file: `[{"server": s, "connections": n, "rss_kib": k}, ...]`
     #[arg(long)]
     rss: Option<PathBuf>,
     #[arg(long, default_value = "bench/plots/idle-rss.png")]
     rss_out: PathBuf,
+    /// An `idle` ramp file: `[{"server": s, "t": seconds, "connections": n}, ...]`
+    #[arg(long)]
+    ramp: Option<PathBuf>,
+    #[arg(long, default_value = "bench/plots/idle-ramp.png")]
+    ramp_out: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -41,8 +46,31 @@ type Pick = fn(&Percentiles) -> f64;
 
 #[derive(Deserialize)]
 struct RssPoint {
+    #[serde(default)]
+    server: String,
     connections: f64,
     rss_kib: f64,
+}
+
+#[derive(Deserialize)]
+struct RampPoint {
+    server: String,
+    t: f64,
+    connections: f64,
+}
+
+/// Named series of (x, y) points, in the order they first appear.
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+
+fn group(points: impl Iterator<Item = (String, f64, f64)>) -> Series {
+    let mut series: Series = Vec::new();
+    for (name, x, y) in points {
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, xs)) => xs.push((x, y)),
+            None => series.push((name, vec![(x, y)])),
+        }
+    }
+    series
 }
 
 fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
@@ -64,8 +92,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(rss) = &args.rss {
         let points: Vec<RssPoint> = read(rss)?;
-        rss_chart(&points, &args.rss_out)?;
+        let series = group(points.into_iter().map(|p| (p.server, p.connections, p.rss_kib / 1024.0)));
+        let labels = ("Process RSS vs idle connections", "open connections", "RSS (MiB)");
+        xy_chart(&series, labels, true, &args.rss_out)?;
         println!("wrote {}", args.rss_out.display());
+    }
+    if let Some(ramp) = &args.ramp {
+        let points: Vec<RampPoint> = read(ramp)?;
+        let series = group(points.into_iter().map(|p| (p.server, p.t, p.connections)));
+        let labels = ("Connections opened over time (offered: 4,000/s to 2,000, then the connect rate)", "seconds", "open connections");
+        xy_chart(&series, labels, false, &args.ramp_out)?;
+        println!("wrote {}", args.ramp_out.display());
     }
     Ok(())
 }
@@ -114,21 +151,33 @@ fn latency_chart(runs: &[Vec<Step>], out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_chart(points: &[RssPoint], out: &Path) -> anyhow::Result<()> {
+/// One line per series; `marks` draws each point too (for sparse series).
+fn xy_chart(series: &Series, (caption, x_desc, y_desc): (&str, &str, &str), marks: bool, out: &Path) -> anyhow::Result<()> {
     parent_dir(out)?;
-    let max_conn = points.iter().map(|p| p.connections).fold(1.0, f64::max) * 1.05;
-    let max_mib = points.iter().map(|p| p.rss_kib / 1024.0).fold(1.0, f64::max) * 1.1;
+    let all = || series.iter().flat_map(|(_, xs)| xs.iter());
+    let max_x = all().map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let max_y = all().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let root = BitMapBackend::new(out, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Notify process RSS vs idle connections", ("sans-serif", 22))
+        .caption(caption, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_conn, 0.0..max_mib)?;
-    chart.configure_mesh().x_desc("open authenticated connections").y_desc("RSS (MiB)").draw()?;
-    chart.draw_series(LineSeries::new(points.iter().map(|p| (p.connections, p.rss_kib / 1024.0)), BLUE.stroke_width(2)))?;
-    chart.draw_series(points.iter().map(|p| Circle::new((p.connections, p.rss_kib / 1024.0), 4, BLUE.filled())))?;
+        .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    let colours = [BLUE, RED, GREEN, MAGENTA];
+    for (i, (name, points)) in series.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        if marks {
+            chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, colour.filled())))?;
+        }
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;
     Ok(())
 }

@@ -23,6 +23,9 @@ pub struct Args {
     /// User u's channel is the hub's: `{channel_prefix}{hub_name}:user:{u}`
     #[command(flatten)]
     backplane: crate::hub::BackplaneArgs,
+    /// Send a WebSocket Ping after this long without a message (0: never), as a hub's keep-alive
+    #[arg(long, default_value_t = 0)]
+    keep_alive_ms: u64,
 }
 
 /// The floor for memory too: a 512-byte read buffer (tungstenite's default reserves 128 KiB)
@@ -58,6 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (tcp, _) = listener.accept().await?;
         let (sockets, subscribe_tx) = (sockets.clone(), subscribe_tx.clone());
         let channels = args.backplane.channels();
+        let keep_alive = (args.keep_alive_ms > 0).then(|| std::time::Duration::from_millis(args.keep_alive_ms));
         tokio::spawn(async move {
             let mut user = String::new();
             // The callback's error type is tungstenite's, large or not.
@@ -85,8 +89,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             let (mut write, mut read) = ws.split();
             tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
-            while let Some(payload) = rx.recv().await {
-                if write.send(Message::binary(payload)).await.is_err() {
+            loop {
+                let next = match keep_alive {
+                    Some(interval) => tokio::time::timeout(interval, rx.recv()).await,
+                    None => Ok(rx.recv().await),
+                };
+                let msg = match next {
+                    Ok(Some(payload)) => Message::binary(payload),
+                    Ok(None) => break,
+                    Err(_) => Message::Ping(Bytes::new()),
+                };
+                if write.send(msg).await.is_err() {
                     break;
                 }
             }
