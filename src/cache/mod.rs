@@ -44,6 +44,14 @@ pub trait StatusCache: Send + Sync + 'static {
     }
     async fn status(&self, id: CorrelationId) -> Result<Option<OrderStatus>, CacheError>;
     async fn user_of(&self, id: CorrelationId) -> Result<Option<UserId>, CacheError>;
+    /// `user_of` for several orders (one round trip where the store allows it), in order.
+    async fn users_of(&self, ids: &[CorrelationId]) -> Result<Vec<Option<UserId>>, CacheError> {
+        let mut users = Vec::with_capacity(ids.len());
+        for id in ids {
+            users.push(self.user_of(*id).await?);
+        }
+        Ok(users)
+    }
     async fn ping(&self) -> Result<(), CacheError>;
 }
 
@@ -75,12 +83,30 @@ pub struct Replay {
     pub complete: bool,
 }
 
+/// One notification to append: for `user`, de-duplicated by `event_id`.
+#[derive(Debug, Clone, Copy)]
+pub struct Append<'a> {
+    pub user: &'a UserId,
+    pub event_id: &'a str,
+    pub target: &'a str,
+    pub payload: &'a Value,
+}
+
 /// The per-user notification log behind `ResumeNotifications` (CONTRACT §5).
 #[async_trait]
 pub trait NotificationLog: Send + Sync + 'static {
     /// Appends a notification unless `event_id` was logged before, in which case the earlier
     /// notification is returned (so a redelivered event keeps its notification id).
     async fn append(&self, user: &UserId, event_id: &str, target: &str, payload: &Value) -> Result<LoggedNotification, CacheError>;
+    /// `append` for several notifications at once (one round trip where the store allows it),
+    /// as if appended one by one in order.
+    async fn append_many(&self, items: &[Append<'_>]) -> Result<Vec<LoggedNotification>, CacheError> {
+        let mut logged = Vec::with_capacity(items.len());
+        for item in items {
+            logged.push(self.append(item.user, item.event_id, item.target, item.payload).await?);
+        }
+        Ok(logged)
+    }
     /// The user's notifications after `after` (all retained ones when `None`), oldest first.
     async fn since(&self, user: &UserId, after: Option<&str>) -> Result<Replay, CacheError>;
 }

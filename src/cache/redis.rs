@@ -8,7 +8,9 @@ use deadpool_redis::{Config, Pool, Runtime, Timeouts, redis};
 
 use serde_json::Value;
 
-use super::{CacheError, LoggedNotification, NotificationLog, Replay, Retention, StatusCache, map_key, parse_notification_id, status_key};
+use super::{
+    Append, CacheError, LoggedNotification, NotificationLog, Replay, Retention, StatusCache, map_key, parse_notification_id, status_key,
+};
 use crate::domain::{CorrelationId, OrderStatus, UserId};
 
 #[derive(Clone)]
@@ -114,6 +116,20 @@ impl StatusCache for RedisCache {
         Ok(raw.and_then(|r| UserId::parse(&r).ok()))
     }
 
+    async fn users_of(&self, ids: &[CorrelationId]) -> Result<Vec<Option<UserId>>, CacheError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        // One GET per key in one pipeline, not MGET: on a cluster the keys live on many slots.
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.get(map_key(*id));
+        }
+        let raw: Vec<Option<String>> = bounded(pipe.query_async(&mut conn)).await?;
+        Ok(raw.into_iter().map(|r| r.and_then(|r| UserId::parse(&r).ok())).collect())
+    }
+
     async fn ping(&self) -> Result<(), CacheError> {
         let mut conn = self.conn().await?;
         bounded(redis::cmd("PING").query_async::<String>(&mut conn)).await.map(drop)
@@ -154,21 +170,48 @@ return id
     )
 });
 
+impl RedisCache {
+    /// The APPEND script call for one notification.
+    fn append_call(&self, item: &Append<'_>) -> redis::ScriptInvocation<'static> {
+        let max_age_ms = self.retention.max_age.as_millis() as u64;
+        let min_id = (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(max_age_ms);
+        let mut call = APPEND.key(log_key(item.user));
+        call.key(event_key(item.user, item.event_id))
+            .arg(item.target)
+            .arg(item.payload.to_string())
+            .arg(self.retention.max_count)
+            .arg(self.retention.max_age.as_secs().max(1))
+            .arg(min_id);
+        call
+    }
+}
+
 #[async_trait]
 impl NotificationLog for RedisCache {
     async fn append(&self, user: &UserId, event_id: &str, target: &str, payload: &Value) -> Result<LoggedNotification, CacheError> {
         let mut conn = self.conn().await?;
-        let max_age_ms = self.retention.max_age.as_millis() as u64;
-        let min_id = (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(max_age_ms);
-        let mut call = APPEND.key(log_key(user));
-        call.key(event_key(user, event_id))
-            .arg(target)
-            .arg(payload.to_string())
-            .arg(self.retention.max_count)
-            .arg(self.retention.max_age.as_secs().max(1))
-            .arg(min_id);
+        let call = self.append_call(&Append { user, event_id, target, payload });
         let id: String = bounded(call.invoke_async(&mut conn)).await?;
         Ok(LoggedNotification { id, target: target.to_owned(), payload: payload.clone() })
+    }
+
+    async fn append_many(&self, items: &[Append<'_>]) -> Result<Vec<LoggedNotification>, CacheError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        // As in `set_statuses`: the pipeline loads the script itself, for a Redis that forgot it.
+        pipe.load_script(&APPEND).ignore();
+        for item in items {
+            pipe.invoke_script(&self.append_call(item));
+        }
+        let ids: Vec<String> = bounded(pipe.query_async(&mut conn)).await?;
+        Ok(ids
+            .into_iter()
+            .zip(items)
+            .map(|(id, item)| LoggedNotification { id, target: item.target.to_owned(), payload: item.payload.clone() })
+            .collect())
     }
 
     async fn since(&self, user: &UserId, after: Option<&str>) -> Result<Replay, CacheError> {

@@ -5,10 +5,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use futures_util::{
-    FutureExt, StreamExt,
-    future::{BoxFuture, join_all},
-};
+use futures_util::{StreamExt, future::join_all};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -47,24 +44,10 @@ pub fn backoff(delivery_count: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << delivery_count.min(6))).min(Duration::from_secs(10))
 }
 
-/// What a batch handler answers: one result per delivery, in order.
-pub type BatchResults = BoxFuture<'static, Vec<Result<(), Failure>>>;
-
-/// A handler of one delivery at a time, as `spawn` takes handlers: the deliveries of a batch
-/// are handled concurrently and each is settled by its own result.
-pub fn one_at_a_time<H, Fut>(handler: H) -> impl Fn(Vec<Arc<[u8]>>) -> BatchResults + Send + Sync
-where
-    H: Fn(Arc<[u8]>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), Failure>> + Send + 'static,
-{
-    let handler = Arc::new(handler);
-    move |bodies| join_all(bodies.into_iter().map(|body| handler(body)).collect::<Vec<_>>()).boxed()
-}
-
 /// Starts consuming `queue` once the database is migrated; stops at the shutdown's `intake`
 /// phase. `handler` gets every delivery the broker has ready (up to the prefetch) in one call
 /// and answers one result per body, in order: a handler that writes a batch in one statement
-/// pays one round trip and one commit for all of them (see `one_at_a_time` for the others).
+/// pays one round trip and one commit for all of them.
 pub fn spawn<H, Fut>(
     deps: &super::Deps,
     shutdown: &crate::shutdown::Shutdown,

@@ -1,9 +1,11 @@
 //! The notify consumer: for each `order.processed` / `order.failed`, find the user (Redis,
 //! else the database), append the notification to the user's log (de-duplicated by event id),
-//! publish it to the user's backplane channel, and only then ack.
+//! publish it to the user's backplane channel, and only then ack. The deliveries the broker has
+//! ready are handled as one batch: a round trip per step, not per notification.
 
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use super::super::{
@@ -12,8 +14,8 @@ use super::super::{
 };
 use crate::{
     bus::Queue,
-    cache::{NotificationLog, StatusCache},
-    domain::{Event, EventKind, OrderStatus},
+    cache::{Append, NotificationLog, StatusCache},
+    domain::{Event, EventKind, OrderStatus, UserId},
     hub::HubLifetime,
     shutdown::Shutdown,
     store::Store,
@@ -28,11 +30,20 @@ pub struct Notifier {
 
 pub fn start(deps: &Deps, shutdown: &Shutdown, notifier: Notifier) -> anyhow::Result<()> {
     let notifier = Arc::new(notifier);
-    let handler = consumer::one_at_a_time(move |body| {
+    let handler = move |bodies: Vec<Arc<[u8]>>| {
         let notifier = notifier.clone();
-        async move { notifier.handle(&body).await }
-    });
+        async move { notifier.handle(&bodies).await }
+    };
     consumer::spawn(deps, shutdown, Queue::OrderNotification, "contoso.order-notification", handler)
+}
+
+/// A notification on its way: which delivery of the batch it came from, and what it says.
+struct Pending {
+    index: usize,
+    event: Event,
+    event_id: String,
+    target: &'static str,
+    payload: Value,
 }
 
 fn technical(err: impl std::fmt::Display) -> Failure {
@@ -55,24 +66,79 @@ pub fn notification_of(event: &Event) -> Option<(&'static str, Value)> {
     }
 }
 
+fn parse(body: &[u8]) -> Result<(Event, &'static str, Value), Failure> {
+    let event = Event::from_json(body).map_err(|e| Failure::poison("malformed", format!("not an event: {e}")))?;
+    let Some((target, payload)) = notification_of(&event) else {
+        return Err(Failure::poison("unexpected-type", format!("{} does not belong on this queue", event.kind.routing_key())));
+    };
+    Ok((event, target, payload))
+}
+
 impl Notifier {
-    async fn handle(&self, body: &[u8]) -> Result<(), Failure> {
-        let event = Event::from_json(body).map_err(|e| Failure::poison("malformed", format!("not an event: {e}")))?;
-        let Some((target, payload)) = notification_of(&event) else {
-            return Err(Failure::poison("unexpected-type", format!("{} does not belong on this queue", event.kind.routing_key())));
-        };
-        let id = event.correlation_id;
-        let user = match self.cache.user_of(id).await.map_err(technical)? {
-            Some(user) => user,
-            None => {
-                let state = self.store.order_state(id).await.map_err(technical)?;
-                state.and_then(|s| s.user_id).ok_or_else(|| Failure::poison("unknown-order", format!("no order {id}")))?
+    /// A batch of deliveries in three round trips whatever its size: the users (one pipeline),
+    /// the log appends (one pipeline), the publishes (queued together, so the backplane sends
+    /// them as one pipeline). Each delivery still gets its own result.
+    async fn handle(&self, bodies: &[Arc<[u8]>]) -> Vec<Result<(), Failure>> {
+        let mut results: Vec<Result<(), Failure>> = bodies.iter().map(|_| Ok(())).collect();
+        let mut pending = Vec::with_capacity(bodies.len());
+        for (index, body) in bodies.iter().enumerate() {
+            match parse(body) {
+                Ok((event, target, payload)) => {
+                    pending.push(Pending { index, event_id: event.event_id.to_string(), event, target, payload })
+                }
+                Err(failure) => results[index] = Err(failure),
+            }
+        }
+        let ready = self.users(pending, &mut results).await;
+        if ready.is_empty() {
+            return results;
+        }
+        let items: Vec<Append<'_>> =
+            ready.iter().map(|(p, user)| Append { user, event_id: &p.event_id, target: p.target, payload: &p.payload }).collect();
+        // Logged first: a tab that is away now replays it; a redelivery keeps the same id.
+        let logged = match self.log.append_many(&items).await {
+            Ok(logged) => logged,
+            Err(err) => {
+                ready.iter().for_each(|(p, _)| results[p.index] = Err(technical(&err)));
+                return results;
             }
         };
-        // Logged first: a tab that is away now replays it; a redelivery keeps the same id.
-        let logged = self.log.append(&user, &event.event_id.to_string(), target, &payload).await.map_err(technical)?;
-        self.lifetime.send_user(user.as_str(), target, vec![logged.argument()]).await.map_err(technical)?;
-        tracing::debug!(correlation_id = %id, notification_id = %logged.id, "notification sent");
-        Ok(())
+        let sends = ready.iter().zip(&logged).map(|((p, user), l)| self.lifetime.send_user(user.as_str(), p.target, vec![l.argument()]));
+        for (((p, _), sent), l) in ready.iter().zip(join_all(sends).await).zip(&logged) {
+            match sent {
+                Ok(()) => tracing::debug!(correlation_id = %p.event.correlation_id, notification_id = %l.id, "notification sent"),
+                Err(err) => results[p.index] = Err(technical(err)),
+            }
+        }
+        results
+    }
+
+    /// Each notification with its user: from Redis in one round trip, else from the database
+    /// (an order whose `order:map:*` expired); an order neither knows is poison.
+    async fn users(&self, pending: Vec<Pending>, results: &mut [Result<(), Failure>]) -> Vec<(Pending, UserId)> {
+        let ids: Vec<_> = pending.iter().map(|p| p.event.correlation_id).collect();
+        let cached = match self.cache.users_of(&ids).await {
+            Ok(users) => users,
+            Err(err) => {
+                pending.iter().for_each(|p| results[p.index] = Err(technical(&err)));
+                return Vec::new();
+            }
+        };
+        let mut ready = Vec::with_capacity(pending.len());
+        for (p, user) in pending.into_iter().zip(cached) {
+            let id = p.event.correlation_id;
+            let user = match user {
+                Some(user) => Ok(user),
+                None => match self.store.order_state(id).await {
+                    Ok(state) => state.and_then(|s| s.user_id).ok_or_else(|| Failure::poison("unknown-order", format!("no order {id}"))),
+                    Err(err) => Err(technical(err)),
+                },
+            };
+            match user {
+                Ok(user) => ready.push((p, user)),
+                Err(failure) => results[p.index] = Err(failure),
+            }
+        }
+        ready
     }
 }

@@ -5,7 +5,7 @@
 use std::{ops::Deref, sync::Arc, time::Duration};
 
 use contoso::{
-    cache::{CacheError, MemoryCache, NotificationLog, RedisCache, Retention, StatusCache},
+    cache::{Append, CacheError, MemoryCache, NotificationLog, RedisCache, Retention, StatusCache},
     domain::{CorrelationId, OrderStatus, UserId},
 };
 use serde_json::json;
@@ -53,6 +53,8 @@ conformance!(redis, memory;
     ageing_out_within_a_live_log_is_seen_too,
     a_malformed_notification_id_is_refused,
     users_never_see_each_others_notifications,
+    a_batch_of_appends_is_like_appending_one_by_one,
+    users_of_many_orders_come_back_in_order,
 );
 
 fn user(name: &str) -> UserId {
@@ -220,4 +222,36 @@ async fn redis_scripts_are_loaded_again_after_redis_forgets_them() {
     flush().await;
     let replay = c.since(&carl, None).await.unwrap();
     assert_eq!(replay.notifications, vec![logged]);
+}
+
+async fn a_batch_of_appends_is_like_appending_one_by_one(c: &dyn Cache) {
+    let (gina, hank) = (user("gina"), user("hank"));
+    let earlier = c.append(&gina, "ev-0", "OrderCompleted", &json!({ "i": 0 })).await.unwrap();
+    let (p1, p2, p3) = (json!({ "i": 1 }), json!({ "i": 2 }), json!({ "i": 3 }));
+    let items = [
+        Append { user: &gina, event_id: "ev-1", target: "OrderCompleted", payload: &p1 },
+        Append { user: &hank, event_id: "ev-2", target: "OrderFailed", payload: &p2 },
+        // A redelivery of an event logged before, and one repeated within the batch.
+        Append { user: &gina, event_id: "ev-0", target: "OrderCompleted", payload: &p3 },
+        Append { user: &gina, event_id: "ev-1", target: "OrderCompleted", payload: &p1 },
+    ];
+    let logged = c.append_many(&items).await.unwrap();
+    assert_eq!(logged.len(), 4, "one answer per item, in order");
+    assert_eq!(logged[2].id, earlier.id, "a redelivered event keeps its notification id");
+    assert_eq!(logged[3].id, logged[0].id, "an event repeated in the batch is logged once");
+    assert_eq!((logged[1].target.as_str(), &logged[1].payload), ("OrderFailed", &p2));
+    let gina_log: Vec<String> = c.since(&gina, None).await.unwrap().notifications.into_iter().map(|n| n.id).collect();
+    assert_eq!(gina_log, vec![earlier.id, logged[0].id.clone()]);
+    let hank_log = c.since(&hank, None).await.unwrap().notifications;
+    assert_eq!((hank_log.len(), hank_log[0].id.as_str()), (1, logged[1].id.as_str()));
+    assert!(c.append_many(&[]).await.unwrap().is_empty());
+}
+
+async fn users_of_many_orders_come_back_in_order(c: &dyn Cache) {
+    let (a, b, unknown) = (CorrelationId::new(), CorrelationId::new(), CorrelationId::new());
+    let (ivy, jack) = (user("ivy"), user("jack"));
+    c.put_new_order(a, &ivy, OrderStatus::Accepted, DAY).await.unwrap();
+    c.put_new_order(b, &jack, OrderStatus::Accepted, DAY).await.unwrap();
+    assert_eq!(c.users_of(&[b, unknown, a]).await.unwrap(), vec![Some(jack), None, Some(ivy)]);
+    assert!(c.users_of(&[]).await.unwrap().is_empty());
 }
