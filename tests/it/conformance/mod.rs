@@ -1,6 +1,6 @@
 //! Conformance suites: the same behaviour tests run against the production implementation
-//! of each seam (PostgreSQL, Redis, RabbitMQ) and the embedded one of `--role all` (SQLite,
-//! memory), so the two cannot drift. Each case becomes `case::real` and `case::embedded`.
+//! of each seam (PostgreSQL, Redis for the cache and the backplane, RabbitMQ) and the embedded
+//! one of `--role all` (SQLite, memory), so the two cannot drift. Each case becomes `case::real` and `case::embedded`.
 
 mod backplane;
 mod bus;
