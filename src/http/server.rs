@@ -33,13 +33,21 @@ where
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let mut builder = Server::build().disable_signals().shutdown_timeout(options.shutdown_timeout.as_secs().max(1));
+    // As `HttpServer` does: once a graceful stop begins, idle keep-alive connections close
+    // after their current response instead of holding the stop until its timeout.
+    let stopping = builder.graceful_shutdown_signal();
     if let Some(n) = options.workers {
         builder = builder.workers(n.max(1));
     }
     let builder = builder.listen("contoso-http", listener, move || {
         let upgrades = upgrades.clone();
+        let stopping = stopping.clone();
         let app = factory().into_factory().map_err(|err| err.into().error_response());
         HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let stopping = stopping.clone();
+                async move { stopping.notified().await }
+            })
             .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
             .client_request_timeout(Duration::from_secs(5))
             .client_disconnect_timeout(Duration::from_secs(1))

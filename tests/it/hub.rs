@@ -167,3 +167,51 @@ async fn a_process_older_than_its_shutdown_timeout_still_drains_gracefully() {
     }
     stopping.await.unwrap();
 }
+
+/// Waits for the next text frame that contains `needle`.
+async fn text_with(ws: &mut Ws, needle: &str) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains(needle) => return t.as_str().to_owned(),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no frame with {needle}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_token_used_by_a_second_socket_replaces_the_first_and_removal_is_exact() {
+    let prefix = format!("t-{}-", uuid::Uuid::new_v4().simple());
+    let app =
+        spawn_app(AppOptions { roles: Some("notify"), extra_args: vec!["--channel-prefix".into(), prefix.clone()], ..Default::default() })
+            .await;
+    let user = unique_user("twice");
+    let token = app.token(&user);
+    let negotiated: serde_json::Value = reqwest::Client::new()
+        .post(app.url("/hubs/order-status/negotiate?negotiateVersion=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{}/hubs/order-status?id={}", app.port, negotiated["connectionToken"].as_str().unwrap());
+    let mut first = registered_tabs(&url, &token, 1).await.remove(0);
+    let mut second = registered_tabs(&url, &token, 1).await.remove(0);
+    // The server removes a connection before it writes the Close record: once the record is
+    // here, the older socket's removal has run.
+    let close = text_with(&mut first, "\"type\":7").await;
+    assert!(close.contains("replaced") && !close.contains("allowReconnect"), "{close}");
+    drop(first);
+
+    // The older socket's end must not take the newer one off the registry: it still gets pushes.
+    let channel = Channels::new(&prefix, "Contoso.OrderNotification.Hubs.OrderStatusHub").user(&user);
+    let mut redis = redis::Client::open(env::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    for i in 0..2 {
+        let env = envelope(&HubMessage::push("Test", vec![json!({ "i": i })]));
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(env.encode().as_ref()).query_async(&mut redis).await.unwrap();
+        text_with(&mut second, &format!("\"i\":{i}")).await;
+    }
+    app.stop().await;
+}
