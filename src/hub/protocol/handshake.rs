@@ -48,6 +48,10 @@ pub fn parse_handshake(buf: &mut BytesMut, max_size: usize) -> Result<Option<Han
     let Some(end) = buf.iter().position(|b| *b == RECORD_SEPARATOR) else {
         return if buf.len() > max_size { Err(HandshakeError::Canceled) } else { Ok(None) };
     };
+    // The same limit when the whole record arrived at once (ASP.NET cancels it either way).
+    if end > max_size {
+        return Err(HandshakeError::Canceled);
+    }
     let record = buf.split_to(end + 1);
     let raw: Raw = serde_json::from_slice(&record[..end]).map_err(|_| HandshakeError::Malformed)?;
     let protocol = Protocol::from_name(&raw.protocol).ok_or_else(|| HandshakeError::UnknownProtocol(raw.protocol.clone()))?;

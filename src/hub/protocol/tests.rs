@@ -152,6 +152,16 @@ fn handshake_requests_and_answers() {
     assert_eq!(parse_handshake(&mut partial, MAX).unwrap(), None);
 }
 
+#[test]
+fn a_handshake_larger_than_the_message_limit_is_refused_even_when_complete() {
+    // Padded with whitespace, so it would parse if its size were not checked.
+    let padded = format!("{{\"protocol\":\"json\",{}\"version\":1}}\x1e", " ".repeat(64));
+    let mut whole = BytesMut::from(padded.as_bytes());
+    assert_eq!(parse_handshake(&mut whole, 64), Err(HandshakeError::Canceled), "ASP.NET cancels an oversized handshake");
+    let mut fits = BytesMut::from(padded.as_bytes());
+    assert!(parse_handshake(&mut fits, padded.len()).unwrap().is_some());
+}
+
 fn arb_json() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(json!(null)),
