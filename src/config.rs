@@ -7,33 +7,7 @@ use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf, str::FromS
 use clap::{Parser, builder::BoolishValueParser};
 use serde::Deserialize;
 
-/// A value that must never reach a log line or `--help`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
+pub use crate::{http::auth::JwtSettings, secret::Secret, telemetry::LogFormat};
 
 /// Where `--role all` keeps its orders when no `--database-url` is given.
 pub const EMBEDDED_DATABASE_URL: &str = "sqlite://contoso.db";
@@ -110,13 +84,6 @@ impl FromStr for RoleSet {
         }
         Ok(Self { roles, all })
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Pretty,
 }
 
 /// The raw settings as clap and the config file see them: every field optional, so the
@@ -231,16 +198,6 @@ pub struct RawSettings {
     /// Notify: seconds a notification is kept for ResumeNotifications [default: 86400]
     #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_TTL")]
     pub notification_log_ttl: Option<u64>,
-}
-
-/// How a JWT is validated. At least one key is present when a role needs authentication.
-#[derive(Debug, Clone)]
-pub struct JwtSettings {
-    pub secret: Option<Secret>,
-    pub public_key: Option<PathBuf>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub leeway: Duration,
 }
 
 /// The typed, merged settings every other module receives.

@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod hub;
 pub mod roles;
+pub mod secret;
 pub mod shutdown;
 pub mod spa;
 pub mod store;

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream::BoxStream};
 
 use super::{BusError, DeadLetter, Delivery, EventBus, Outgoing, Queue, Settle, Topology};
-use crate::{config::Secret, shutdown::Shutdown, telemetry::names};
+use crate::{secret::Secret, shutdown::Shutdown, telemetry::names};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

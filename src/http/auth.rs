@@ -8,7 +8,17 @@ use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::JwtSettings, domain::UserId, http::ApiError};
+use crate::{domain::UserId, http::ApiError, secret::Secret};
+
+/// How a JWT is validated. At least one key is present when a role needs authentication.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub secret: Option<Secret>,
+    pub public_key: Option<std::path::PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
 
 /// The authenticated caller of a request or hub connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
