@@ -129,7 +129,12 @@ async fn subscriber(
                     tokio::select! {
                         () = tokio::time::sleep_until(deadline) => break,
                         cmd = commands.recv() => match cmd {
-                            Some(cmd) => apply(&mut wanted, cmd, &mut waiting),
+                            Some(cmd) => {
+                                // Nothing can be sent now: the wanted set is what the reconnect subscribes.
+                                let mut changes = Changes::default();
+                                changes.apply(&mut wanted, cmd);
+                                waiting.extend(changes.confirm);
+                            }
                             None => return,
                         },
                         () = token.cancelled() => return,
@@ -224,18 +229,6 @@ impl Changes {
                     self.unsubscribe.insert(channel);
                 }
             }
-        }
-    }
-}
-
-fn apply(wanted: &mut HashSet<String>, cmd: Command, confirm: &mut Vec<oneshot::Sender<()>>) {
-    match cmd {
-        Command::Subscribe(channel, tx) => {
-            wanted.insert(channel);
-            confirm.push(tx);
-        }
-        Command::Unsubscribe(channel) => {
-            wanted.remove(&channel);
         }
     }
 }

@@ -129,10 +129,6 @@ impl ConnectionHandle {
         }
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.outbox().close.is_some()
-    }
-
     pub fn close_request(&self) -> Option<CloseRequest> {
         self.outbox().close.clone()
     }
@@ -143,31 +139,32 @@ impl ConnectionHandle {
         if let Some(close) = &outbox.close {
             return Poll::Ready(close.clone());
         }
-        if !outbox.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            outbox.waker = Some(cx.waker().clone());
-        }
+        register(&mut outbox, cx);
         Poll::Pending
     }
 
     /// For the socket loop: takes what is queued, or registers to be woken when something is.
     pub fn poll_outgoing(&self, cx: &mut Context<'_>) -> Poll<Outgoing> {
         let mut outbox = self.outbox();
-        let queued: Vec<Bytes> = outbox.queue.drain(..).collect();
+        // The queue's allocation leaves with what it holds (no copy): an emptied outbox holds
+        // no memory.
+        let queued = Vec::from(std::mem::take(&mut outbox.queue));
         outbox.replies = 0;
-        if outbox.queue.capacity() > 64 {
-            // A burst is over: give its memory back.
-            outbox.queue = VecDeque::new();
-        }
         if let Some(close) = &outbox.close {
             return Poll::Ready(Outgoing::Close(queued, close.clone()));
         }
         if !queued.is_empty() {
             return Poll::Ready(Outgoing::Bytes(queued));
         }
-        if !outbox.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            outbox.waker = Some(cx.waker().clone());
-        }
+        register(&mut outbox, cx);
         Poll::Pending
+    }
+}
+
+/// The socket loop's waker, kept for the next push or close request.
+fn register(outbox: &mut Outbox, cx: &Context<'_>) {
+    if !outbox.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        outbox.waker = Some(cx.waker().clone());
     }
 }
 
@@ -213,7 +210,7 @@ mod tests {
         }
         assert!(c.try_send(Bytes::from_static(b"1")));
         assert!(c.try_send(Bytes::from_static(b"2")));
-        assert!(!c.is_closed());
+        assert!(c.close_request().is_none());
         assert!(!c.try_send(Bytes::from_static(b"3")), "the third push exceeds the bound");
         assert_eq!(c.close_request().map(|r| r.reason), Some("queue-full"));
         match poll(&c) {

@@ -1,8 +1,9 @@
 //! The lifetime manager: the local registry of connections (by id and by user) and fan-out
 //! through the `Backplane`. A user's channel is subscribed on their first local connection and
 //! unsubscribed after the last; the requests are queued in registry order under a short,
-//! in-memory lock, so interleaved connects and disconnects cannot race and none waits on Redis. Every user send goes through the backplane, local targets included (no sticky
-//! sessions, so no short-cut): a process receives its own publishes.
+//! in-memory lock, so interleaved connects and disconnects cannot race and none waits on Redis.
+//! Every user send goes through the backplane, local targets included (no sticky sessions, so
+//! no short-cut): a process receives its own publishes.
 
 use std::{
     collections::HashMap,
@@ -95,12 +96,9 @@ impl HubLifetime {
             }
             let list = registry.users.entry(conn.user_id().clone()).or_default();
             list.push(conn.clone());
+            // A replaced connection had the same user (a connection token is bound to its user),
+            // so the user's channel stays wanted.
             let confirm = (list.len() == 1).then(|| self.backplane.subscribe(&self.channels.user(conn.user_id())));
-            if let Some(old) = &replaced
-                && !registry.users.contains_key(old.user_id())
-            {
-                self.backplane.unsubscribe(&self.channels.user(old.user_id()));
-            }
             (confirm, replaced)
         };
         metrics::gauge!(m::CONNECTIONS, "protocol" => conn.protocol().name()).increment(1.0);
