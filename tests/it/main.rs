@@ -11,6 +11,7 @@ mod hub;
 mod lifecycle;
 #[cfg(feature = "loadgen")] // the binary under test exists only with this feature (`make test` sets it)
 mod loadgen;
+mod notify;
 mod orders_api;
 mod outages;
 mod processing;
