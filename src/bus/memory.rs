@@ -152,6 +152,10 @@ impl Settle for MemorySettle {
         self.shared.with(self.queue, |q| q.dead.push_back(DeadLetter { body, reason: Some(reason) }));
         Ok(())
     }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
 }
 
 impl Drop for MemorySettle {

@@ -1,6 +1,7 @@
 //! The event bus seam (CONTRACT §4): publish with broker confirms, consume with manual
 //! settlement. RabbitMQ in production; an in-process version serves `--role all`.
 
+mod ack_window;
 pub mod memory;
 pub mod rabbitmq;
 pub mod topology;
@@ -51,12 +52,14 @@ pub struct Delivery {
 
 /// How a delivery is settled with the system it came from.
 #[async_trait]
-pub trait Settle: Send + Sync {
+pub trait Settle: Send + Sync + 'static {
     async fn ack(self: Box<Self>) -> Result<(), BusError>;
     /// Back to the queue for another attempt (counts towards the delivery limit).
     async fn requeue(self: Box<Self>) -> Result<(), BusError>;
     /// To the queue's dead-letter queue with `reason` in the `x-contoso-reason` header.
     async fn dead_letter(self: Box<Self>, body: Bytes, reason: String) -> Result<(), BusError>;
+    /// For a bus that acks a batch in fewer messages than deliveries (`EventBus::ack_all`).
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
 }
 
 impl Delivery {
@@ -75,6 +78,11 @@ impl Delivery {
     pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), BusError> {
         self.settle.dead_letter(self.body, reason.into()).await
     }
+
+    /// How the delivery is settled, for a bus that settles several together.
+    pub fn into_settle(self) -> Box<dyn Settle> {
+        self.settle
+    }
 }
 
 #[async_trait]
@@ -90,4 +98,10 @@ pub trait EventBus: Send + Sync + 'static {
     /// Removes and returns the oldest message of `queue`'s dead-letter queue (operators
     /// inspecting poison messages, and the tests).
     async fn take_dead_letter(&self, queue: Queue) -> Result<Option<DeadLetter>, BusError>;
+    /// Acks every delivery of a batch; a bus may do it in fewer messages than deliveries.
+    /// `Err` when any of them could not be acked (the broker redelivers those).
+    async fn ack_all(&self, deliveries: Vec<Delivery>) -> Result<(), BusError> {
+        let results = futures_util::future::join_all(deliveries.into_iter().map(Delivery::ack)).await;
+        results.into_iter().collect()
+    }
 }

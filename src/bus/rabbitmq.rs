@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream::BoxStream};
 
-use super::{BusError, DeadLetter, Delivery, EventBus, Outgoing, Queue, Settle, Topology};
+use super::{BusError, DeadLetter, Delivery, EventBus, Outgoing, Queue, Settle, Topology, ack_window::AckWindow};
 use crate::{secret::Secret, shutdown::Shutdown, telemetry::names};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -273,11 +273,38 @@ impl EventBus for RabbitBus {
             Err(_) => Err(BusError::Unavailable("dead-letter queue did not answer in time".into())),
         }
     }
+
+    async fn ack_all(&self, deliveries: Vec<Delivery>) -> Result<(), BusError> {
+        // Grouped by consumer channel: delivery tags only mean something within one.
+        let mut windows: Vec<(Window, Vec<RabbitSettle>)> = Vec::new();
+        let mut res = Ok(());
+        for delivery in deliveries {
+            match delivery.into_settle().into_any().downcast::<RabbitSettle>() {
+                Ok(settle) => match windows.iter_mut().find(|(w, _)| Arc::ptr_eq(w, &settle.window)) {
+                    Some((_, batch)) => batch.push(*settle),
+                    None => windows.push((settle.window.clone(), vec![*settle])),
+                },
+                // Left unsettled, so the broker it came from redelivers it.
+                Err(_) => res = Err(BusError::Refused("a delivery of another bus".into())),
+            }
+        }
+        for (window, batch) in windows {
+            res = res.and(ack_on_window(&window, batch).await);
+        }
+        res
+    }
 }
+
+/// The settlements of one consumer channel. The lock is held while a frame is sent, so the
+/// frames leave in the order they were planned: a `multiple` ack can never overtake a single
+/// ack or nack of a tag it covers (the broker closes the channel on an unknown tag).
+type Window = Arc<tokio::sync::Mutex<AckWindow>>;
 
 /// Settles one RabbitMQ delivery; dead letters go out through the confirm-mode channel.
 struct RabbitSettle {
     acker: Acker,
+    tag: u64,
+    window: Window,
     live: Arc<Live>,
     dead_letter_exchange: String,
     source_queue: String,
@@ -307,14 +334,53 @@ async fn settled_within(
     }
 }
 
+impl RabbitSettle {
+    /// Sends this delivery's own settlement frame, in turn with the channel's other ones.
+    async fn alone(&self, frame: impl std::future::Future<Output = Result<bool, lapin::Error>>) -> Result<(), BusError> {
+        let mut window = self.window.lock().await;
+        let res = settled(frame).await;
+        // A frame that was not sent leaves the delivery with the broker, so no `multiple` ack
+        // may cover it (a lost nack would turn into an ack): later acks go one by one.
+        if res.is_ok() {
+            window.settled(self.tag);
+        }
+        res
+    }
+}
+
+/// Acks the deliveries of one channel: one `multiple` ack where every earlier delivery is
+/// settled, single acks for the others.
+async fn ack_on_window(window: &Window, mut batch: Vec<RabbitSettle>) -> Result<(), BusError> {
+    batch.sort_unstable_by_key(|s| s.tag);
+    let tags: Vec<u64> = batch.iter().map(|s| s.tag).collect();
+    let mut window = window.lock().await;
+    let plan = window.plan(&tags);
+    let mut res = Ok(());
+    for s in &batch {
+        let frame = if Some(s.tag) == plan.multiple {
+            settled(s.acker.ack(BasicAckOptions { multiple: true })).await
+        } else if plan.singles.contains(&s.tag) {
+            settled(s.acker.ack(BasicAckOptions::default())).await
+        } else {
+            continue;
+        };
+        res = res.and(frame);
+    }
+    res
+}
+
 #[async_trait]
 impl Settle for RabbitSettle {
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        settled(self.acker.ack(BasicAckOptions::default())).await
+        self.alone(self.acker.ack(BasicAckOptions::default())).await
     }
 
     async fn requeue(self: Box<Self>) -> Result<(), BusError> {
-        settled(self.acker.nack(BasicNackOptions { requeue: true, ..Default::default() })).await
+        self.alone(self.acker.nack(BasicNackOptions { requeue: true, ..Default::default() })).await
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
     }
 
     async fn dead_letter(self: Box<Self>, body: Bytes, reason: String) -> Result<(), BusError> {
@@ -344,7 +410,7 @@ impl Settle for RabbitSettle {
             Err(_) => return Err(BusError::Unavailable("no confirm for the dead letter".into())),
         }
         // Only once the dead letter is safe is the original removed.
-        settled(self.acker.ack(BasicAckOptions::default())).await
+        self.alone(self.acker.ack(BasicAckOptions::default())).await
     }
 }
 
@@ -385,6 +451,7 @@ impl RabbitBus {
             .map_err(bus_err)?;
         let dlx = self.topology.dead_letter_exchange();
         let kick = self.kick.clone();
+        let window = Window::default();
         let stream = consumer
             .take_while(move |res| {
                 if let Err(err) = res {
@@ -404,6 +471,8 @@ impl RabbitBus {
                     let count = delivery_count(&d.properties);
                     let settle = RabbitSettle {
                         acker: d.acker,
+                        tag: d.delivery_tag,
+                        window: window.clone(),
                         live,
                         dead_letter_exchange: dlx,
                         source_queue: name,

@@ -5,7 +5,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use futures_util::{StreamExt, future::join_all};
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -38,6 +38,10 @@ pub struct ConsumerConfig {
     /// Deliveries before a technical failure is dead-lettered.
     pub delivery_limit: u32,
 }
+
+/// Batches handled at once by one consumer. Few, so that under load each batch carries what
+/// arrived meanwhile instead of each delivery becoming a batch of its own.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Backoff before a failed delivery goes back: 200 ms doubling to 10 s.
 pub fn backoff(delivery_count: u32) -> Duration {
@@ -104,22 +108,21 @@ where
             }
         };
         tracing::info!(queue = cfg.label, "consuming");
-        // The broker bounds the deliveries in flight (the prefetch), so batches do not need a
-        // limit of their own: a batch is whatever had arrived when the last one was taken.
+        // A batch is whatever arrived while the batches before it were handled: with few in
+        // flight, batches grow with the load, and so does what one round trip carries. The
+        // broker bounds the deliveries in flight (the prefetch).
         stream
             .take_until(token.clone().cancelled_owned())
             .ready_chunks(usize::from(cfg.prefetch.max(1)))
-            .for_each_concurrent(None, |batch| {
-                let handler = handler.clone();
-                let cfg = cfg.clone();
-                let token = token.clone();
-                async move { handle(batch, &cfg, &token, handler.as_ref()).await }
+            .for_each_concurrent(BATCHES_IN_FLIGHT, |batch| {
+                let (bus, handler, cfg, token) = (bus.clone(), handler.clone(), cfg.clone(), token.clone());
+                async move { handle(batch, &bus, &cfg, &token, handler.as_ref()).await }
             })
             .await;
     }
 }
 
-async fn handle<H, Fut>(batch: Vec<Delivery>, cfg: &ConsumerConfig, token: &CancellationToken, handler: &H)
+async fn handle<H, Fut>(batch: Vec<Delivery>, bus: &Arc<dyn EventBus>, cfg: &Arc<ConsumerConfig>, token: &CancellationToken, handler: &H)
 where
     H: Fn(Vec<Arc<[u8]>>) -> Fut,
     Fut: Future<Output = Vec<Result<(), Failure>>>,
@@ -135,23 +138,44 @@ where
     debug_assert_eq!(results.len(), size, "one result per delivery");
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!(names::PROCESSING_DURATION, "queue" => queue).record_many(elapsed, size);
-    join_all(batch.into_iter().zip(results).map(|(delivery, res)| settle(delivery, res, cfg, token))).await;
-    metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).decrement(size as f64);
+    let mut acks = Vec::with_capacity(size);
+    let mut others = Vec::new();
+    for (delivery, res) in batch.into_iter().zip(results) {
+        match res {
+            Ok(()) => acks.push(delivery),
+            Err(failure) => others.push((delivery, failure)),
+        }
+    }
+    let acked = acks.len();
+    match bus.ack_all(acks).await {
+        Ok(()) => metrics::counter!(names::EVENTS_ACKED, "queue" => queue).increment(acked as u64),
+        // The broker redelivers an unsettled message; handlers are idempotent.
+        Err(err) => tracing::warn!(queue, error = %err, "could not ack a batch"),
+    }
+    metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).decrement(acked as f64);
+    for (delivery, failure) in others {
+        // A failed delivery may be held for its backoff; that must not hold the batches
+        // behind it, only its own prefetch slot.
+        let (cfg, token) = (cfg.clone(), token.clone());
+        tokio::spawn(async move {
+            settle(delivery, failure, &cfg, &token).await;
+            metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => cfg.label).decrement(1.0);
+        });
+    }
 }
 
-/// Settles one delivery by its handler's result.
-async fn settle(delivery: Delivery, res: Result<(), Failure>, cfg: &ConsumerConfig, token: &CancellationToken) {
+/// Settles one delivery its handler failed.
+async fn settle(delivery: Delivery, failure: Failure, cfg: &ConsumerConfig, token: &CancellationToken) {
     let queue = cfg.label;
-    let settled = match res {
-        Ok(()) => delivery.ack().await.map(|()| metrics::counter!(names::EVENTS_ACKED, "queue" => queue).increment(1)),
-        Err(Failure::Poison { kind, reason }) => {
+    let settled = match failure {
+        Failure::Poison { kind, reason } => {
             tracing::warn!(queue, reason = %reason, "dead-lettering a message that cannot be handled");
             delivery
                 .dead_letter(reason)
                 .await
                 .map(|()| metrics::counter!(names::EVENTS_DEAD_LETTERED, "queue" => queue, "reason" => kind).increment(1))
         }
-        Err(Failure::Technical(err)) => {
+        Failure::Technical(err) => {
             let count = delivery.delivery_count;
             if count + 1 >= cfg.delivery_limit {
                 tracing::error!(queue, error = %err, deliveries = count + 1, "giving up on a message after its delivery limit");

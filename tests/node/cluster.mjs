@@ -29,7 +29,7 @@ export async function startNginx({ notifyPorts, acceptPort }) {
     // The access log names the upstream of every request (a WebSocket is logged when it ends),
     // so a test can tell which process each connection went to.
     conf = conf
-      .replace("access_log /dev/stdout;", `log_format upstreams '$upstream_addr $status $request_uri'; access_log ${dir}/access.log upstreams;`)
+      .replace(/access_log \/dev\/stdout[^;]*;/, `log_format upstreams '$upstream_addr $status $uri'; access_log ${dir}/access.log upstreams;`)
       .replace("error_log /dev/stderr warn;", `error_log ${dir}/error.log warn;`)
       .replace("worker_processes auto;", "worker_processes 1;");
     conf = replaceBlock(conf, "notify upstreams", ports.map((p) => `server 127.0.0.1:${p};`));

@@ -63,6 +63,7 @@ conformance!(rabbitmq, memory;
     a_dead_letter_keeps_its_body_and_reason,
     prefetch_bounds_unsettled_deliveries,
     a_message_that_keeps_crashing_its_consumer_is_dead_lettered_by_the_bus,
+    a_batch_acked_together_stays_acked_and_never_takes_an_earlier_delivery_with_it,
 );
 
 fn event(routing_key: &str, body: &str) -> Outgoing {
@@ -192,4 +193,41 @@ async fn a_message_that_keeps_crashing_its_consumer_is_dead_lettered_by_the_bus(
     };
     assert_eq!((dead.body.as_ref(), dead.reason.as_deref()), (&b"crasher"[..], Some(DELIVERY_LIMIT_REASON)));
     assert!(deliveries >= limit, "dead-lettered after {deliveries} deliveries, the limit is {limit}");
+}
+
+/// `ack_all` may settle a batch with one `multiple` ack: it must ack exactly the batch, never
+/// a delivery before it that is still being handled, and those acks must hold when the
+/// consumer goes.
+async fn a_batch_acked_together_stays_acked_and_never_takes_an_earlier_delivery_with_it(bus: &dyn EventBus) {
+    let bodies: Vec<String> = (1..=6).map(|i| format!("b{i}")).collect();
+    let events: Vec<Outgoing> = bodies.iter().map(|b| event("order.accepted", b)).collect();
+    publish(bus, &events).await;
+    let mut stream = bus.consume(Queue::OrderProcess, 10).await.unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..6 {
+        deliveries.push(next(&mut stream).await);
+    }
+    let held = deliveries.remove(0);
+    assert_eq!(held.body.as_ref(), b"b1");
+    let requeued = deliveries.remove(2);
+    // b2, b3 behind a delivery still in hand (b1); b4 requeued on its own; then b5, b6.
+    let late = deliveries.split_off(2);
+    bus.ack_all(deliveries).await.unwrap();
+    requeued.requeue().await.unwrap();
+    let again = next(&mut stream).await;
+    assert_eq!(again.body.as_ref(), b"b4", "the requeued delivery comes back");
+    bus.ack_all(late).await.unwrap();
+    // The consumer "crashes" with b1 and the redelivered b4 in hand: only those come back.
+    drop((held, again));
+    drop(stream);
+    let mut after = bus.consume(Queue::OrderProcess, 10).await.unwrap();
+    let mut back = vec![next(&mut after).await, next(&mut after).await];
+    back.sort_by(|a, b| a.body.cmp(&b.body));
+    assert_eq!(back.iter().map(|d| d.body.as_ref()).collect::<Vec<_>>(), [&b"b1"[..], &b"b4"[..]]);
+    assert!(nothing_within(&mut after, Duration::from_millis(500)).await, "acked deliveries never come back");
+    // Nothing unsettled before them on this consumer: one `multiple` ack may take both.
+    bus.ack_all(back).await.unwrap();
+    drop(after);
+    let mut last = bus.consume(Queue::OrderProcess, 10).await.unwrap();
+    assert!(nothing_within(&mut last, Duration::from_millis(500)).await, "a batch acked together stays acked");
 }
