@@ -128,8 +128,10 @@ impl App {
         let shutdown_data = web::Data::new(shutdown.clone());
         let auth_data = web::Data::from(auth);
         let prometheus = telemetry::prometheus();
+        let body_timeout = deps.settings.request_body_timeout;
         let app = move || {
             let mut app = actix_web::App::new()
+                .wrap(from_fn(move |req, next| http::body_deadline::body_deadline(body_timeout, req, next)))
                 .wrap(from_fn(observe))
                 .app_data(readiness.clone())
                 .app_data(shutdown_data.clone())

@@ -171,13 +171,16 @@ pub struct RawSettings {
     /// Deliveries of one message before it is dead-lettered (quorum queue delivery limit) [default: 10]
     #[arg(long, env = "CONTOSO_DELIVERY_LIMIT")]
     pub delivery_limit: Option<u32>,
+    /// Milliseconds a request's body may take to arrive, then 408 [default: 10000]
+    #[arg(long, env = "CONTOSO_REQUEST_BODY_TIMEOUT_MS")]
+    pub request_body_timeout_ms: Option<u64>,
     /// HTTP worker threads [default: number of CPUs]
     #[arg(long, env = "CONTOSO_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
     /// Notify: send a Ping after this many milliseconds without sending [default: 15000]
     #[arg(long, env = "CONTOSO_KEEP_ALIVE_INTERVAL_MS")]
     pub keep_alive_interval_ms: Option<u64>,
-    /// Notify: close a connection silent for this many milliseconds, armed after its first Ping [default: 30000]
+    /// Notify: close a connection silent for this many milliseconds, counted from its handshake [default: 30000]
     #[arg(long, env = "CONTOSO_CLIENT_TIMEOUT_MS")]
     pub client_timeout_ms: Option<u64>,
     /// Notify: milliseconds a client has to send its handshake [default: 15000]
@@ -192,6 +195,21 @@ pub struct RawSettings {
     /// Notify: key signing negotiate connection tokens, shared by all notify pods [default: derived from the JWT secret]
     #[arg(long, env = "CONTOSO_NEGOTIATE_SECRET", hide_env_values = true)]
     pub negotiate_secret: Option<Secret>,
+    /// Notify: connections this process takes, then 503 (0: no limit) [default: 50000]
+    #[arg(long, env = "CONTOSO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Notify: connections one user may hold on this process, then 429 (0: no limit) [default: 32]
+    #[arg(long, env = "CONTOSO_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
+    /// Notify: close a connection when its token expires, so it reconnects with a fresh one [default: true]
+    #[arg(long, env = "CONTOSO_CLOSE_ON_TOKEN_EXPIRY", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub close_on_token_expiry: Option<bool>,
+    /// Notify: hub invocations per second per connection, in bursts of twice as many (0: no limit) [default: 10]
+    #[arg(long, env = "CONTOSO_HUB_INVOCATIONS_PER_SECOND")]
+    pub hub_invocations_per_second: Option<u32>,
+    /// Accept: orders per second per user, in bursts of four times as many, then 429 (0: no limit) [default: 10]
+    #[arg(long, env = "CONTOSO_ORDERS_PER_SECOND_PER_USER")]
+    pub orders_per_second_per_user: Option<u32>,
     /// Notify: notifications kept per user for ResumeNotifications [default: 1000]
     #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_MAX")]
     pub notification_log_max: Option<u64>,
@@ -225,9 +243,11 @@ pub struct Settings {
     pub outbox_poll: Duration,
     pub delivery_limit: u32,
     pub http_workers: Option<usize>,
+    pub request_body_timeout: Duration,
     pub hub: crate::hub::HubSettings,
     pub negotiate_secret: Option<Secret>,
     pub retention: crate::cache::Retention,
+    pub orders_per_second_per_user: u32,
 }
 
 /// A settings problem, printed as the single line the process exits with.
@@ -307,6 +327,7 @@ impl Settings {
             outbox_poll: Duration::from_millis(pick!(outbox_poll_ms).unwrap_or(500).max(10)),
             delivery_limit: pick!(delivery_limit).unwrap_or(10).max(1),
             http_workers: pick!(http_workers),
+            request_body_timeout: Duration::from_millis(pick!(request_body_timeout_ms).unwrap_or(10_000).max(10)),
             hub: crate::hub::HubSettings {
                 keep_alive: Duration::from_millis(pick!(keep_alive_interval_ms).unwrap_or(15_000).max(10)),
                 client_timeout: Duration::from_millis(pick!(client_timeout_ms).unwrap_or(30_000).max(10)),
@@ -314,7 +335,12 @@ impl Settings {
                 max_message_size: pick!(max_message_size).unwrap_or(32 * 1024).max(256),
                 send_queue: pick!(send_queue).unwrap_or(64).max(1),
                 negotiate_token_ttl: Duration::from_secs(60),
+                max_connections: pick!(max_connections).unwrap_or(50_000),
+                max_connections_per_user: pick!(max_connections_per_user).unwrap_or(32),
+                close_on_token_expiry: pick!(close_on_token_expiry).unwrap_or(true),
+                invocations_per_second: pick!(hub_invocations_per_second).unwrap_or(10),
             },
+            orders_per_second_per_user: pick!(orders_per_second_per_user).unwrap_or(10),
             negotiate_secret: pick!(negotiate_secret),
             retention: crate::cache::Retention {
                 max_count: pick!(notification_log_max).unwrap_or(1000).max(1),

@@ -24,6 +24,8 @@ pub struct JwtSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: UserId,
+    /// The token's `exp` (seconds since the epoch): a hub connection ends there.
+    pub expires_at: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,18 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
+}
+
+impl AuthError {
+    /// What a 401 says: the kind of problem, never the validating library's words (they tell
+    /// an attacker which check failed). The specifics are logged at debug.
+    pub fn public_detail(&self) -> String {
+        tracing::debug!(error = %self, "authentication failed");
+        match self {
+            AuthError::Missing => "missing bearer token".into(),
+            AuthError::Invalid(_) => "invalid or expired token".into(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -110,7 +124,7 @@ impl Authenticator {
         }
         let data = decode::<Claims>(token, key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let user_id = UserId::parse(&data.claims.sub).map_err(AuthError::Invalid)?;
-        Ok(Caller { user_id })
+        Ok(Caller { user_id, expires_at: data.claims.exp })
     }
 
     /// Mints an HS256 token for `user` (dev auth only); `None` when dev auth is off.
@@ -124,22 +138,24 @@ impl Authenticator {
         encode(&Header::new(Algorithm::HS256), &claims, enc).ok()
     }
 
-    /// The token of a request: `Authorization: Bearer` first, else the `access_token` query
-    /// parameter (browsers cannot set headers on WebSockets).
-    pub fn token_from_request(req: &HttpRequest) -> Option<String> {
-        Self::token_from_parts(req.headers(), req.query_string())
+    /// The bearer token of an API request: the `Authorization` header only. A token in a
+    /// URL ends up in browser history, proxies and access logs, so only the hub takes one.
+    pub fn token_from_header(headers: &actix_web::http::header::HeaderMap) -> Option<String> {
+        let value = headers.get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+        let mut parts = value.splitn(2, ' ');
+        match (parts.next(), parts.next()) {
+            (Some(scheme), Some(token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+                Some(token.trim().to_owned())
+            }
+            _ => None,
+        }
     }
 
-    /// `token_from_request` for a request outside actix-web (a WebSocket upgrade).
-    pub fn token_from_parts(headers: &actix_web::http::header::HeaderMap, query: &str) -> Option<String> {
-        if let Some(value) = headers.get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-            let mut parts = value.splitn(2, ' ');
-            if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
-                && scheme.eq_ignore_ascii_case("bearer")
-                && !token.trim().is_empty()
-            {
-                return Some(token.trim().to_owned());
-            }
+    /// The token of a hub request: the header first, else the `access_token` query parameter
+    /// (browsers cannot set headers on WebSockets).
+    pub fn token_for_hub(headers: &actix_web::http::header::HeaderMap, query: &str) -> Option<String> {
+        if let Some(token) = Self::token_from_header(headers) {
+            return Some(token);
         }
         web::Query::<std::collections::HashMap<String, String>>::from_query(query)
             .ok()
@@ -160,9 +176,6 @@ impl FromRequest for Caller {
 fn authenticate_request(req: &HttpRequest) -> Result<Caller, ApiError> {
     let auth =
         req.app_data::<web::Data<Authenticator>>().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no authenticator configured")))?;
-    let token = Authenticator::token_from_request(req).ok_or_else(|| ApiError::Unauthorized(AuthError::Missing.to_string()))?;
-    auth.authenticate(&token).map_err(|e| {
-        tracing::debug!(error = %e, "authentication failed");
-        ApiError::Unauthorized(e.to_string())
-    })
+    let token = Authenticator::token_from_header(req.headers()).ok_or_else(|| ApiError::Unauthorized(AuthError::Missing.to_string()))?;
+    auth.authenticate(&token).map_err(|e| ApiError::Unauthorized(e.public_detail()))
 }

@@ -3,10 +3,12 @@
 //! Only this module knows problem+json.
 
 pub mod auth;
+pub mod body_deadline;
 pub mod middleware;
 pub mod problem;
+pub mod rate_limit;
 pub mod server;
 pub mod upgrade;
 
-pub use auth::{Authenticator, Caller};
+pub use auth::{AuthError, Authenticator, Caller};
 pub use problem::ApiError;

@@ -21,6 +21,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A rate limit: retry after this many seconds.
+    #[error("too many requests, retry in {0} s")]
+    TooManyRequests(u64),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -35,6 +38,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Seconds for `Retry-After` (503 and 429); a 503 without one says 2.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -45,15 +51,27 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn response(&self) -> HttpResponse {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut builder = HttpResponse::build(status);
         builder.content_type(PROBLEM_JSON);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            builder.insert_header(("Retry-After", "2"));
+        match (status, self.retry_after) {
+            (StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS, Some(seconds)) => {
+                builder.insert_header(("Retry-After", seconds.to_string()));
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, None) => {
+                builder.insert_header(("Retry-After", "2"));
+            }
+            _ => {}
         }
         if status == StatusCode::UNAUTHORIZED {
             builder.insert_header(("WWW-Authenticate", "Bearer"));
@@ -71,6 +89,7 @@ impl ResponseError for ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +111,9 @@ impl ResponseError for ApiError {
         let mut problem = Problem::new(status, detail);
         if let Self::Invalid { field, .. } = self {
             problem.field = Some(field.clone());
+        }
+        if let Self::TooManyRequests(seconds) = self {
+            problem.retry_after = Some(*seconds);
         }
         problem.response()
     }

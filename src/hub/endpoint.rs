@@ -16,10 +16,16 @@ use futures_util::FutureExt;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use super::{HubContext, metrics_names as m, negotiate::TokenSigner, session};
+use super::{
+    HubContext,
+    limits::{Refusal, Slot},
+    metrics_names as m,
+    negotiate::TokenSigner,
+    session,
+};
 use crate::{
     http::{
-        Authenticator, Caller, middleware,
+        AuthError, Authenticator, Caller, middleware,
         problem::Problem,
         upgrade::{self, Framed, UpgradeFn},
     },
@@ -44,8 +50,23 @@ pub fn configure(cfg: &mut web::ServiceConfig, path: &str, endpoint: web::Data<H
 
 /// The caller, or the 401 problem (its detail) to answer with.
 fn authenticate(headers: &HeaderMap, query: &str, auth: &Authenticator) -> Result<Caller, String> {
-    let token = Authenticator::token_from_parts(headers, query).ok_or_else(|| "missing bearer token".to_owned())?;
-    auth.authenticate(&token).map_err(|e| e.to_string())
+    let token = Authenticator::token_for_hub(headers, query).ok_or_else(|| AuthError::Missing.public_detail())?;
+    auth.authenticate(&token).map_err(|e| e.public_detail())
+}
+
+/// A connection's place in the process's limits, or the answer that refuses it: 503 sends the
+/// client to another process, 429 tells it this user has enough tabs open here.
+fn reserve(ep: &HubEndpoint, user: &str) -> Result<Slot, Problem> {
+    ep.ctx.limits.reserve(&Arc::from(user)).map_err(|refusal| {
+        let (status, reason, detail) = match refusal {
+            Refusal::Process => {
+                (StatusCode::SERVICE_UNAVAILABLE, "process", "this server holds its maximum of connections, connect to another one")
+            }
+            Refusal::User => (StatusCode::TOO_MANY_REQUESTS, "user", "too many connections for this user"),
+        };
+        metrics::counter!(m::REFUSED, "limit" => reason).increment(1);
+        Problem::new(status, detail).with_retry_after(5)
+    })
 }
 
 fn unauthorized(why: &str) -> Problem {
@@ -56,7 +77,7 @@ fn draining() -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, "this server is draining, connect to another one")
 }
 
-/// Whether a connection may open: (connection id, user id), or the answer that refuses it.
+/// Whether a connection may open: (connection id, caller), or the answer that refuses it.
 fn admit(ep: &HubEndpoint, headers: &HeaderMap, query: &str) -> Result<(String, Caller), Problem> {
     if ep.shutdown.is_draining() {
         return Err(draining());
@@ -94,7 +115,7 @@ pub fn upgrade_handler(ep: Arc<HubEndpoint>) -> UpgradeFn {
         upgrade(ep.clone(), req, framed)
             .boxed_local()
             .then(move |admitted| match admitted {
-                Some((id, user_id, io, leftover)) => session::run(ctx, id, user_id, io, leftover).boxed(),
+                Some((admitted, io, leftover)) => session::run(ctx, admitted, io, leftover).boxed(),
                 None => std::future::ready(()).boxed(),
             })
             .boxed_local()
@@ -102,11 +123,12 @@ pub fn upgrade_handler(ep: Arc<HubEndpoint>) -> UpgradeFn {
 }
 
 /// Answers the upgrade request: the 101 and what the connection needs, or a refusal (`None`).
-async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Option<(Arc<str>, Arc<str>, TcpStream, BytesMut)> {
+async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Option<(session::Admitted, TcpStream, BytesMut)> {
     let started = Instant::now();
     let head = req.head();
-    let answer =
-        admit(&ep, &head.headers, req.uri().query().unwrap_or_default()).and_then(|admitted| match actix_http::ws::handshake(head) {
+    let answer = admit(&ep, &head.headers, req.uri().query().unwrap_or_default())
+        .and_then(|(id, caller)| Ok((id, caller.expires_at, reserve(&ep, caller.user_id.as_str())?)))
+        .and_then(|admitted| match actix_http::ws::handshake(head) {
             Ok(mut switching) => Ok((admitted, switching.finish().drop_body())),
             Err(err) => Err(Problem::new(StatusCode::BAD_REQUEST, format!("invalid websocket upgrade: {err}"))),
         });
@@ -117,7 +139,7 @@ async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Opti
     middleware::record(req.method().as_str(), req.path(), req.path(), status, started.elapsed());
     // The request is not needed past this point; an idle connection must not keep its headers.
     drop(req);
-    let ((id, caller), switching) = match answer {
+    let ((id, expires_at, slot), switching) = match answer {
         Ok(ok) => ok,
         Err(problem) => {
             let _ = upgrade::respond(&mut framed, problem.response()).await;
@@ -128,7 +150,8 @@ async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Opti
     // Only the stream and what was read past the request stay: the codec and the write
     // buffer (8 KiB) go now, not when the connection ends.
     let (io, leftover) = upgrade::into_stream(framed);
-    Some((id.into(), caller.user_id.as_str().into(), io, leftover))
+    let expires = ep.ctx.settings.close_on_token_expiry.then(|| session::instant_of(expires_at));
+    Some((session::Admitted { id: id.into(), slot, expires }, io, leftover))
 }
 
 async fn negotiate(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse {

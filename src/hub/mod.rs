@@ -6,6 +6,7 @@
 pub mod connection;
 pub mod endpoint;
 pub mod lifetime;
+pub mod limits;
 pub mod negotiate;
 pub mod protocol;
 pub mod session;
@@ -28,6 +29,8 @@ pub mod metrics_names {
     pub const MESSAGES_IN: &str = "contoso_hub_messages_received_total";
     pub const MESSAGES_OUT: &str = "contoso_hub_messages_sent_total";
     pub const QUEUE_FULL_CLOSES: &str = "contoso_hub_queue_full_closes_total";
+    pub const REFUSED: &str = "contoso_hub_connections_refused_total";
+    pub const INVOCATIONS_LIMITED: &str = "contoso_hub_invocations_rate_limited_total";
     pub const INVOCATION_DURATION: &str = "contoso_hub_invocation_duration_seconds";
     pub const BACKPLANE_PUBLISHED: &str = "contoso_backplane_messages_published_total";
     pub const BACKPLANE_RECEIVED: &str = "contoso_backplane_messages_received_total";
@@ -38,7 +41,7 @@ pub mod metrics_names {
 pub struct HubSettings {
     /// Send a Ping after this long without sending anything.
     pub keep_alive: Duration,
-    /// Close a connection that sent nothing for this long (armed after its first Ping).
+    /// Close a connection that sent nothing for this long, counted from the handshake.
     pub client_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Largest incoming hub message.
@@ -47,6 +50,14 @@ pub struct HubSettings {
     pub send_queue: usize,
     /// Lifetime of a negotiate connection token.
     pub negotiate_token_ttl: Duration,
+    /// Connections this process takes; 0: no limit.
+    pub max_connections: usize,
+    /// Connections one user may hold on this process; 0: no limit.
+    pub max_connections_per_user: usize,
+    /// Close a connection when its token expires (it reconnects with a fresh one).
+    pub close_on_token_expiry: bool,
+    /// Invocations per second one connection may make, in bursts of twice as many; 0: no limit.
+    pub invocations_per_second: u32,
 }
 
 impl Default for HubSettings {
@@ -58,6 +69,10 @@ impl Default for HubSettings {
             max_message_size: 32 * 1024,
             send_queue: 64,
             negotiate_token_ttl: Duration::from_secs(60),
+            max_connections: 50_000,
+            max_connections_per_user: 32,
+            close_on_token_expiry: true,
+            invocations_per_second: 10,
         }
     }
 }
@@ -115,4 +130,12 @@ pub struct HubContext {
     pub lifetime: Arc<HubLifetime>,
     pub hub: Arc<dyn Hub>,
     pub settings: HubSettings,
+    pub limits: Arc<limits::ConnectionLimits>,
+}
+
+impl HubContext {
+    pub fn new(lifetime: Arc<HubLifetime>, hub: Arc<dyn Hub>, settings: HubSettings) -> Self {
+        let limits = limits::ConnectionLimits::new(settings.max_connections, settings.max_connections_per_user);
+        Self { lifetime, hub, settings, limits }
+    }
 }

@@ -20,6 +20,7 @@ use tokio::{
 use super::{
     Caller, CloseRequest, ConnectionHandle, HubContext, HubError,
     connection::Outgoing,
+    limits::Slot,
     metrics_names as m,
     protocol::{Completion, HANDSHAKE_OK, HandshakeError, HubMessage, Protocol, ProtocolError, parse_handshake},
     socket::{Read, WsSocket},
@@ -44,8 +45,24 @@ fn disconnect(reason: &'static str) {
     metrics::counter!(m::DISCONNECTS, "reason" => reason).increment(1);
 }
 
+/// What the upgrade established for a connection.
+pub struct Admitted {
+    pub id: Arc<str>,
+    /// Its place in the process's limits, held until the connection ends; its user.
+    pub slot: Slot,
+    /// When its token expires, if the connection is to end then.
+    pub expires: Option<Instant>,
+}
+
+/// The instant of a Unix time in seconds (now, for one already past).
+pub fn instant_of(unix_seconds: u64) -> Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Instant::now() + Duration::from_secs(unix_seconds).saturating_sub(now)
+}
+
 /// Runs the connection until it ends. `leftover`: bytes read past the upgrade request.
-pub async fn run(ctx: Arc<HubContext>, id: Arc<str>, user_id: Arc<str>, io: TcpStream, leftover: BytesMut) {
+pub async fn run(ctx: Arc<HubContext>, admitted: Admitted, io: TcpStream, leftover: BytesMut) {
+    let Admitted { id, slot, expires } = admitted;
     let max = ctx.settings.max_message_size;
     // Frames may exceed the message limit (several records per frame); the record parser
     // enforces the per-message limit and answers with a Close instead of a dropped socket.
@@ -69,13 +86,23 @@ pub async fn run(ctx: Arc<HubContext>, id: Arc<str>, user_id: Arc<str>, io: TcpS
     if ws.write_data(HANDSHAKE_OK, protocol.is_binary()).is_err() {
         return;
     }
-    let conn = ConnectionHandle::new(id, user_id, protocol, ctx.settings.send_queue);
+    let conn = ConnectionHandle::new(id, slot.user().clone(), protocol, ctx.settings.send_queue);
     ctx.lifetime.add(&conn).await;
     metrics::counter!(m::CONNECTS, "protocol" => protocol.name()).increment(1);
     let now = Instant::now();
-    let mut live =
-        Live { ctx: &ctx, conn: conn.clone(), ws, records, invocation: None, armed: false, rearm: false, last_read: now, last_write: now };
-    timer.as_mut().reset(now + ctx.settings.keep_alive);
+    let mut live = Live {
+        ctx: &ctx,
+        conn: conn.clone(),
+        ws,
+        records,
+        invocation: None,
+        limiter: None,
+        expires,
+        last_read: now,
+        last_write: now,
+        _slot: slot,
+    };
+    timer.as_mut().reset(live.next_deadline());
     let end = poll_fn(|cx| live.poll(cx, timer.as_mut())).await;
     let (queued, request) = match end {
         End::Gone => (Vec::new(), None),
@@ -125,13 +152,16 @@ struct Live<'a> {
     /// invocation in flight); empty and unallocated when idle.
     records: BytesMut,
     invocation: Option<Invocation>,
-    /// The client timeout runs once the client has sent its first Ping.
-    armed: bool,
-    /// The timer must be moved earlier: the client timeout was just armed.
-    rearm: bool,
+    /// The invocation rate limit, made at the first invocation (most tabs make few or none).
+    limiter: Option<Box<InvocationLimiter>>,
+    /// When the token expires, if the connection ends then.
+    expires: Option<Instant>,
     last_read: Instant,
     last_write: Instant,
+    _slot: Slot,
 }
+
+type InvocationLimiter = governor::DefaultDirectRateLimiter;
 
 impl Live<'_> {
     /// One turn of the loop: writes first, then the invocation in flight, then input (only
@@ -193,19 +223,15 @@ impl Live<'_> {
     /// The one timer of the connection. It is not moved on every read and write: when it
     /// fires, it checks what is really due and sleeps again until the next deadline.
     fn poll_timer(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
-        if std::mem::take(&mut self.rearm) && self.next_deadline() < timer.deadline() {
-            timer.as_mut().reset(self.next_deadline());
-        }
         while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let settings = &self.ctx.settings;
-            if self.armed && now >= self.last_read + settings.client_timeout {
-                let request = CloseRequest {
-                    error: Some("Connection closed with an error.".into()),
-                    allow_reconnect: true,
-                    reason: "client-timeout",
-                };
-                return Poll::Ready(End::Close(Vec::new(), request));
+            if now >= self.last_read + settings.client_timeout {
+                return Poll::Ready(End::Close(Vec::new(), reconnect("client-timeout")));
+            }
+            if self.expires.is_some_and(|at| now >= at) {
+                // As ASP.NET's CloseOnAuthenticationExpiration: the client may come back with a fresh token.
+                return Poll::Ready(End::Close(Vec::new(), reconnect("token-expired")));
             }
             if now >= self.last_write + settings.keep_alive && !self.ws.has_pending() {
                 let protocol = self.conn.protocol();
@@ -221,8 +247,8 @@ impl Live<'_> {
 
     fn next_deadline(&self) -> Instant {
         let settings = &self.ctx.settings;
-        let ping = self.last_write + settings.keep_alive;
-        if self.armed { ping.min(self.last_read + settings.client_timeout) } else { ping }
+        let next = (self.last_write + settings.keep_alive).min(self.last_read + settings.client_timeout);
+        self.expires.map_or(next, |at| next.min(at))
     }
 
     /// Writes queued records, batched into messages of up to `MAX_BATCH` that end on a record boundary.
@@ -259,8 +285,9 @@ impl Live<'_> {
                 Ok(Some(msg)) => {
                     metrics::counter!(m::MESSAGES_IN).increment(1);
                     match msg {
-                        HubMessage::Ping => self.arm(),
+                        HubMessage::Ping => {}
                         HubMessage::Close { .. } => return Some(End::Gone),
+                        other if self.over_limit(&other) => refuse(&self.conn, other),
                         other => self.invocation = dispatch(self.ctx, &self.conn, other),
                     }
                 }
@@ -278,11 +305,16 @@ impl Live<'_> {
         None
     }
 
-    fn arm(&mut self) {
-        if !self.armed {
-            self.armed = true;
-            self.rearm = true;
-        }
+    /// Whether an invocation goes over the connection's rate limit.
+    fn over_limit(&mut self, msg: &HubMessage) -> bool {
+        let per_second = self.ctx.settings.invocations_per_second;
+        let is_invocation = matches!(msg, HubMessage::Invocation { .. } | HubMessage::StreamInvocation { .. });
+        let Some(rate) = std::num::NonZeroU32::new(per_second).filter(|_| is_invocation) else { return false };
+        let limiter = self.limiter.get_or_insert_with(|| {
+            let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("non-zero"));
+            Box::new(governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst)))
+        });
+        limiter.check().is_err()
     }
 
     /// Writes what was queued before the close and the Close record, then the WebSocket Close
@@ -301,6 +333,27 @@ impl Live<'_> {
         })
         .await;
     }
+}
+
+/// A Close the client may answer by reconnecting.
+fn reconnect(reason: &'static str) -> CloseRequest {
+    CloseRequest { error: Some("Connection closed with an error.".into()), allow_reconnect: true, reason }
+}
+
+/// Answers an invocation over the rate limit with an error completion; the connection stays.
+/// A non-blocking invocation (no id) is dropped, as it would get no answer anyway.
+fn refuse(conn: &ConnectionHandle, msg: HubMessage) {
+    metrics::counter!(m::INVOCATIONS_LIMITED).increment(1);
+    let (Some(invocation_id), target) = (match msg {
+        HubMessage::Invocation { invocation_id, target, .. } => (invocation_id, target),
+        HubMessage::StreamInvocation { invocation_id, target, .. } => (Some(invocation_id), target),
+        _ => return,
+    }) else {
+        return;
+    };
+    let error = format!("Failed to invoke '{target}': too many invocations, retry later.");
+    let protocol = conn.protocol();
+    conn.send_reply(protocol.encode_to_bytes(&HubMessage::Completion { invocation_id, outcome: Completion::Error(error) }));
 }
 
 fn protocol_error(err: &ProtocolError) -> CloseRequest {

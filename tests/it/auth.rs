@@ -48,7 +48,12 @@ async fn bad_tokens_are_refused_with_401() {
         assert_eq!(res.status(), 401, "{name}");
         let problem: Value = res.json().await.unwrap();
         assert_eq!(problem["status"], 401, "{name}");
+        // Which check failed stays in the server's debug log: the client learns only this.
+        assert_eq!(problem["detail"], "invalid or expired token", "{name}");
     }
+    // A token in the query string is for the hub's WebSocket only, never the API.
+    let in_query = app.http.post(app.url(&format!("/api/orders?access_token={valid}"))).json(&body()).send().await.unwrap();
+    assert_eq!(in_query.status(), 401);
     let res = app.post_order(&valid, body(), None).await;
     assert_eq!(res.status(), 202);
     assert_eq!(app.count(&format!("SELECT count(*) AS n FROM orders WHERE user_id <> '{user}'")).await, 0, "no bad token created anything");

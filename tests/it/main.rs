@@ -8,6 +8,7 @@ mod auth;
 mod conformance;
 mod embedded;
 mod hub;
+mod hub_bounds;
 mod lifecycle;
 #[cfg(feature = "loadgen")] // the binary under test exists only with this feature (`make test` sets it)
 mod loadgen;

@@ -279,3 +279,52 @@ async fn catalogue_openapi_metrics_and_unknown_routes() {
     assert_eq!(dev.status(), 404);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_the_order_rate_gets_429_with_retry_after_and_nothing_is_created() {
+    let app = spawn_app(AppOptions { extra_args: vec!["--orders-per-second-per-user".into(), "1".into()], ..Default::default() }).await;
+    let (eager, calm) = (unique_user("eager"), unique_user("calm"));
+    let token = app.token(&eager);
+    // A burst of four passes at 1/s; a burst of eight leaves at least three refused.
+    let answers = futures_util::future::join_all((0..8).map(|_| app.post_order(&token, one_mug(), None))).await;
+    let mut accepted = 0;
+    let mut refused = 0;
+    for res in answers {
+        match res.status().as_u16() {
+            202 => accepted += 1,
+            429 => {
+                refused += 1;
+                assert!(res.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+                assert_eq!(res.headers()["content-type"], "application/problem+json");
+                let problem: Value = res.json().await.unwrap();
+                assert_eq!(problem["status"], 429);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused >= 3 && accepted >= 4, "{accepted} accepted, {refused} refused");
+    let stored = app.count(&format!("SELECT count(*) AS n FROM orders WHERE user_id = '{eager}'")).await;
+    assert_eq!(stored, accepted, "a refused order leaves nothing behind");
+    assert_eq!(app.post_order(&app.token(&calm), one_mug(), None).await.status(), 202, "another user is not limited");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_408_and_the_server_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(AppOptions { extra_args: vec!["--request-body-timeout-ms".into(), "500".into()], ..Default::default() }).await;
+    let token = app.token(&unique_user("slowpoke"));
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let head = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"items\""
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // The server answers and closes: read to the end (bounded).
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await.expect("an answer, then the close").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert_eq!(app.post_order(&token, one_mug(), None).await.status(), 202, "a whole body is still served");
+    app.stop().await;
+}

@@ -12,12 +12,11 @@ use std::{
 };
 
 use crate::shop::{Minter, place_mug_order};
-use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::hub::{Ws, connect};
+use crate::hub::{self, connect};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -122,7 +121,7 @@ struct TabPlan {
 }
 
 async fn run_tab(
-    ws: Ws,
+    ws: hub::Tab,
     plan: TabPlan,
     tab: Arc<Mutex<Tab>>,
     sigterm: Arc<Mutex<Option<Instant>>>,
@@ -173,7 +172,7 @@ async fn run_tab(
                     for _ in 0..20 {
                         match connect(&plan.to_url, &plan.token).await {
                             Ok(ws) => {
-                                next = Some(ws);
+                                next = Some(hub::Tab::new(ws, "json"));
                                 break;
                             }
                             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -210,7 +209,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ramp = Instant::now();
     for i in 0..args.connections {
         let user = i % users;
-        let ws = connect(&args.drain_url, &tokens[user]).await?;
+        let ws = hub::Tab::new(connect(&args.drain_url, &tokens[user]).await?, "json");
         let tab = Arc::new(Mutex::new(Tab::default()));
         tabs.push((user, tab.clone()));
         let plan = TabPlan {

@@ -39,6 +39,61 @@ impl Default for ClientArgs {
     }
 }
 
+/// How often a tab sends its keep-alive Ping: the official client's default interval. The hub
+/// closes a connection that sends nothing for its client timeout (30 s), from the handshake on.
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// A connection held like a browser tab: while it is read, it also sends the client's Ping
+/// every `PING_EVERY`, as the official client does.
+pub struct Tab {
+    ws: Ws,
+    ping: Message,
+    interval: tokio::time::Interval,
+}
+
+impl Tab {
+    /// `protocol`: the hub protocol's name (json, messagepack); a bare relay gets JSON Pings.
+    pub fn new(ws: Ws, protocol: &str) -> Self {
+        let ping = if protocol == "messagepack" {
+            Message::binary(contoso::hub::protocol::Protocol::MessagePack.encode_to_bytes(&contoso::hub::protocol::HubMessage::Ping))
+        } else {
+            Message::text("{\"type\":6}\u{1e}")
+        };
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { ws, ping, interval }
+    }
+
+    /// The next message from the server; Pings go out meanwhile. `None` when the connection ends.
+    pub async fn next(&mut self) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+        loop {
+            tokio::select! {
+                msg = self.ws.next() => return msg,
+                _ = self.interval.tick() => {
+                    if let Err(err) = self.ws.send(self.ping.clone()).await {
+                        return Some(Err(err));
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn send(&mut self, msg: Message) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(msg).await
+    }
+
+    /// A tab whose page stopped reading but still runs: Pings, and nothing read, until the
+    /// server gives up on it.
+    pub async fn never_read(mut self) {
+        loop {
+            self.interval.tick().await;
+            if self.ws.send(self.ping.clone()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Connects as a JSON client with skipNegotiation, the token in the Authorization header.
 pub async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
     connect_with(url, token, &ClientArgs::default(), 0).await

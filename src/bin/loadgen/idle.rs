@@ -12,11 +12,10 @@ use std::{
 };
 
 use crate::shop::Minter;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::hub::{ClientArgs, connect_bare, connect_with};
+use crate::hub::{ClientArgs, Tab, connect_bare, connect_with};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -75,9 +74,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 connect_with(&url, &token, &client, n as usize).await
             };
             match ws {
-                Ok(mut ws) => {
+                Ok(ws) => {
                     open.fetch_add(1, Ordering::Relaxed);
-                    while let Some(Ok(_)) = ws.next().await {}
+                    let mut tab = Tab::new(ws, &client.protocol);
+                    while let Some(Ok(_)) = tab.next().await {}
                     closed.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(err) => {

@@ -22,7 +22,6 @@ use contoso::{
     hub::{lifetime::envelope, protocol::HubMessage},
 };
 use deadpool_redis::redis;
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::json;
@@ -30,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    hub::{BackplaneArgs, ClientArgs, connect_bare, connect_with, correlation_ids},
+    hub::{BackplaneArgs, ClientArgs, Tab, connect_bare, connect_with, correlation_ids},
     procfs::{cpu_ticks, rss_kib},
     report::{Latency, histogram},
 };
@@ -211,10 +210,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             handles.push(tokio::spawn(async move {
                 let ws = if bare { connect_bare(&url, &user, &client, k).await } else { connect_with(&url, &token, &client, k).await };
                 drop(permit);
-                let mut ws = ws?;
+                let mut ws = Tab::new(ws?, &client.protocol);
                 if slow {
                     // A tab that stopped reading: the socket stays open, nothing is read.
-                    std::future::pending::<()>().await;
+                    ws.never_read().await;
+                    return Ok(());
                 }
                 while let Some(Ok(msg)) = ws.next().await {
                     let frame: &[u8] = match &msg {

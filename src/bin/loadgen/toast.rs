@@ -11,13 +11,12 @@ use std::{
 };
 
 use crate::shop::{Minter, place_mug_order};
-use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    hub::connect,
+    hub::{Tab, connect},
     report::{Latency, histogram},
 };
 
@@ -71,7 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut tabs = Vec::new();
     for (u, token) in tokens.iter().enumerate() {
-        let mut ws = connect(&args.hub_urls[u % args.hub_urls.len()], token).await?;
+        let mut ws = Tab::new(connect(&args.hub_urls[u % args.hub_urls.len()], token).await?, "json");
         let arrived = arrived.clone();
         tabs.push(tokio::spawn(async move {
             while let Some(Ok(msg)) = ws.next().await {

@@ -69,6 +69,7 @@ fn request_hash(order: &NewOrder) -> String {
     responses((status = 202, body = crate::store::PlacedOrder, description = "Accepted; Location names the order"),
         (status = 400, body = crate::http::problem::Problem), (status = 401, body = crate::http::problem::Problem),
         (status = 413, body = crate::http::problem::Problem), (status = 422, body = crate::http::problem::Problem),
+        (status = 429, body = crate::http::problem::Problem, description = "Too many orders from this user; Retry-After says when to retry"),
         (status = 503, body = crate::http::problem::Problem)),
     security(("bearer" = [])))]
 pub async fn place_order(
@@ -77,6 +78,9 @@ pub async fn place_order(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(limit) = &state.order_limit {
+        limit.check(caller.user_id.as_str()).map_err(ApiError::TooManyRequests)?;
+    }
     let request: OrderRequest = parse_json(&body)?;
     let order = NewOrder::try_from(request).map_err(|e| ApiError::Invalid { field: e.field, message: e.message })?;
     let idempotency = match req.headers().get("Idempotency-Key") {

@@ -44,7 +44,7 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness, endpoi
     let settings = &deps.settings;
     let lifetime = HubLifetime::start(Channels::new(&settings.channel_prefix, &settings.hub_name), backplane);
     let hub = Arc::new(order_hub::OrderStatusHub { store: store.clone(), cache: cache.clone(), log: log.clone() });
-    let ctx = Arc::new(HubContext { lifetime: lifetime.clone(), hub, settings: settings.hub.clone() });
+    let ctx = Arc::new(HubContext::new(lifetime.clone(), hub, settings.hub.clone()));
     let endpoint = web::Data::new(HubEndpoint {
         ctx,
         auth: deps.auth.clone(),
