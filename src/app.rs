@@ -132,6 +132,7 @@ impl App {
         let app = move || {
             let mut app = actix_web::App::new()
                 .wrap(from_fn(move |req, next| http::body_deadline::body_deadline(body_timeout, req, next)))
+                .wrap(from_fn(http::security_headers::security_headers))
                 .wrap(from_fn(observe))
                 .app_data(readiness.clone())
                 .app_data(shutdown_data.clone())

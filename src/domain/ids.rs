@@ -6,7 +6,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The token's `sub`: opaque to us, never empty, bounded so it fits keys and channel names.
+/// The token's `sub`: opaque to us otherwise, but what a person could mistake for another id or
+/// what would move the user's Redis keys apart is refused. A user id is 1 to 256 bytes with no
+/// control or invisible characters (bidirectional controls, zero-width characters, tags), no
+/// whitespace at either end, and no `{` or `}` (in a key they would change which Redis Cluster
+/// slot the key goes to, so one user's keys would no longer share a slot).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct UserId(String);
@@ -24,12 +28,28 @@ impl UserId {
         if raw.chars().any(char::is_control) {
             return Err("user id contains control characters".into());
         }
+        if raw.chars().any(is_invisible) {
+            return Err("user id contains invisible characters".into());
+        }
+        if raw.starts_with(char::is_whitespace) || raw.ends_with(char::is_whitespace) {
+            return Err("user id starts or ends with whitespace".into());
+        }
+        if raw.contains(['{', '}']) {
+            return Err("user id contains { or }".into());
+        }
         Ok(Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Format characters that render as nothing or reorder what follows (Unicode category Cf).
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
 }
 
 impl fmt::Display for UserId {
@@ -134,6 +154,16 @@ mod tests {
         assert!(UserId::parse(&"a".repeat(257)).is_err());
         assert!(UserId::parse("a\nb").is_err());
         assert_eq!(UserId::parse("alice").unwrap().as_str(), "alice");
+    }
+
+    #[test]
+    fn user_id_rejects_what_looks_like_another_id_or_moves_keys_apart() {
+        for bad in ["ali\u{200B}ce", "\u{202E}ecila", "alice\u{2066}", "\u{FEFF}alice", " alice", "alice\t", "ali{ce", "}", "{x}"] {
+            assert!(UserId::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["alice@example.com", "Zoë", "用户-42", "auth0|5f7c8ec7c33c6c004bbafe82", "a b"] {
+            assert_eq!(UserId::parse(good).unwrap().as_str(), good);
+        }
     }
 
     #[test]

@@ -88,6 +88,17 @@ impl Authenticator {
                 }
             }
         };
+        if dev_auth {
+            tracing::warn!(
+                "DEV SIGN-IN IS ON (--dev-auth): anyone who reaches POST /api/dev/token can act as any user; never run it where others can connect"
+            );
+        }
+        if public.is_some() && jwt.audience.is_none() {
+            // An identity provider signs tokens for many applications with one key.
+            tracing::warn!(
+                "--jwt-public-key is set without --jwt-audience: tokens the identity provider issued for any other application are accepted; set the audience"
+            );
+        }
         Ok(Self { hs256, public, issuer: jwt.issuer.clone(), audience: jwt.audience.clone(), leeway: jwt.leeway, dev_auth })
     }
 

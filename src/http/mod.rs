@@ -7,6 +7,7 @@ pub mod body_deadline;
 pub mod middleware;
 pub mod problem;
 pub mod rate_limit;
+pub mod security_headers;
 pub mod server;
 pub mod upgrade;
 

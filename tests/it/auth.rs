@@ -26,6 +26,8 @@ async fn bad_tokens_are_refused_with_401() {
     let expired = app.token_with(json!({ "sub": user, "exp": now() - 3600 }));
     let not_yet = app.token_with(json!({ "sub": user, "exp": now() + 7200, "nbf": now() + 3600 }));
     let no_sub = app.token_with(json!({ "exp": now() + 3600 }));
+    let hidden_sub = app.token_with(json!({ "sub": format!("{user}\u{202E}"), "exp": now() + 3600 }));
+    let slot_sub = app.token_with(json!({ "sub": format!("{{{user}}}"), "exp": now() + 3600 }));
     let valid = app.token(&user);
     // A valid signature with the body tampered afterwards.
     let mut parts: Vec<String> = valid.split('.').map(str::to_owned).collect();
@@ -41,6 +43,8 @@ async fn bad_tokens_are_refused_with_401() {
         ("expired", expired),
         ("nbf in the future", not_yet),
         ("no sub", no_sub),
+        ("sub with a bidirectional control", hidden_sub),
+        ("sub with braces", slot_sub),
         ("tampered", tampered),
         ("garbage", "abc".into()),
     ] {
@@ -123,4 +127,4 @@ async fn dev_tokens_are_minted_only_with_dev_auth() {
 
 // A throwaway P-256 key pair generated for these tests only.
 const EC_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQggEogDi0d+RDynj6K\n+pgSBn+w7yklnwN+swJP+tcHAAKhRANCAATBNfKycXEwxymVIEHGHVfiOjmyk8/P\nEvkCj8TKwV/r1FfpQKITbdJH9kedRC4w2WEHviHCQUZ2TTnvNZNHjE4v\n-----END PRIVATE KEY-----\n";
-const EC_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEwTXysnFxMMcplSBBxh1X4jo5spPP\nzxL5Ao/EysFf69RX6UCiE23SR/ZHnUQuMNlhB74hwkFGdk057zWTR4xOLw==\n-----END PUBLIC KEY-----\n";
+pub(crate) const EC_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEwTXysnFxMMcplSBBxh1X4jo5spPP\nzxL5Ao/EysFf69RX6UCiE23SR/ZHnUQuMNlhB74hwkFGdk057zWTR4xOLw==\n-----END PUBLIC KEY-----\n";

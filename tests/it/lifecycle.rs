@@ -278,6 +278,7 @@ async fn tokens_never_reach_the_logs() {
     let out = child.wait_with_output().unwrap();
     let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(logs.contains("\"route\":\"/api/orders\""), "request lines are logged: {logs}");
+    assert!(!logs.contains("DEV SIGN-IN IS ON"), "no dev sign-in warning without --dev-auth");
     let signature = |t: &str| t.rsplit('.').next().unwrap().to_owned();
     for t in [&tok, &bad] {
         assert!(!logs.contains(t.as_str()) && !logs.contains(&signature(t)), "a token leaked into the logs");
@@ -286,6 +287,22 @@ async fn tokens_never_reach_the_logs() {
     for line in logs.lines().filter(|l| l.starts_with('{')) {
         serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
+    app::drop_database(&db).await;
+    app::delete_bus_objects(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_sign_in_and_a_public_key_without_audience_are_announced_at_start() {
+    let prefix = format!("t-{}.", uuid::Uuid::new_v4().simple());
+    let pem = std::env::temp_dir().join(format!("contoso-pub-{}.pem", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&pem, crate::auth::EC_PUBLIC_PEM).unwrap();
+    let (child, _port, db) = start_binary(&["--dev-auth", "--jwt-public-key", pem.to_str().unwrap()], &prefix).await;
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(logs.contains("DEV SIGN-IN IS ON"), "{logs}");
+    assert!(logs.contains("without --jwt-audience"), "{logs}");
+    std::fs::remove_file(pem).unwrap();
     app::drop_database(&db).await;
     app::delete_bus_objects(&prefix).await;
 }
