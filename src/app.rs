@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::{
     backplane::{
         Backplane,
+        canary::CanarySettings,
         memory::{MemoryBackplane, MemoryHub},
         redis::RedisBackplane,
     },
@@ -94,9 +95,14 @@ impl App {
             match (settings.roles.contains(crate::config::Role::Notify), &settings.redis_url, &redis) {
                 (false, _, _) => None,
                 (true, Some(url), Some(redis)) => {
-                    let all = crate::backplane::Channels::new(&settings.channel_prefix, &settings.hub_name).all();
+                    let channels = crate::backplane::Channels::new(&settings.channel_prefix, &settings.hub_name);
+                    let canary = settings.backplane_check_interval.map(|interval| CanarySettings {
+                        channel: channels.internal(&format!("canary:{}", uuid::Uuid::new_v4().simple())),
+                        interval,
+                    });
+                    let pool = redis.pool().clone();
                     Some(
-                        RedisBackplane::start(url.expose(), redis.pool().clone(), vec![all], shutdown.connections.clone())
+                        RedisBackplane::start(url.expose(), pool, vec![channels.all()], canary, shutdown.connections.clone())
                             .context("invalid --redis-url")? as Arc<dyn Backplane>,
                     )
                 }

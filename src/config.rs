@@ -210,6 +210,9 @@ pub struct RawSettings {
     /// Accept: orders per second per user, in bursts of four times as many, then 429 (0: no limit) [default: 10]
     #[arg(long, env = "CONTOSO_ORDERS_PER_SECOND_PER_USER")]
     pub orders_per_second_per_user: Option<u32>,
+    /// Notify: milliseconds between the Redis backplane's canaries to itself (0: no self-check) [default: 5000]
+    #[arg(long, env = "CONTOSO_BACKPLANE_CHECK_INTERVAL_MS")]
+    pub backplane_check_interval_ms: Option<u64>,
     /// Notify: notifications kept per user for ResumeNotifications [default: 1000]
     #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_MAX")]
     pub notification_log_max: Option<u64>,
@@ -248,6 +251,8 @@ pub struct Settings {
     pub negotiate_secret: Option<Secret>,
     pub retention: crate::cache::Retention,
     pub orders_per_second_per_user: u32,
+    /// `None`: the backplane does not check itself.
+    pub backplane_check_interval: Option<Duration>,
 }
 
 /// A settings problem, printed as the single line the process exits with.
@@ -341,6 +346,10 @@ impl Settings {
                 invocations_per_second: pick!(hub_invocations_per_second).unwrap_or(10),
             },
             orders_per_second_per_user: pick!(orders_per_second_per_user).unwrap_or(10),
+            backplane_check_interval: match pick!(backplane_check_interval_ms).unwrap_or(5_000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms.max(10))),
+            },
             negotiate_secret: pick!(negotiate_secret),
             retention: crate::cache::Retention {
                 max_count: pick!(notification_log_max).unwrap_or(1000).max(1),

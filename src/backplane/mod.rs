@@ -2,6 +2,7 @@
 //! Redis backplane (signalr-protocol.md §8). Channel names and the MessagePack envelope live
 //! here, in one place; `memory` and `redis` only move bytes.
 
+pub mod canary;
 pub mod memory;
 pub mod redis;
 
@@ -60,6 +61,11 @@ impl Channels {
 
     pub fn connection(&self, connection_id: &str) -> String {
         format!("{}:connection:{connection_id}", self.base)
+    }
+
+    /// A channel for the processes' own use (ASP.NET nodes neither read nor write it).
+    pub fn internal(&self, name: &str) -> String {
+        format!("{}:internal:{name}", self.base)
     }
 
     /// What a received channel addresses.

@@ -20,7 +20,10 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backplane, BackplaneError};
+use super::{
+    Backplane, BackplaneError,
+    canary::{self, CanarySettings, CanaryState, Verdict},
+};
 
 pub mod names {
     pub const CONNECTED: &str = "contoso_backplane_connected";
@@ -35,6 +38,8 @@ const MAX_PUBLISH_BATCH: usize = 512;
 enum Command {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
+    /// Drop the pub/sub connection and make every subscription again.
+    Reconnect,
 }
 
 struct PublishRequest {
@@ -49,21 +54,92 @@ pub struct RedisBackplane {
     inbound: Mutex<Option<mpsc::UnboundedReceiver<(String, Bytes)>>>,
     connected: Arc<AtomicBool>,
     reconnections: tokio::sync::watch::Receiver<u64>,
+    canary: Arc<CanaryState>,
+}
+
+/// What the subscriber task owns besides the connection.
+struct Subscriber {
+    client: redis::Client,
+    wanted: HashSet<String>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    inbound: mpsc::UnboundedSender<(String, Bytes)>,
+    connected: Arc<AtomicBool>,
+    gaps: tokio::sync::watch::Sender<u64>,
+    /// The canary channel, whose messages go to `canary` instead of `inbound`.
+    canary: Option<(String, Arc<CanaryState>)>,
 }
 
 impl RedisBackplane {
-    /// Starts the subscriber and publisher tasks; `always` channels are subscribed for the
-    /// whole life of the process (e.g. the hub's `:all`).
-    pub fn start(url: &str, pool: deadpool_redis::Pool, always: Vec<String>, token: CancellationToken) -> anyhow::Result<Arc<Self>> {
+    /// Starts the subscriber and publisher tasks (and the canary's, when given); `always`
+    /// channels are subscribed for the whole life of the process (e.g. the hub's `:all`).
+    pub fn start(
+        url: &str,
+        pool: deadpool_redis::Pool,
+        always: Vec<String>,
+        canary: Option<CanarySettings>,
+        token: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
         let client = redis::Client::open(url)?;
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, commands) = mpsc::unbounded_channel();
         let (pub_tx, pub_rx) = mpsc::channel(16 * MAX_PUBLISH_BATCH);
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (inbound, in_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
-        let (gap_tx, gap_rx) = tokio::sync::watch::channel(0u64);
-        tokio::spawn(subscriber(client, always.into_iter().collect(), cmd_rx, in_tx, connected.clone(), gap_tx, token.clone()));
+        let (gaps, gap_rx) = tokio::sync::watch::channel(0u64);
+        let state = Arc::new(CanaryState::default());
+        let mut wanted: HashSet<String> = always.into_iter().collect();
+        wanted.extend(canary.iter().map(|c| c.channel.clone()));
+        let sub_canary = canary.as_ref().map(|c| (c.channel.clone(), state.clone()));
+        let sub = Subscriber { client, wanted, commands, inbound, connected: connected.clone(), gaps, canary: sub_canary };
+        tokio::spawn(subscriber(sub, token.clone()));
+        if let Some(settings) = canary {
+            tokio::spawn(check(settings, state.clone(), pub_tx.clone(), cmd_tx.clone(), token.clone()));
+        }
         tokio::spawn(publisher(pool, pub_rx, token));
-        Ok(Arc::new(Self { commands: cmd_tx, publishes: pub_tx, inbound: Mutex::new(Some(in_rx)), connected, reconnections: gap_rx }))
+        let inbound = Mutex::new(Some(in_rx));
+        Ok(Arc::new(Self { commands: cmd_tx, publishes: pub_tx, inbound, connected, reconnections: gap_rx, canary: state }))
+    }
+}
+
+/// Publishes a canary every interval and judges whether the previous ones came back; a dead
+/// subscription is reconnected. Runs until `token`.
+async fn check(
+    settings: CanarySettings,
+    state: Arc<CanaryState>,
+    publishes: mpsc::Sender<PublishRequest>,
+    commands: mpsc::UnboundedSender<Command>,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    metrics::gauge!(canary::names::OK).set(1.0);
+    let mut misses = 0;
+    loop {
+        let n = state.next();
+        let (done, _) = oneshot::channel();
+        // A publish that fails is a canary that does not come back: the judgement says so.
+        let request = PublishRequest { channel: settings.channel.clone(), payload: Bytes::from(n.to_string()), done };
+        let _ = publishes.try_send(request);
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = token.cancelled() => return,
+        }
+        match state.judge(&mut misses) {
+            Verdict::Fine | Verdict::Missed => {}
+            Verdict::Dead => {
+                metrics::counter!(canary::names::FAILURES).increment(1);
+                metrics::gauge!(canary::names::OK).set(0.0);
+                tracing::warn!(
+                    interval_ms = settings.interval.as_millis() as u64,
+                    "the backplane's own canaries stopped coming back; renewing its subscription"
+                );
+                let _ = commands.send(Command::Reconnect);
+            }
+            Verdict::Recovered => {
+                metrics::gauge!(canary::names::OK).set(1.0);
+                tracing::info!("the backplane's canaries come back again");
+            }
+        }
     }
 }
 
@@ -92,7 +168,10 @@ impl Backplane for RedisBackplane {
     }
 
     async fn ping(&self) -> Result<(), BackplaneError> {
-        if self.connected.load(Ordering::SeqCst) { Ok(()) } else { Err(BackplaneError::Unavailable("redis pub/sub not connected".into())) }
+        if !self.connected.load(Ordering::SeqCst) {
+            return Err(BackplaneError::Unavailable("redis pub/sub not connected".into()));
+        }
+        self.canary.problem().map_or(Ok(()), |why| Err(BackplaneError::Unavailable(why)))
     }
 
     fn reconnections(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -101,15 +180,8 @@ impl Backplane for RedisBackplane {
 }
 
 /// Owns the pub/sub connection for the life of the process.
-async fn subscriber(
-    client: redis::Client,
-    mut wanted: HashSet<String>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    inbound: mpsc::UnboundedSender<(String, Bytes)>,
-    connected: Arc<AtomicBool>,
-    gaps: tokio::sync::watch::Sender<u64>,
-    token: CancellationToken,
-) {
+async fn subscriber(sub: Subscriber, token: CancellationToken) {
+    let Subscriber { client, mut wanted, mut commands, inbound, connected, gaps, canary } = sub;
     let mut backoff = Duration::from_millis(100);
     let mut ever_connected = false;
     // Confirmations owed to `subscribe` callers while Redis is away.
@@ -147,7 +219,7 @@ async fn subscriber(
         let (mut sink, mut stream) = pubsub.split();
         if !wanted.is_empty() {
             let all: Vec<&String> = wanted.iter().collect();
-            if let Err(err) = sink.subscribe(all).await {
+            if let Err(err) = answered(sink.subscribe(all)).await {
                 tracing::warn!(error = %err, "re-subscribing failed, reconnecting");
                 continue;
             }
@@ -172,9 +244,12 @@ async fn subscriber(
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(msg) => {
-                        let _ = inbound.send((msg.get_channel_name().to_owned(), Bytes::copy_from_slice(msg.get_payload_bytes())));
-                    }
+                    Some(msg) => match &canary {
+                        Some((channel, state)) if msg.get_channel_name() == channel => state.arrived(msg.get_payload_bytes()),
+                        _ => {
+                            let _ = inbound.send((msg.get_channel_name().to_owned(), Bytes::copy_from_slice(msg.get_payload_bytes())));
+                        }
+                    },
                     None => break,
                 },
                 cmd = commands.recv() => {
@@ -186,9 +261,14 @@ async fn subscriber(
                     while let Ok(more) = commands.try_recv() {
                         changes.apply(&mut wanted, more);
                     }
-                    let Changes { subscribe, unsubscribe, confirm } = changes;
-                    let ok = (subscribe.is_empty() || sink.subscribe(subscribe.iter().collect::<Vec<_>>()).await.is_ok())
-                        && (unsubscribe.is_empty() || sink.unsubscribe(unsubscribe.iter().collect::<Vec<_>>()).await.is_ok());
+                    let Changes { subscribe, unsubscribe, confirm, reconnect } = changes;
+                    if reconnect {
+                        // The new connection subscribes the whole wanted set, these included.
+                        waiting.extend(confirm);
+                        break;
+                    }
+                    let ok = (subscribe.is_empty() || answered(sink.subscribe(subscribe.iter().collect::<Vec<_>>())).await.is_ok())
+                        && (unsubscribe.is_empty() || answered(sink.unsubscribe(unsubscribe.iter().collect::<Vec<_>>())).await.is_ok());
                     if ok {
                         confirm.into_iter().for_each(|tx| { let _ = tx.send(()); });
                     } else {
@@ -205,6 +285,17 @@ async fn subscriber(
     }
 }
 
+/// How long Redis has to answer a (UN)SUBSCRIBE. A connection that went silent without closing
+/// never answers; waiting forever would stop the subscriber, reconnects included.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn answered(request: impl std::future::Future<Output = redis::RedisResult<()>>) -> Result<(), String> {
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, request).await {
+        Ok(res) => res.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer from redis".into()),
+    }
+}
+
 /// What a burst of commands changes in the wanted set: channels to subscribe and to
 /// unsubscribe (a channel wanted and unwanted within the burst cancels out), and who waits.
 #[derive(Default)]
@@ -212,6 +303,8 @@ struct Changes {
     subscribe: HashSet<String>,
     unsubscribe: HashSet<String>,
     confirm: Vec<oneshot::Sender<()>>,
+    /// The connection is to be made again.
+    reconnect: bool,
 }
 
 impl Changes {
@@ -229,6 +322,7 @@ impl Changes {
                     self.unsubscribe.insert(channel);
                 }
             }
+            Command::Reconnect => self.reconnect = true,
         }
     }
 }

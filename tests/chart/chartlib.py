@@ -38,7 +38,13 @@ CASES: dict[str, dict[str, Any]] = {
             "CONTOSO_REDIS_URL": "redis://redis:6379/0",
             "CONTOSO_AMQP_URL": "amqp://contoso:pw@mq:5672/%2f",
         },
-        "config": {"CONTOSO_KEEP_ALIVE_INTERVAL_MS": 10000, "CONTOSO_CLIENT_TIMEOUT_MS": 20000, "CONTOSO_NOTIFICATION_LOG_MAX": 500},
+        "config": {
+            "CONTOSO_KEEP_ALIVE_INTERVAL_MS": 10000,
+            "CONTOSO_CLIENT_TIMEOUT_MS": 20000,
+            "CONTOSO_NOTIFICATION_LOG_MAX": 500,
+            # jwtPublicKey needs it: the chart refuses to render without an audience.
+            "CONTOSO_JWT_AUDIENCE": "contoso-shop",
+        },
         "jwtPublicKey": {"existingSecret": "contoso-jwt-public"},
         "ingress": {"hosts": ["shop.example.com"], "tls": [{"secretName": "shop-tls", "hosts": ["shop.example.com"]}]},
         "metrics": {
@@ -111,6 +117,17 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container(deployment).get("env", [])}
+
+
+def pod_env(rendered: Rendered, deployment: dict[str, Any]) -> dict[str, str]:
+    """The variables the container starts with: its envFrom ConfigMaps (in order), then its own env, which wins.
+    Secrets are left out (their values are not in the render when an existingSecret is used)."""
+    out: dict[str, str] = {}
+    for source in container(deployment).get("envFrom", []):
+        if "configMapRef" in source:
+            out.update(rendered.named("ConfigMap", source["configMapRef"]["name"]).get("data") or {})
+    out.update(env_of(deployment))
+    return out
 
 
 PRESTOP = re.compile(r"^touch '(?P<file>/tmp/[^']+)' && sleep (?P<sleep>\d+)$")

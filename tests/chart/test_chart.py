@@ -14,7 +14,7 @@ from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
 import chartlib
-from chartlib import CASES, CHART, CRD_KINDS, ROLES, container, enabled_roles, env_of, prestop, render
+from chartlib import CASES, CHART, CRD_KINDS, ROLES, container, enabled_roles, env_of, pod_env, prestop, render
 
 # Every schema set kubernetes-validate ships from 1.30 on (it works offline from its bundled schemas).
 KUBE_VERSIONS = [v for v in all_versions() if Version(v) >= Version("1.30")]
@@ -367,7 +367,7 @@ def test_hub_settings_reach_the_configmap_and_the_negotiate_secret_the_secret():
 
 
 def test_notes_warn_when_notify_pods_cannot_share_a_negotiate_key():
-    public_only = {"jwtPublicKey": {"existingSecret": "contoso-jwt-public"}}
+    public_only = {"jwtPublicKey": {"existingSecret": "contoso-jwt-public"}, "config": {"CONTOSO_JWT_AUDIENCE": "contoso-shop"}}
     assert "CONTOSO_NEGOTIATE_SECRET" in render(public_only).notes
     shared = {**public_only, "secrets": {"CONTOSO_NEGOTIATE_SECRET": "shared"}}
     assert "CONTOSO_NEGOTIATE_SECRET" not in render(shared).notes
@@ -394,6 +394,87 @@ def test_jwt_public_key_is_mounted_and_named():
     assert env_of(dep)["CONTOSO_JWT_PUBLIC_KEY"] == "/etc/contoso/jwt/public.pem"
     mounts = {m["name"]: m for m in container(dep)["volumeMounts"]}
     assert mounts["jwt-public-key"] == {"name": "jwt-public-key", "mountPath": "/etc/contoso/jwt", "readOnly": True}
+
+
+PUBLIC_KEY = {"jwtPublicKey": {"existingSecret": "contoso-jwt-public"}}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        PUBLIC_KEY,
+        {**PUBLIC_KEY, "config": {"CONTOSO_JWT_AUDIENCE": ""}},
+        {**PUBLIC_KEY, "config": {"CONTOSO_JWT_ISSUER": "https://login.example.com/"}},
+        {**PUBLIC_KEY, "roles": {"accept": {"enabled": False}, "process": {"enabled": False}}},
+        # The audience of one role does not cover the other.
+        {**PUBLIC_KEY, "roles": {"notify": {"config": {"CONTOSO_JWT_AUDIENCE": "contoso-shop"}}}},
+        # A role's own empty value overrides the shared one in its pods (env wins over envFrom).
+        {**PUBLIC_KEY, "config": {"CONTOSO_JWT_AUDIENCE": "contoso-shop"}, "roles": {"accept": {"config": {"CONTOSO_JWT_AUDIENCE": ""}}}},
+    ],
+    ids=["no-audience", "empty-audience", "issuer-only", "notify-only", "notify-audience-only", "role-empties-it"],
+)
+def test_jwt_public_key_without_an_audience_fails(values):
+    """An identity provider signs the tokens of all its applications with one key: without an audience accept and
+    notify would take tokens issued for any other application, so the chart refuses to render."""
+    with pytest.raises(helm.HelmError, match=r"config\.CONTOSO_JWT_AUDIENCE"):
+        render(values)
+    # (helm lint only logs a template's `fail`; install, upgrade and template stop on it.)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {**PUBLIC_KEY, "config": {"CONTOSO_JWT_AUDIENCE": "contoso-shop"}},
+        {**PUBLIC_KEY, "roles": {r: {"config": {"CONTOSO_JWT_AUDIENCE": "contoso-shop"}} for r in ("accept", "notify")}},
+        {**PUBLIC_KEY, "config": {"CONTOSO_JWT_AUDIENCE": "contoso-shop"}, "secrets": {"existingSecret": "contoso-secrets"}},
+    ],
+    ids=["shared-config", "role-config", "existing-secret"],
+)
+def test_jwt_public_key_with_an_audience_reaches_accept_and_notify(values):
+    rendered = render(values)
+    deployments = rendered.by_role("Deployment")
+    for role in ("accept", "notify"):
+        env = pod_env(rendered, deployments[role])
+        assert env["CONTOSO_JWT_AUDIENCE"] == "contoso-shop", role
+        assert env["CONTOSO_JWT_PUBLIC_KEY"] == "/etc/contoso/jwt/public.pem", role
+        volumes = {v["name"]: v for v in deployments[role]["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["jwt-public-key"]["secret"]["secretName"] == "contoso-jwt-public", role
+    report = helm.lint(CHART, values, strict=True)
+    assert report["errors"] == [] and report["messages"] == [], report
+
+
+def test_jwt_public_key_needs_no_audience_in_a_process_only_release():
+    """process validates no tokens, so a per-role release of it renders with the shared jwtPublicKey alone."""
+    values = {**PUBLIC_KEY, "roles": {"accept": {"enabled": False}, "notify": {"enabled": False}}}
+    assert set(render(values, release="contoso-process").by_role("Deployment")) == {"process"}
+
+
+HUB_BOUNDS = {
+    "CONTOSO_MAX_CONNECTIONS": 20000,
+    "CONTOSO_MAX_CONNECTIONS_PER_USER": 8,
+    "CONTOSO_CLOSE_ON_TOKEN_EXPIRY": False,
+    "CONTOSO_HUB_INVOCATIONS_PER_SECOND": 0,
+    "CONTOSO_ORDERS_PER_SECOND_PER_USER": 5,
+    "CONTOSO_REQUEST_BODY_TIMEOUT_MS": 5000,
+}
+HUB_BOUNDS_ENV = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in HUB_BOUNDS.items()}
+
+
+def test_connection_and_rate_bounds_pass_the_schema_and_reach_the_pods():
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema({"config": HUB_BOUNDS})
+        chart.validate_schema({"roles": {"notify": {"config": HUB_BOUNDS}}})
+    rendered = render({"config": HUB_BOUNDS})
+    for role, dep in rendered.by_role("Deployment").items():
+        env = pod_env(rendered, dep)
+        assert {k: env.get(k) for k in HUB_BOUNDS} == HUB_BOUNDS_ENV, role
+    # One role's own value goes into its container's env and wins over the shared one.
+    rendered = render({"config": {"CONTOSO_MAX_CONNECTIONS": 20000}, "roles": {"notify": {"config": {"CONTOSO_MAX_CONNECTIONS": 0}}}})
+    deployments = rendered.by_role("Deployment")
+    assert env_of(deployments["notify"])["CONTOSO_MAX_CONNECTIONS"] == "0"
+    assert pod_env(rendered, deployments["notify"])["CONTOSO_MAX_CONNECTIONS"] == "0"
+    assert pod_env(rendered, deployments["accept"])["CONTOSO_MAX_CONNECTIONS"] == "20000"
+    assert helm.lint(CHART, {"config": HUB_BOUNDS}, strict=True)["errors"] == []
 
 
 def test_chart_covers_every_setting_of_the_binary():
@@ -435,6 +516,12 @@ def test_default_and_matrix_values_pass_the_schema():
         {"roles": {"notify": {"config": {"CONTOSO_JWT_SECRET": "not-in-a-configmap"}}}},
         {"config": {"CONTOSO_MAX_MESSAGE_SIZE": 100}},
         {"config": {"CONTOSO_SEND_QUEUE": 0}},
+        {"config": {"CONTOSO_MAX_CONNECTIONS": -1}},
+        {"roles": {"notify": {"config": {"CONTOSO_MAX_CONNECTIONS_PER_USER": "32"}}}},
+        {"config": {"CONTOSO_CLOSE_ON_TOKEN_EXPIRY": "no"}},
+        {"config": {"CONTOSO_HUB_INVOCATIONS_PER_SECOND": 2.5}},
+        {"config": {"CONTOSO_ORDERS_PER_SECOND_PER_USER": -5}},
+        {"config": {"CONTOSO_REQUEST_BODY_TIMEOUT_MS": 5}},
         {"ingres": {"enabled": False}},
         {"drain": {"preStopSleep": 10}},
         {"drain": {"file": "/var/run/draining"}},
@@ -454,6 +541,12 @@ def test_default_and_matrix_values_pass_the_schema():
         "secret-in-role-config",
         "below-binary-minimum",
         "zero-send-queue",
+        "negative-max-connections",
+        "string-connections-per-user",
+        "close-on-expiry-not-boolean",
+        "fractional-invocations",
+        "negative-order-rate",
+        "body-timeout-below-minimum",
         "top-level-key",
         "drain-key",
         "drain-file-outside-tmp",
@@ -503,6 +596,7 @@ def test_prometheus_rule_alerts():
     expected = {
         "ContosoNotifyNoReadyPods": "kube_deployment_status_replicas_available",
         "ContosoBackplaneDisconnected": "contoso_backplane_connected",
+        "ContosoBackplaneSilent": "contoso_backplane_canary_ok",
         "ContosoEventsDeadLettered": "contoso_events_dead_lettered_total",
         "ContosoOutboxBacklog": "contoso_outbox_backlog",
         "ContosoHubHandshakeFailures": "contoso_hub_handshake_failures_total",

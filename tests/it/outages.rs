@@ -141,3 +141,56 @@ async fn with_redis_unreachable_the_order_is_rolled_back() {
     assert_eq!(app.post_order(&token, body(), None).await.status(), 202);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backplane_subscription_that_goes_silent_is_noticed_renewed_and_clients_are_told_to_resume() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let proxy = ChaosProxy::start(env::host_port(&env::redis_url())).await;
+    let prefix = format!("t-{}-", uuid::Uuid::new_v4().simple());
+    let args = ["--channel-prefix", &prefix, "--backplane-check-interval-ms", "300"].map(String::from).to_vec();
+    let app = spawn_app(AppOptions { roles: Some("notify"), redis_proxy: Some(&proxy), extra_args: args, ..Default::default() }).await;
+    let user = unique_user("canary");
+    let mut ws = crate::harness::ws::connect(&format!("ws://127.0.0.1:{}/hubs/order-status", app.port), &app.token(&user)).await;
+
+    // The pub/sub connection stays open and carries nothing: only the canaries can tell.
+    proxy.freeze();
+    not_ready_because(&app, "canaries stopped coming back").await;
+    let resume = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg
+                && t.as_str().contains("\"target\":\"ResumeNeeded\"")
+            {
+                return;
+            }
+        }
+        panic!("the connection ended without ResumeNeeded");
+    })
+    .await;
+    assert!(resume.is_ok(), "the tab is told to resume after the subscription was renewed");
+    eventually(Duration::from_secs(30), "readiness back once canaries return", || async {
+        (app.ready_status().await.0 == 200).then_some(())
+    })
+    .await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(metrics.contains("contoso_backplane_canary_failures_total"), "the failure is counted");
+
+    // Live delivery works again on the new subscription.
+    let channel = contoso::backplane::Channels::new(&prefix, "Contoso.OrderNotification.Hubs.OrderStatusHub").user(&user);
+    let mut redis = redis::Client::open(env::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let env = contoso::hub::lifetime::envelope(&contoso::hub::protocol::HubMessage::push("Test", vec![json!({ "after": "renewal" })]));
+    let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(env.encode().as_ref()).query_async(&mut redis).await.unwrap();
+    let live = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg
+                && t.as_str().contains("renewal")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(live.is_ok(), "a notification published after the renewal arrives");
+    app.stop().await;
+}

@@ -55,7 +55,7 @@ async fn redis() -> Fixture {
     let shutdown = Shutdown::new(std::env::temp_dir().join("contoso-conformance-no-drain"));
     let node = || {
         let pool = deadpool_redis::Config::from_url(env::redis_url()).create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap();
-        RedisBackplane::start(&env::redis_url(), pool, Vec::new(), shutdown.connections.clone()).unwrap() as Arc<dyn Backplane>
+        RedisBackplane::start(&env::redis_url(), pool, Vec::new(), None, shutdown.connections.clone()).unwrap() as Arc<dyn Backplane>
     };
     let nodes = [node(), node()];
     for n in &nodes {

@@ -1,5 +1,7 @@
 //! A TCP proxy in front of a real service. `cut` drops every open connection and refuses
-//! new ones (the service looks down to the app); `restore` lets traffic through again.
+//! new ones (the service looks down to the app); `restore` lets traffic through again;
+//! `freeze` silences the open connections without closing them (a failover that kept the TCP
+//! connection), while new ones pass.
 
 use std::sync::{
     Arc,
@@ -16,6 +18,8 @@ pub struct ChaosProxy {
     down: Arc<AtomicBool>,
     /// Bumped on every cut: connection tasks of an older generation close themselves.
     generation: watch::Sender<u64>,
+    /// Bumped on every freeze: connection tasks of an older one stop forwarding.
+    frozen: watch::Sender<u64>,
 }
 
 impl ChaosProxy {
@@ -24,7 +28,8 @@ impl ChaosProxy {
         let addr = listener.local_addr().unwrap().to_string();
         let down = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
-        let proxy = Self { addr, down: down.clone(), generation: generation.clone() };
+        let (frozen, _) = watch::channel(0u64);
+        let proxy = Self { addr, down: down.clone(), generation: generation.clone(), frozen: frozen.clone() };
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else { return };
@@ -35,11 +40,17 @@ impl ChaosProxy {
                 let target = target.clone();
                 let mut gen_rx = generation.subscribe();
                 let born = *gen_rx.borrow();
+                let mut frozen_rx = frozen.subscribe();
+                let thawed = *frozen_rx.borrow();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = gen_rx.wait_for(|g| *g != born) => {}
+                        () = async { let _ = gen_rx.wait_for(|g| *g != born).await; } => {}
+                        () = async { let _ = frozen_rx.wait_for(|f| *f != thawed).await; } => {
+                            // Both sockets stay open and nothing passes, until a cut.
+                            let _ = gen_rx.wait_for(|g| *g != born).await.map(drop);
+                        }
                     }
                 });
             }
@@ -50,6 +61,10 @@ impl ChaosProxy {
     pub fn cut(&self) {
         self.down.store(true, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.send_modify(|f| *f += 1);
     }
 
     pub fn restore(&self) {
