@@ -69,3 +69,40 @@ fn channel_names_glue_the_prefix_without_separator() {
     assert_eq!(ch.target(&ch.all()), Some(Target::All));
     assert_eq!(ch.target("otherHub:all"), None);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_envelope() -> impl Strategy<Value = Envelope> {
+        (
+            prop::collection::vec("[A-Za-z0-9_-]{1,22}", 0..3),
+            prop::collection::btree_map("[a-z]{1,12}", prop::collection::vec(any::<u8>(), 0..64), 0..3),
+        )
+            .prop_map(|(excluded, payloads)| Envelope {
+                excluded,
+                payloads: payloads.into_iter().map(|(name, bytes)| (name, Bytes::from(bytes))).collect(),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_envelope_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn an_envelope_decodes_to_what_was_encoded(env in arb_envelope()) {
+            prop_assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn an_envelope_claiming_more_than_it_holds_is_refused_without_reserving_it() {
+        // [ [], { "json": bin32 of 4 GiB } ] with three bytes of content.
+        let mut bytes = vec![0x92, 0x90, 0x81, 0xA4, b'j', b's', b'o', b'n', 0xC6, 0xFF, 0xFF, 0xFF, 0xFF];
+        bytes.extend_from_slice(b"abc");
+        assert!(Envelope::decode(&bytes).is_err());
+    }
+}

@@ -164,17 +164,9 @@ async fn negotiate(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse
     };
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).map(|q| q.into_inner()).unwrap_or_default();
     let requested = query.iter().find(|(k, _)| k.eq_ignore_ascii_case("negotiateVersion")).map(|(_, v)| v.as_str());
-    let version = match requested {
-        None => 0,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if n < 0 => {
-                return HttpResponse::Ok().json(
-                    json!({ "error": format!("The client requested version '{n}', but the server does not support this version.") }),
-                );
-            }
-            Ok(n) => n.min(1),
-            Err(_) => return HttpResponse::Ok().json(json!({ "error": "The client requested a non-integer protocol version." })),
-        },
+    let version = match super::negotiate::requested_version(requested) {
+        Ok(v) => v,
+        Err(error) => return HttpResponse::Ok().json(json!({ "error": error })),
     };
     let (id, token) = ep.signer.issue(caller.user_id.as_str());
     let transports = json!([{ "transport": "WebSockets", "transferFormats": ["Text", "Binary"] }]);

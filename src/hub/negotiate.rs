@@ -72,9 +72,48 @@ impl TokenSigner {
     }
 }
 
+/// The version a negotiate request's `negotiateVersion` asks for (0 when absent, at most the 1
+/// this server speaks), or the error text ASP.NET answers with (in a 200, as ASP.NET does).
+pub fn requested_version(value: Option<&str>) -> Result<u32, String> {
+    match value {
+        None => Ok(0),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n < 0 => Err(format!("The client requested version '{n}', but the server does not support this version.")),
+            Ok(n) => Ok(n.min(1) as u32),
+            Err(_) => Err("The client requested a non-integer protocol version.".into()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    #[test]
+    fn the_requested_version_is_read_as_asp_net_reads_it() {
+        assert_eq!(requested_version(None), Ok(0));
+        assert_eq!(requested_version(Some("1")), Ok(1));
+        assert_eq!(requested_version(Some("7")), Ok(1), "a newer client gets the version this server speaks");
+        assert!(requested_version(Some("-1")).unwrap_err().contains("'-1'"));
+        assert!(requested_version(Some("abc")).unwrap_err().contains("non-integer"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_gives_a_version_or_an_error_and_never_panics(value in ".{0,200}") {
+            if let Ok(v) = requested_version(Some(&value)) {
+                prop_assert!(v <= 1);
+            }
+        }
+
+        #[test]
+        fn no_token_verifies_unless_it_was_issued(token in ".{0,80}", user in "[a-z]{1,8}") {
+            let signer = TokenSigner::new([3; 32], Duration::from_secs(60));
+            prop_assert_eq!(signer.verify(&token, &user), None);
+        }
+    }
 
     #[test]
     fn a_token_verifies_for_its_user_only_and_not_after_expiry() {

@@ -199,7 +199,7 @@ fn token(secret: &str, user: &str) -> String {
 async fn sigterm_during_a_burst_of_orders_exits_zero_and_loses_no_accepted_order() {
     let prefix = format!("t-{}.", uuid::Uuid::new_v4().simple());
     let mut bus = BusObserver::start(&prefix).await;
-    let (mut child, port, db) = start_binary(&[], &prefix).await;
+    let (mut child, port, db) = start_binary(&["--orders-per-second-per-user", "0"], &prefix).await;
     let tok = token("lifecycle-secret", &unique_user("term"));
     let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let terminated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

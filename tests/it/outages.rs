@@ -45,7 +45,8 @@ async fn mapped_to(user: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_accepted_while_rabbitmq_is_down_are_announced_exactly_once_when_it_returns() {
     let proxy = ChaosProxy::start(env::host_port(&env::amqp_url())).await;
-    let app = spawn_app(AppOptions { amqp_proxy: Some(&proxy), ..Default::default() }).await;
+    let app =
+        spawn_app(AppOptions { amqp_proxy: Some(&proxy), extra_args: crate::harness::unlimited_orders(), ..Default::default() }).await;
     let mut bus = BusObserver::start(&app.bus_prefix).await;
     let token = app.token(&unique_user("burst"));
 

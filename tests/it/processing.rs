@@ -18,7 +18,9 @@ fn mugs() -> Value {
 }
 
 fn fast() -> Vec<String> {
-    vec!["--process-delay-ms".into(), "0".into()]
+    let mut args = vec!["--process-delay-ms".into(), "0".into()];
+    args.extend(crate::harness::unlimited_orders());
+    args
 }
 
 async fn wait_all_final(app: &TestApp, ids: &[String], timeout: Duration) {
@@ -249,7 +251,8 @@ async fn a_backlog_is_processed_in_batches_and_each_order_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processors_competing_on_the_queue_process_each_order_once() {
-    let accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
+    let accept =
+        spawn_app(AppOptions { roles: Some("accept"), extra_args: crate::harness::unlimited_orders(), ..Default::default() }).await;
     let first = spawn_app(AppOptions { roles: Some("process"), share: Some(&accept), extra_args: fast(), ..Default::default() }).await;
     let second = spawn_app(AppOptions { roles: Some("process"), share: Some(&accept), extra_args: fast(), ..Default::default() }).await;
     let mut bus = BusObserver::start(&accept.bus_prefix).await;

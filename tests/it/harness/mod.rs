@@ -37,3 +37,9 @@ where
 pub fn unique_user(name: &str) -> String {
     format!("{name}-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// For tests that place many orders as one user at once: the per-user order rate limit
+/// (tested on its own) is not what they are about.
+pub fn unlimited_orders() -> Vec<String> {
+    vec!["--orders-per-second-per-user".into(), "0".into()]
+}
