@@ -193,7 +193,14 @@ impl App {
             tracing::warn!("consumers did not settle within the shutdown timeout");
         }
         let hooks = futures_util::future::join_all(self.shutdown.take_drain_hooks().into_iter().map(|hook| hook(deadline)));
-        let _ = tokio::time::timeout_at(deadline, futures_util::future::join(handle.stop(true), hooks)).await;
+        // HTTP keeps answering while the hooks run (the hub closes its connections over the
+        // spread): probes and late clients get a 503 at once rather than a connection left in a
+        // listener nobody accepts from until the process exits.
+        let _ = tokio::time::timeout_at(deadline, async {
+            hooks.await;
+            handle.stop(true).await;
+        })
+        .await;
         self.shutdown.token.cancel();
         self.shutdown.tasks.close();
         if tokio::time::timeout_at(deadline, self.shutdown.tasks.wait()).await.is_err() {

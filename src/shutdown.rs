@@ -3,8 +3,8 @@
 //! bounded by the shutdown timeout:
 //! 1. draining: readiness fails at once, the hub refuses new connections;
 //! 2. `intake`: consumers stop taking deliveries and settle the ones in flight;
-//! 3. HTTP stops accepting and finishes in-flight requests while the drain hooks run (the hub
-//!    closes its connections gradually);
+//! 3. the drain hooks run (the hub closes its connections gradually) while HTTP still answers
+//!    (503 from readiness and the hub), then HTTP stops accepting and finishes in-flight requests;
 //! 4. `token`: the remaining background loops finish (the outbox relay's last drain);
 //! 5. `connections`: the broker and the backplane close last.
 

@@ -112,6 +112,42 @@ async fn an_hs256_token_is_refused_when_only_a_public_key_is_configured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rs256_public_key_accepts_its_own_tokens_with_the_audience_and_nothing_else() {
+    // A fresh RSA key pair, as an identity provider would publish it.
+    let dir = std::env::temp_dir().join(format!("contoso-rsa-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (private, public) = (dir.join("private.pem"), dir.join("public.pem"));
+    let openssl = |args: &[&str]| assert!(std::process::Command::new("openssl").args(args).status().unwrap().success(), "openssl {args:?}");
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", private.to_str().unwrap()]);
+    openssl(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+    let app = spawn_app(AppOptions {
+        extra_args: vec!["--jwt-public-key".into(), public.display().to_string(), "--jwt-audience".into(), "contoso-shop".into()],
+        no_jwt_secret: true,
+        ..Default::default()
+    })
+    .await;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let sign = |claims: Value| jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap();
+    let user = unique_user("rsa");
+    let good = sign(json!({ "sub": user, "exp": now() + 3600, "aud": "contoso-shop" }));
+    assert_eq!(app.post_order(&good, body(), None).await.status(), 202);
+    let other_app = sign(json!({ "sub": user, "exp": now() + 3600, "aud": "another-app" }));
+    assert_eq!(app.post_order(&other_app, body(), None).await.status(), 401, "a token for another application");
+    let no_aud = sign(json!({ "sub": user, "exp": now() + 3600 }));
+    assert_eq!(app.post_order(&no_aud, body(), None).await.status(), 401, "a token without an audience");
+    let public_pem = std::fs::read(&public).unwrap();
+    let confused = jsonwebtoken::encode(
+        &Default::default(),
+        &json!({ "sub": user, "exp": now() + 3600, "aud": "contoso-shop" }),
+        &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+    assert_eq!(app.post_order(&confused, body(), None).await.status(), 401, "HS256 signed with the public key");
+    app.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_tokens_are_minted_only_with_dev_auth() {
     let app = spawn_app(AppOptions { extra_args: vec!["--dev-auth".into()], ..Default::default() }).await;
     let user = unique_user("demo");

@@ -179,6 +179,20 @@ async fn text_with(ws: &mut Ws, needle: &str) -> String {
     }
 }
 
+/// The connection token a negotiate (version 1) at `app` hands the bearer of `token`.
+async fn connection_token(app: &crate::harness::TestApp, token: &str) -> String {
+    let negotiated: serde_json::Value = reqwest::Client::new()
+        .post(app.url("/hubs/order-status/negotiate?negotiateVersion=1"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    negotiated["connectionToken"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_token_used_by_a_second_socket_replaces_the_first_and_removal_is_exact() {
     let prefix = format!("t-{}-", uuid::Uuid::new_v4().simple());
@@ -187,16 +201,7 @@ async fn a_connection_token_used_by_a_second_socket_replaces_the_first_and_remov
             .await;
     let user = unique_user("twice");
     let token = app.token(&user);
-    let negotiated: serde_json::Value = reqwest::Client::new()
-        .post(app.url("/hubs/order-status/negotiate?negotiateVersion=1"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = format!("ws://127.0.0.1:{}/hubs/order-status?id={}", app.port, negotiated["connectionToken"].as_str().unwrap());
+    let url = format!("ws://127.0.0.1:{}/hubs/order-status?id={}", app.port, connection_token(&app, &token).await);
     let mut first = registered_tabs(&url, &token, 1).await.remove(0);
     let mut second = registered_tabs(&url, &token, 1).await.remove(0);
     // The server removes a connection before it writes the Close record: once the record is
@@ -214,4 +219,32 @@ async fn a_connection_token_used_by_a_second_socket_replaces_the_first_and_remov
         text_with(&mut second, &format!("\"i\":{i}")).await;
     }
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_negotiate_secret_is_what_lets_another_process_accept_a_connection_token() {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue};
+    let notify = |args: Vec<String>| AppOptions { roles: Some("notify"), extra_args: args, ..Default::default() };
+    let shared = || vec!["--negotiate-secret".to_owned(), "negotiate-secret-of-this-deployment".to_owned()];
+    let first = spawn_app(notify(shared())).await;
+    let second = spawn_app(AppOptions { share: Some(&first), ..notify(shared()) }).await;
+    // Same JWT secret, no negotiate secret: it derives another key.
+    let other = spawn_app(AppOptions { share: Some(&first), ..notify(Vec::new()) }).await;
+    let token = first.token(&unique_user("negotiator"));
+    let id = connection_token(&first, &token).await;
+    let mut ws = connect(&format!("ws://127.0.0.1:{}/hubs/order-status?id={id}", second.port), &token).await;
+    ws.send(Message::text("{\"type\":1,\"invocationId\":\"1\",\"target\":\"GetCurrentStatus\",\"arguments\":[\"x\"]}\u{1e}"))
+        .await
+        .unwrap();
+    text_with(&mut ws, "\"type\":3").await;
+    let mut request = format!("ws://127.0.0.1:{}/hubs/order-status?id={id}", other.port).into_client_request().unwrap();
+    request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status().as_u16(), 404, "a process with another key does not know the token"),
+        other => panic!("another key accepted the token: {:?}", other.map(|_| "connected")),
+    }
+    drop(ws);
+    other.stop().await;
+    second.stop().await;
+    first.stop().await;
 }

@@ -195,3 +195,54 @@ async fn a_backplane_subscription_that_goes_silent_is_noticed_renewed_and_client
     assert!(live.is_ok(), "a notification published after the renewal arrives");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_with_every_dependency_down_gets_ready_when_they_return_and_migrates_once() {
+    let pg = ChaosProxy::start(env::host_port(&env::database_admin_url())).await;
+    let cache = ChaosProxy::start(env::host_port(&env::redis_url())).await;
+    let amqp = ChaosProxy::start(env::host_port(&env::amqp_url())).await;
+    for proxy in [&pg, &cache, &amqp] {
+        proxy.cut();
+    }
+    let options = || AppOptions {
+        roles: Some("accept,process,notify"),
+        db_proxy: Some(&pg),
+        redis_proxy: Some(&cache),
+        amqp_proxy: Some(&amqp),
+        no_wait_ready: true,
+        extra_args: vec!["--process-delay-ms".into(), "0".into()],
+        ..Default::default()
+    };
+    let first = spawn_app(options()).await;
+    // A second pod of the same deployment, starting at the same time: both migrate when the
+    // database comes back, and the migrations must run once.
+    let second = spawn_app(AppOptions { share: Some(&first), ..options() }).await;
+    for app in [&first, &second] {
+        assert_eq!(app.get("/health/live", None).await.status(), 200, "live without any dependency");
+        eventually(Duration::from_secs(15), "readiness naming every dependency", || async {
+            let (status, body) = app.ready_status().await;
+            let reasons = body["reasons"].to_string();
+            (status == 503 && ["database", "redis", "rabbitmq", "backplane"].iter().all(|d| reasons.contains(d))).then_some(())
+        })
+        .await;
+    }
+    for proxy in [&pg, &cache, &amqp] {
+        proxy.restore();
+    }
+    for app in [&first, &second] {
+        eventually(Duration::from_secs(60), "ready once the dependencies are back", || async {
+            (app.ready_status().await.0 == 200).then_some(())
+        })
+        .await;
+    }
+    let applied = first.count("SELECT count(*) AS n FROM __diesel_schema_migrations").await;
+    let distinct = first.count("SELECT count(DISTINCT version) AS n FROM __diesel_schema_migrations").await;
+    assert!(applied > 0 && applied == distinct, "each migration once: {applied} rows, {distinct} versions");
+    // And the shop works.
+    let token = first.token(&unique_user("cold"));
+    let id = first.place_orders(&token, &json!({ "items": [{ "productId": "mug", "quantity": 1 }] }), 1).await.remove(0);
+    eventually(Duration::from_secs(30), "the order processed", || async { (first.status_of(&id).await == "COMPLETED").then_some(()) })
+        .await;
+    second.stop().await;
+    first.stop().await;
+}

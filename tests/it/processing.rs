@@ -236,7 +236,14 @@ async fn a_backlog_is_processed_in_batches_and_each_order_once() {
     assert_eq!(letters.len(), 1, "only the poison message is dead-lettered: {letters:?}");
     assert_eq!(letters[0].body, b"not an event either");
 
-    let page = accept.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    // The duplicates carry ids whose outcomes are already out: wait until they are settled too.
+    let page = eventually(Duration::from_secs(20), "every delivery consumed and settled", || async {
+        let page = accept.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.ok()?.text().await.ok()?;
+        let settled = metric(&page, "contoso_events_acked_total{queue=\"contoso.order-process\"}")
+            + metric(&page, "contoso_events_dead_lettered_total{queue=\"contoso.order-process\",reason=\"malformed\"}");
+        (settled >= 40.0).then_some(page)
+    })
+    .await;
     let consumed = metric(&page, "contoso_events_consumed_total{queue=\"contoso.order-process\"}");
     let batches = metric(&page, "contoso_consumer_batch_size_count{queue=\"contoso.order-process\"}");
     let acked = metric(&page, "contoso_events_acked_total{queue=\"contoso.order-process\"}");
@@ -245,7 +252,7 @@ async fn a_backlog_is_processed_in_batches_and_each_order_once() {
     assert_eq!(acked, 39.0, "each order and duplicate acked once");
     assert!(batches >= 1.0 && batches < consumed, "{batches} batches for {consumed} deliveries: the backlog was not batched");
     let _ = Command::new("kill").args(["-TERM", &process.id().to_string()]).status();
-    let _ = tokio::task::spawn_blocking(move || process.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || wait_child(&mut process, Duration::from_secs(30))).await;
     accept.stop().await;
 }
 
@@ -312,12 +319,16 @@ async fn orders_survive_a_broker_outage_in_the_middle_of_200_orders() {
 async fn a_database_outage_shorter_than_the_retry_budget_loses_and_dead_letters_nothing() {
     let accept = spawn_app(AppOptions { roles: Some("accept"), ..Default::default() }).await;
     let proxy = ChaosProxy::start(env::host_port(&env::database_admin_url())).await;
-    let process = spawn_app(AppOptions {
-        roles: Some("process"),
-        share: Some(&accept),
-        db_proxy: Some(&proxy),
-        extra_args: fast(),
-        ..Default::default()
+    // In a child process, so that its requeue counter is its own.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let db_url = env::with_host_port(&env::database_url(&accept.db_name), &proxy.addr);
+    let mut process = process_binary_on(&accept, &db_url, None, "0", &format!("127.0.0.1:{port}"), &[]);
+    let page = |path: &'static str| {
+        let client = accept.http.clone();
+        async move { client.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok() }
+    };
+    eventually(Duration::from_secs(30), "the processor to be ready", || async {
+        page("/health/ready").await.filter(|r| r.status() == 200)
     })
     .await;
     let bus = BusObserver::start(&accept.bus_prefix).await;
@@ -326,24 +337,42 @@ async fn a_database_outage_shorter_than_the_retry_budget_loses_and_dead_letters_
     let ids = accept.place_orders(&token, &mugs(), 20).await;
     // Let the processor meet the outage: readiness reports the database.
     eventually(Duration::from_secs(10), "the processor to notice", || async {
-        let (status, body) = process.ready_status().await;
-        (status == 503 && body["reasons"].to_string().contains("database")).then_some(())
+        let res = page("/health/ready").await?;
+        let status = res.status();
+        let body = res.text().await.ok()?;
+        (status == 503 && body.contains("database")).then_some(())
     })
     .await;
-    let metrics = eventually(Duration::from_secs(10), "a requeue", || async {
-        let m = process.get("/metrics", None).await.text().await.unwrap();
-        m.contains("contoso_events_requeued_total{queue=\"contoso.order-process\"}").then_some(m)
+    eventually(Duration::from_secs(10), "a requeue, counted", || async {
+        let text = page("/metrics").await?.text().await.ok()?;
+        (metric(&text, "contoso_events_requeued_total{queue=\"contoso.order-process\"}") >= 1.0).then_some(())
     })
     .await;
-    assert!(!metrics.is_empty());
     proxy.restore();
     wait_all_final(&accept, &ids, Duration::from_secs(60)).await;
     for id in &ids {
         assert_eq!(accept.status_of(id).await, "COMPLETED");
     }
     assert!(bus.dead_letters("contoso.order-process").await.is_empty(), "nothing dead-lettered");
-    process.stop().await;
+    let _ = Command::new("kill").args(["-TERM", &process.id().to_string()]).status();
+    let exited = tokio::task::spawn_blocking(move || wait_child(&mut process, Duration::from_secs(30))).await.unwrap();
+    assert!(exited.success(), "{exited:?}");
     accept.stop().await;
+}
+
+/// A child's exit, bounded: one that never exits fails the test instead of hanging it.
+fn wait_child(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs `contoso --role process` as a process; FAILPOINTS are honoured (tests build with them).
@@ -360,10 +389,22 @@ fn process_binary_with(
     listen: &str,
     envs: &[(&str, &str)],
 ) -> std::process::Child {
+    process_binary_on(app, &env::database_url(&app.db_name), failpoints, delay_ms, listen, envs)
+}
+
+/// `process_binary_with` on the database at `database_url` (a chaos proxy in front of it).
+fn process_binary_on(
+    app: &TestApp,
+    database_url: &str,
+    failpoints: Option<&str>,
+    delay_ms: &str,
+    listen: &str,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_contoso"));
     cmd.args(["--role", "process", "--listen", listen, "--process-delay-ms", delay_ms, "--log-level", "warn"])
         .arg("--database-url")
-        .arg(env::database_url(&app.db_name))
+        .arg(database_url)
         .arg("--redis-url")
         .arg(env::redis_url())
         .arg("--amqp-url")
@@ -397,7 +438,7 @@ async fn a_process_pod_publishes_its_outcomes_without_waiting_for_its_outbox_pol
     })
     .await;
     let _ = Command::new("kill").args(["-TERM", &process.id().to_string()]).status();
-    let _ = tokio::task::spawn_blocking(move || process.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || wait_child(&mut process, Duration::from_secs(30))).await;
     accept.stop().await;
 }
 
@@ -410,7 +451,7 @@ async fn a_crash_between_commit_and_ack_does_not_complete_an_order_twice() {
     let id = accept.place_orders(&token, &mugs(), 1).await.remove(0);
 
     // The processor commits COMPLETED and the outbox row, then dies before acking.
-    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || wait_child(&mut crashing, Duration::from_secs(30))).await.unwrap();
     assert!(!status.success(), "the fail point aborted the process");
     assert_eq!(accept.status_of(&id).await, "COMPLETED");
     let number_before = accept.count(&format!("SELECT order_number AS n FROM orders WHERE correlation_id = '{id}'")).await;
@@ -428,7 +469,7 @@ async fn a_crash_between_commit_and_ack_does_not_complete_an_order_twice() {
     let number_after = accept.count(&format!("SELECT order_number AS n FROM orders WHERE correlation_id = '{id}'")).await;
     assert_eq!(number_before, number_after, "the order number did not change");
     let _ = Command::new("kill").args(["-TERM", &healthy.id().to_string()]).status();
-    let _ = tokio::task::spawn_blocking(move || healthy.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || wait_child(&mut healthy, Duration::from_secs(30))).await;
     accept.stop().await;
 }
 
@@ -445,7 +486,7 @@ async fn sigterm_during_processing_exits_zero_and_loses_no_order() {
     .await;
     let started = std::time::Instant::now();
     assert!(Command::new("kill").args(["-TERM", &slow.id().to_string()]).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || slow.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || wait_child(&mut slow, Duration::from_secs(30))).await.unwrap();
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(25), "within the shutdown timeout");
     let mut healthy = process_binary(&accept, None);
@@ -454,7 +495,7 @@ async fn sigterm_during_processing_exits_zero_and_loses_no_order() {
         assert_eq!(accept.status_of(id).await, "COMPLETED");
     }
     let _ = Command::new("kill").args(["-TERM", &healthy.id().to_string()]).status();
-    let _ = tokio::task::spawn_blocking(move || healthy.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || wait_child(&mut healthy, Duration::from_secs(30))).await;
     accept.stop().await;
 }
 

@@ -212,13 +212,7 @@ impl TestApp {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        #[derive(diesel::QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let rows: Vec<Count> = diesel::sql_query(sql).load(&mut self.db().await).await.unwrap();
-        rows[0].n
+        count_in(&self.db_name, sql).await
     }
 
     /// Graceful stop (the SIGTERM path), then removes the database, queues and exchanges.
@@ -257,6 +251,18 @@ pub fn remove_sqlite_file(path: &str) {
 }
 
 /// A new, empty database `contoso_t_{id}`; the app migrates it.
+/// The `n` of a `SELECT count(*) AS n ...` on the database `db_name`.
+pub async fn count_in(db_name: &str, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(&env::database_url(db_name)).await.unwrap();
+    let rows: Vec<Count> = diesel::sql_query(sql).load(&mut conn).await.unwrap();
+    rows[0].n
+}
+
 pub async fn create_database(id: &str) -> String {
     let db_name = format!("contoso_t_{id}");
     diesel::sql_query(format!("CREATE DATABASE \"{db_name}\"")).execute(&mut admin().await).await.unwrap();

@@ -14,8 +14,8 @@ pub use chaos::ChaosProxy;
 
 use std::time::{Duration, Instant};
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-/// Conditions are awaited, never slept for.
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`, also when a
+/// check itself never returns. Conditions are awaited, never slept for.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -23,8 +23,11 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = check().await {
-            return v;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        match tokio::time::timeout(left, check()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out after {timeout:?} waiting for {what} (the last check did not return)"),
         }
         if Instant::now() > deadline {
             panic!("timed out after {timeout:?} waiting for {what}");
