@@ -246,3 +246,39 @@ async fn a_cold_start_with_every_dependency_down_gets_ready_when_they_return_and
     second.stop().await;
     first.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_past_the_write_queue_get_503_with_retry_after_and_none_is_lost() {
+    let proxy = ChaosProxy::start(env::host_port(&env::database_admin_url())).await;
+    let app = spawn_app(AppOptions { db_proxy: Some(&proxy), extra_args: crate::harness::unlimited_orders(), ..Default::default() }).await;
+    let user = unique_user("flood");
+    let token = app.token(&user);
+    // The database hangs: writers wait on it, and orders queue behind them (1,024 at most).
+    proxy.stall();
+    let started = std::time::Instant::now();
+    let posts = (0..1300).map(|_| {
+        let (app, token) = (&app, token.clone());
+        async move {
+            let res = app.post_order(&token, body(), None).await;
+            let retry = res.headers().get("retry-after").is_some();
+            (res.status().as_u16(), retry, started.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(posts);
+    let release = async {
+        // Those past the queue are answered while the database still hangs.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        proxy.cut();
+        proxy.restore();
+    };
+    let (answers, ()) = tokio::time::timeout(Duration::from_secs(90), futures_util::future::join(answers, release))
+        .await
+        .expect("every POST answered once the database is back");
+    let early: Vec<_> = answers.iter().filter(|(_, _, at)| *at < Duration::from_secs(6)).collect();
+    assert!(early.len() >= 100, "{} answered while the database hung", early.len());
+    assert!(early.iter().all(|(status, retry, _)| *status == 503 && *retry), "each an immediate 503 with Retry-After");
+    let accepted = answers.iter().filter(|(status, _, _)| *status == 202).count() as i64;
+    let stored = app.count(&format!("SELECT count(*) AS n FROM orders WHERE user_id = '{user}'")).await;
+    assert_eq!(stored, accepted, "an order is stored exactly when it was answered 202");
+    app.stop().await;
+}
