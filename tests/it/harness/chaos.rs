@@ -42,7 +42,7 @@ impl ChaosProxy {
                 }
                 if stalled.load(Ordering::SeqCst) {
                     // Held open, never answered, until the proxy is restored or cut.
-                    let (stalled, mut gen_rx) = (stalled.clone(), generation.subscribe());
+                    let (stalled, gen_rx) = (stalled.clone(), generation.subscribe());
                     tokio::spawn(async move {
                         let born = *gen_rx.borrow();
                         while stalled.load(Ordering::SeqCst) && *gen_rx.borrow() == born {
