@@ -134,6 +134,7 @@ impl App {
         let shutdown_data = web::Data::new(shutdown.clone());
         let auth_data = web::Data::from(auth);
         let prometheus = telemetry::prometheus();
+        crate::metrics_help::describe();
         let body_timeout = deps.settings.request_body_timeout;
         let app = move || {
             let mut app = actix_web::App::new()
@@ -146,8 +147,10 @@ impl App {
                 .configure(health::configure)
                 .route(
                     "/metrics",
-                    web::get()
-                        .to(move || async move { HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus.render()) }),
+                    web::get().to(move || async move {
+                        crate::metrics_help::refresh_process_metrics();
+                        HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus.render())
+                    }),
                 );
             for r in &routes {
                 app = app.configure(|cfg| r(cfg));

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod health;
 pub mod http;
 pub mod hub;
+pub mod metrics_help;
 pub mod roles;
 pub mod secret;
 pub mod shutdown;

@@ -383,3 +383,27 @@ async fn on_sigterm_a_notify_process_fails_readiness_and_refuses_new_websockets_
     app::drop_database(&db).await;
     app::delete_bus_objects(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_has_help_text_and_the_build_and_process_are_described() {
+    let prefix = format!("t-{}.", uuid::Uuid::new_v4().simple());
+    let (child, port, db) = start_binary(&[], &prefix).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(client.get(format!("{base}/api/products")).send().await.unwrap().status(), 200);
+    let page = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let typed: Vec<&str> = page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    assert!(typed.len() > 5, "{page}");
+    for name in &typed {
+        assert!(page.lines().any(|l| l.starts_with(&format!("# HELP {name} "))), "no HELP for {name}");
+    }
+    let build = page.lines().find(|l| l.starts_with("contoso_build_info{")).expect("contoso_build_info");
+    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && build.ends_with(" 1"), "{build}");
+    for process in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
+        assert!(page.lines().any(|l| l.starts_with(process)), "{process} missing");
+    }
+    sigterm(&child);
+    assert!(output_within(child, Duration::from_secs(15)).status.success());
+    app::drop_database(&db).await;
+    app::delete_bus_objects(&prefix).await;
+}
