@@ -100,124 +100,124 @@ pub struct RawSettings {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// HTTP and WebSocket listen address [default: 0.0.0.0:8080]
-    #[arg(long, env = "CONTOSO_LISTEN")]
+    #[arg(long, env = "CONTOSO_LISTEN", help_heading = "HTTP and logs")]
     pub listen: Option<SocketAddr>,
     /// postgres://... (production) or sqlite://PATH; required except for role all [all: sqlite://contoso.db]
-    #[arg(long, env = "CONTOSO_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "CONTOSO_DATABASE_URL", hide_env_values = true, help_heading = "Dependencies")]
     pub database_url: Option<Secret>,
     /// redis://host:port/db; required except for role all [all: in-process status cache, log and backplane]
-    #[arg(long, env = "CONTOSO_REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = "CONTOSO_REDIS_URL", hide_env_values = true, help_heading = "Dependencies")]
     pub redis_url: Option<Secret>,
     /// amqp://user:pass@host:5672/%2f; required except for role all [all: in-process event bus]
-    #[arg(long, env = "CONTOSO_AMQP_URL", hide_env_values = true)]
+    #[arg(long, env = "CONTOSO_AMQP_URL", hide_env_values = true, help_heading = "Dependencies")]
     pub amqp_url: Option<Secret>,
     /// HS256 shared secret for JWT validation
-    #[arg(long, env = "CONTOSO_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "CONTOSO_JWT_SECRET", hide_env_values = true, help_heading = "Authentication")]
     pub jwt_secret: Option<Secret>,
     /// PEM file with the RS256 or ES256 public key for JWT validation
-    #[arg(long, env = "CONTOSO_JWT_PUBLIC_KEY")]
+    #[arg(long, env = "CONTOSO_JWT_PUBLIC_KEY", help_heading = "Authentication")]
     pub jwt_public_key: Option<PathBuf>,
     /// Required token issuer (iss); not checked when unset
-    #[arg(long, env = "CONTOSO_JWT_ISSUER")]
+    #[arg(long, env = "CONTOSO_JWT_ISSUER", help_heading = "Authentication")]
     pub jwt_issuer: Option<String>,
     /// Required token audience (aud); not checked when unset
-    #[arg(long, env = "CONTOSO_JWT_AUDIENCE")]
+    #[arg(long, env = "CONTOSO_JWT_AUDIENCE", help_heading = "Authentication")]
     pub jwt_audience: Option<String>,
     /// Clock skew allowed on exp and nbf, in seconds [default: 30]
-    #[arg(long, env = "CONTOSO_JWT_LEEWAY")]
+    #[arg(long, env = "CONTOSO_JWT_LEEWAY", help_heading = "Authentication")]
     pub jwt_leeway: Option<u64>,
     /// Redis backplane channel prefix [default: contoso-signalr]
-    #[arg(long, env = "CONTOSO_CHANNEL_PREFIX")]
+    #[arg(long, env = "CONTOSO_CHANNEL_PREFIX", help_heading = "Notify (the hub)")]
     pub channel_prefix: Option<String>,
     /// Hub name in backplane channels [default: Contoso.OrderNotification.Hubs.OrderStatusHub]
-    #[arg(long, env = "CONTOSO_HUB_NAME")]
+    #[arg(long, env = "CONTOSO_HUB_NAME", help_heading = "Notify (the hub)")]
     pub hub_name: Option<String>,
     /// Simulated work per order in role process, in milliseconds [default: 500]
-    #[arg(long, env = "CONTOSO_PROCESS_DELAY_MS")]
+    #[arg(long, env = "CONTOSO_PROCESS_DELAY_MS", help_heading = "Process")]
     pub process_delay_ms: Option<u64>,
     /// TTL of order:map:* and order:status:*, in seconds [default: 86400]
-    #[arg(long, env = "CONTOSO_STATUS_TTL")]
+    #[arg(long, env = "CONTOSO_STATUS_TTL", help_heading = "Accept")]
     pub status_ttl: Option<u64>,
     /// While this file exists, readiness fails [default: /tmp/draining]
-    #[arg(long, env = "CONTOSO_DRAIN_FILE")]
+    #[arg(long, env = "CONTOSO_DRAIN_FILE", help_heading = "Lifecycle")]
     pub drain_file: Option<PathBuf>,
     /// Seconds from SIGTERM to exit, at most [default: 25]
-    #[arg(long, env = "CONTOSO_SHUTDOWN_TIMEOUT")]
+    #[arg(long, env = "CONTOSO_SHUTDOWN_TIMEOUT", help_heading = "Lifecycle")]
     pub shutdown_timeout: Option<u64>,
     /// Notify: seconds over which Close messages are spread on SIGTERM [default: 5]
-    #[arg(long, env = "CONTOSO_DRAIN_SPREAD")]
+    #[arg(long, env = "CONTOSO_DRAIN_SPREAD", help_heading = "Lifecycle")]
     pub drain_spread: Option<u64>,
     /// Enable POST /api/dev/token (never in production) [default: off]
-    #[arg(long, env = "CONTOSO_DEV_AUTH", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "CONTOSO_DEV_AUTH", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), help_heading = "Authentication")]
     pub dev_auth: Option<bool>,
     /// Log format, json or pretty [default: json]
-    #[arg(long, env = "CONTOSO_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "CONTOSO_LOG_FORMAT", value_enum, help_heading = "HTTP and logs")]
     pub log_format: Option<LogFormat>,
     /// Log filter in tracing's EnvFilter syntax [default: info]
-    #[arg(long, env = "CONTOSO_LOG_LEVEL")]
+    #[arg(long, env = "CONTOSO_LOG_LEVEL", help_heading = "HTTP and logs")]
     pub log_level: Option<String>,
     /// Unacknowledged deliveries per consumer (also the processing concurrency) [default: 32]
-    #[arg(long, env = "CONTOSO_PREFETCH")]
+    #[arg(long, env = "CONTOSO_PREFETCH", help_heading = "Dependencies")]
     pub prefetch: Option<u16>,
     /// Prefix for every exchange and queue name, to share a vhost between isolated deployments or test runs [default: none]
-    #[arg(long, env = "CONTOSO_BUS_PREFIX")]
+    #[arg(long, env = "CONTOSO_BUS_PREFIX", help_heading = "Dependencies")]
     pub bus_prefix: Option<String>,
     /// Database connections per pool [default: 16]
-    #[arg(long, env = "CONTOSO_DB_POOL_SIZE")]
+    #[arg(long, env = "CONTOSO_DB_POOL_SIZE", help_heading = "Dependencies")]
     pub db_pool_size: Option<usize>,
     /// Outbox relay poll interval in milliseconds (it also wakes at once after each commit) [default: 500]
-    #[arg(long, env = "CONTOSO_OUTBOX_POLL_MS")]
+    #[arg(long, env = "CONTOSO_OUTBOX_POLL_MS", help_heading = "Accept")]
     pub outbox_poll_ms: Option<u64>,
     /// Deliveries of one message before it is dead-lettered (quorum queue delivery limit) [default: 10]
-    #[arg(long, env = "CONTOSO_DELIVERY_LIMIT")]
+    #[arg(long, env = "CONTOSO_DELIVERY_LIMIT", help_heading = "Dependencies")]
     pub delivery_limit: Option<u32>,
     /// Milliseconds a request's body may take to arrive, then 408 [default: 10000]
-    #[arg(long, env = "CONTOSO_REQUEST_BODY_TIMEOUT_MS")]
+    #[arg(long, env = "CONTOSO_REQUEST_BODY_TIMEOUT_MS", help_heading = "HTTP and logs")]
     pub request_body_timeout_ms: Option<u64>,
     /// HTTP worker threads [default: number of CPUs]
-    #[arg(long, env = "CONTOSO_HTTP_WORKERS")]
+    #[arg(long, env = "CONTOSO_HTTP_WORKERS", help_heading = "HTTP and logs")]
     pub http_workers: Option<usize>,
     /// Notify: send a Ping after this many milliseconds without sending [default: 15000]
-    #[arg(long, env = "CONTOSO_KEEP_ALIVE_INTERVAL_MS")]
+    #[arg(long, env = "CONTOSO_KEEP_ALIVE_INTERVAL_MS", help_heading = "Notify (the hub)")]
     pub keep_alive_interval_ms: Option<u64>,
     /// Notify: close a connection silent for this many milliseconds, counted from its handshake [default: 30000]
-    #[arg(long, env = "CONTOSO_CLIENT_TIMEOUT_MS")]
+    #[arg(long, env = "CONTOSO_CLIENT_TIMEOUT_MS", help_heading = "Notify (the hub)")]
     pub client_timeout_ms: Option<u64>,
     /// Notify: milliseconds a client has to send its handshake [default: 15000]
-    #[arg(long, env = "CONTOSO_HANDSHAKE_TIMEOUT_MS")]
+    #[arg(long, env = "CONTOSO_HANDSHAKE_TIMEOUT_MS", help_heading = "Notify (the hub)")]
     pub handshake_timeout_ms: Option<u64>,
     /// Notify: largest incoming hub message in bytes [default: 32768]
-    #[arg(long, env = "CONTOSO_MAX_MESSAGE_SIZE")]
+    #[arg(long, env = "CONTOSO_MAX_MESSAGE_SIZE", help_heading = "Notify (the hub)")]
     pub max_message_size: Option<usize>,
     /// Notify: outgoing messages queued per connection before a slow client is closed [default: 64]
-    #[arg(long, env = "CONTOSO_SEND_QUEUE")]
+    #[arg(long, env = "CONTOSO_SEND_QUEUE", help_heading = "Notify (the hub)")]
     pub send_queue: Option<usize>,
     /// Notify: key signing negotiate connection tokens, shared by all notify pods [default: derived from the JWT secret]
-    #[arg(long, env = "CONTOSO_NEGOTIATE_SECRET", hide_env_values = true)]
+    #[arg(long, env = "CONTOSO_NEGOTIATE_SECRET", hide_env_values = true, help_heading = "Notify (the hub)")]
     pub negotiate_secret: Option<Secret>,
     /// Notify: connections this process takes, then 503 (0: no limit) [default: 50000]
-    #[arg(long, env = "CONTOSO_MAX_CONNECTIONS")]
+    #[arg(long, env = "CONTOSO_MAX_CONNECTIONS", help_heading = "Notify (the hub)")]
     pub max_connections: Option<usize>,
     /// Notify: connections one user may hold on this process, then 429 (0: no limit) [default: 32]
-    #[arg(long, env = "CONTOSO_MAX_CONNECTIONS_PER_USER")]
+    #[arg(long, env = "CONTOSO_MAX_CONNECTIONS_PER_USER", help_heading = "Notify (the hub)")]
     pub max_connections_per_user: Option<usize>,
     /// Notify: close a connection when its token expires, so it reconnects with a fresh one [default: true]
-    #[arg(long, env = "CONTOSO_CLOSE_ON_TOKEN_EXPIRY", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "CONTOSO_CLOSE_ON_TOKEN_EXPIRY", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), help_heading = "Notify (the hub)")]
     pub close_on_token_expiry: Option<bool>,
     /// Notify: hub invocations per second per connection, in bursts of twice as many (0: no limit) [default: 10]
-    #[arg(long, env = "CONTOSO_HUB_INVOCATIONS_PER_SECOND")]
+    #[arg(long, env = "CONTOSO_HUB_INVOCATIONS_PER_SECOND", help_heading = "Notify (the hub)")]
     pub hub_invocations_per_second: Option<u32>,
     /// Accept: orders per second per user, in bursts of four times as many, then 429 (0: no limit) [default: 10]
-    #[arg(long, env = "CONTOSO_ORDERS_PER_SECOND_PER_USER")]
+    #[arg(long, env = "CONTOSO_ORDERS_PER_SECOND_PER_USER", help_heading = "Accept")]
     pub orders_per_second_per_user: Option<u32>,
     /// Notify: milliseconds between the Redis backplane's canaries to itself (0: no self-check) [default: 5000]
-    #[arg(long, env = "CONTOSO_BACKPLANE_CHECK_INTERVAL_MS")]
+    #[arg(long, env = "CONTOSO_BACKPLANE_CHECK_INTERVAL_MS", help_heading = "Notify (the hub)")]
     pub backplane_check_interval_ms: Option<u64>,
     /// Notify: notifications kept per user for ResumeNotifications [default: 1000]
-    #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_MAX")]
+    #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_MAX", help_heading = "Notify (the hub)")]
     pub notification_log_max: Option<u64>,
     /// Notify: seconds a notification is kept for ResumeNotifications [default: 86400]
-    #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_TTL")]
+    #[arg(long, env = "CONTOSO_NOTIFICATION_LOG_TTL", help_heading = "Notify (the hub)")]
     pub notification_log_ttl: Option<u64>,
 }
 
@@ -267,7 +267,7 @@ pub enum SettingsError {
     #[error("cannot read config file {path}: {message}")]
     File { path: String, message: String },
     #[error("invalid {flag} ({env}): {message}")]
-    Invalid { flag: &'static str, env: &'static str, message: String },
+    Invalid { flag: String, env: String, message: String },
 }
 
 impl Settings {
@@ -284,8 +284,8 @@ impl Settings {
         T: Into<std::ffi::OsString> + Clone,
     {
         let raw = RawSettings::try_parse_from(args).map_err(|e| SettingsError::Invalid {
-            flag: "arguments",
-            env: "-",
+            flag: "arguments".into(),
+            env: "-".into(),
             message: e.to_string().lines().next().unwrap_or_default().to_owned(),
         })?;
         Self::from_raw(raw)
@@ -300,6 +300,22 @@ impl Settings {
             ($field:ident) => {
                 cli.$field.clone().or(file.$field.clone())
             };
+        }
+        // A value below its minimum is refused, naming the flag and variable, rather than
+        // quietly raised: whoever set it meant something else.
+        macro_rules! at_least {
+            ($field:ident, $default:expr, $min:expr) => {{
+                let value = pick!($field).unwrap_or($default);
+                if value < $min {
+                    let flag = concat!("--", stringify!($field));
+                    return Err(SettingsError::Invalid {
+                        flag: flag.replace('_', "-"),
+                        env: format!("CONTOSO_{}", stringify!($field).to_uppercase()),
+                        message: format!("{value} is below the minimum of {}", $min),
+                    });
+                }
+                value
+            }};
         }
         let roles_raw = pick!(role).ok_or(SettingsError::NoRole)?;
         let roles: RoleSet = roles_raw.parse().map_err(SettingsError::Role)?;
@@ -325,20 +341,28 @@ impl Settings {
             drain_spread: Duration::from_secs(pick!(drain_spread).unwrap_or(5)),
             dev_auth: pick!(dev_auth).unwrap_or(false),
             log_format: pick!(log_format).unwrap_or(LogFormat::Json),
-            log_level: pick!(log_level).unwrap_or_else(|| "info".into()),
-            prefetch: pick!(prefetch).unwrap_or(32).max(1),
+            log_level: {
+                let level = pick!(log_level).unwrap_or_else(|| "info".into());
+                tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| SettingsError::Invalid {
+                    flag: "--log-level".into(),
+                    env: "CONTOSO_LOG_LEVEL".into(),
+                    message: e.to_string(),
+                })?;
+                level
+            },
+            prefetch: at_least!(prefetch, 32, 1),
             bus_prefix: pick!(bus_prefix).unwrap_or_default(),
-            db_pool_size: pick!(db_pool_size).unwrap_or(16).max(1),
-            outbox_poll: Duration::from_millis(pick!(outbox_poll_ms).unwrap_or(500).max(10)),
-            delivery_limit: pick!(delivery_limit).unwrap_or(10).max(1),
+            db_pool_size: at_least!(db_pool_size, 16, 1),
+            outbox_poll: Duration::from_millis(at_least!(outbox_poll_ms, 500, 10)),
+            delivery_limit: at_least!(delivery_limit, 10, 1),
             http_workers: pick!(http_workers),
-            request_body_timeout: Duration::from_millis(pick!(request_body_timeout_ms).unwrap_or(10_000).max(10)),
+            request_body_timeout: Duration::from_millis(at_least!(request_body_timeout_ms, 10_000, 10)),
             hub: crate::hub::HubSettings {
-                keep_alive: Duration::from_millis(pick!(keep_alive_interval_ms).unwrap_or(15_000).max(10)),
-                client_timeout: Duration::from_millis(pick!(client_timeout_ms).unwrap_or(30_000).max(10)),
-                handshake_timeout: Duration::from_millis(pick!(handshake_timeout_ms).unwrap_or(15_000).max(10)),
-                max_message_size: pick!(max_message_size).unwrap_or(32 * 1024).max(256),
-                send_queue: pick!(send_queue).unwrap_or(64).max(1),
+                keep_alive: Duration::from_millis(at_least!(keep_alive_interval_ms, 15_000, 10)),
+                client_timeout: Duration::from_millis(at_least!(client_timeout_ms, 30_000, 10)),
+                handshake_timeout: Duration::from_millis(at_least!(handshake_timeout_ms, 15_000, 10)),
+                max_message_size: at_least!(max_message_size, 32 * 1024, 256),
+                send_queue: at_least!(send_queue, 64, 1),
                 negotiate_token_ttl: Duration::from_secs(60),
                 max_connections: pick!(max_connections).unwrap_or(50_000),
                 max_connections_per_user: pick!(max_connections_per_user).unwrap_or(32),
@@ -348,12 +372,12 @@ impl Settings {
             orders_per_second_per_user: pick!(orders_per_second_per_user).unwrap_or(10),
             backplane_check_interval: match pick!(backplane_check_interval_ms).unwrap_or(5_000) {
                 0 => None,
-                ms => Some(Duration::from_millis(ms.max(10))),
+                _ => Some(Duration::from_millis(at_least!(backplane_check_interval_ms, 5_000, 10))),
             },
             negotiate_secret: pick!(negotiate_secret),
             retention: crate::cache::Retention {
-                max_count: pick!(notification_log_max).unwrap_or(1000).max(1),
-                max_age: Duration::from_secs(pick!(notification_log_ttl).unwrap_or(86_400).max(1)),
+                max_count: at_least!(notification_log_max, 1000, 1),
+                max_age: Duration::from_secs(at_least!(notification_log_ttl, 86_400, 1)),
             },
             roles,
         };
@@ -365,8 +389,8 @@ impl Settings {
     fn check_required(&self) -> Result<(), SettingsError> {
         if self.status_ttl.is_zero() {
             return Err(SettingsError::Invalid {
-                flag: "--status-ttl",
-                env: "CONTOSO_STATUS_TTL",
+                flag: "--status-ttl".into(),
+                env: "CONTOSO_STATUS_TTL".into(),
                 message: "must be at least 1 second".into(),
             });
         }

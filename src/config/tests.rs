@@ -102,3 +102,31 @@ fn split_roles_still_need_the_real_services() {
     let err = Settings::try_from_args(["contoso", "--role", "accept,process", "--jwt-secret", "s"]).unwrap_err();
     assert!(err.to_string().starts_with("missing --database-url"), "{err}");
 }
+
+#[test]
+fn a_value_below_its_minimum_is_refused_naming_flag_and_variable() {
+    let err = Settings::try_from_args(["contoso", "--role", "all", "--keep-alive-interval-ms", "5"]).unwrap_err().to_string();
+    assert_eq!(err, "invalid --keep-alive-interval-ms (CONTOSO_KEEP_ALIVE_INTERVAL_MS): 5 is below the minimum of 10");
+    let err = Settings::try_from_args(["contoso", "--role", "all", "--prefetch", "0"]).unwrap_err().to_string();
+    assert!(err.starts_with("invalid --prefetch (CONTOSO_PREFETCH)"), "{err}");
+    assert_eq!(
+        Settings::try_from_args(["contoso", "--role", "all", "--jwt-secret", "s", "--prefetch", "1"]).unwrap().prefetch,
+        1,
+        "the minimum itself is fine"
+    );
+    // 0 switches the self-check off; anything else must be a sensible interval.
+    assert!(
+        Settings::try_from_args(["contoso", "--role", "all", "--jwt-secret", "s", "--backplane-check-interval-ms", "0"])
+            .unwrap()
+            .backplane_check_interval
+            .is_none()
+    );
+    assert!(Settings::try_from_args(["contoso", "--role", "all", "--backplane-check-interval-ms", "3"]).is_err());
+}
+
+#[test]
+fn an_invalid_log_level_is_refused() {
+    let err = Settings::try_from_args(["contoso", "--role", "all", "--log-level", "info,contoso=loud"]).unwrap_err().to_string();
+    assert!(err.starts_with("invalid --log-level (CONTOSO_LOG_LEVEL)"), "{err}");
+    assert!(Settings::try_from_args(["contoso", "--role", "all", "--jwt-secret", "s", "--log-level", "info,contoso=debug"]).is_ok());
+}
