@@ -20,6 +20,14 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# nginx validates docker/nginx.conf (test_docker.py). Missing, it is installed as scripts/services.sh does; if that is
+# impossible the test fails and says why: a needed tool is never a reason to skip.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "chart: installing nginx-light (needed by test_docker.py)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; } >&2 \
+        || echo "chart: could not install nginx-light; the nginx test will fail" >&2
+fi
+
 cd "$root"
 # No __pycache__ folders in the work tree.
 export PYTHONDONTWRITEBYTECODE=1

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { eventually, freePort, startServer } from "./harness.mjs";
+import { eventually, freePort, startServer, within } from "./harness.mjs";
 
 const NGINX_CONF = new URL("../../docker/nginx.conf", import.meta.url);
 
@@ -44,8 +44,14 @@ export async function startNginx({ notifyPorts, acceptPort }) {
       .map((l) => Number(l.trim()))
       .filter((pid) => pid > 0);
   const child = spawn("nginx", ["-c", join(dir, "nginx.conf"), "-g", "daemon off;"], { stdio: ["ignore", "ignore", "inherit"] });
+  // nginx is a required tool: its absence fails the test with a message, never skips it.
+  let failed;
+  child.on("error", (err) => (failed = `nginx could not be started (${err.message}): scripts/services.sh installs it (nginx-light)`));
+  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
+  exited.then((e) => (failed ??= `nginx exited at start: ${JSON.stringify(e)}, see ${dir}/error.log`));
   const base = `http://127.0.0.1:${port}`;
   await eventually("nginx", async () => {
+    if (failed) throw new Error(failed);
     try {
       return (await fetch(`${base}/health/live`)).ok;
     } catch {
@@ -96,9 +102,15 @@ export async function startNginx({ notifyPorts, acceptPort }) {
     },
     async stop() {
       // A fast stop: a graceful one (SIGQUIT) would wait for every open WebSocket.
-      child.kill("SIGTERM");
-      await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.on("exit", resolve)));
-      rmSync(dir, { recursive: true, force: true });
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      try {
+        await within(exited, 10000, "nginx to exit after SIGTERM");
+      } catch (err) {
+        child.kill("SIGKILL");
+        throw err;
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     },
   };
 }

@@ -5,9 +5,9 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { LogLevel } from "@microsoft/signalr";
-import { OrderStatusClient } from "../../clients/order-status-client/dist/index.js";
+import { OrderStatusClient, createHubConnection } from "../../clients/order-status-client/dist/index.js";
 import { chaosProxy, startCluster } from "./cluster.mjs";
-import { eventually, hubConnection, hubConnections as connections, newDeployment, placeOrder, sleep, startServer, token, uniqueUser } from "./harness.mjs";
+import { eventually, fetchWithin, hubConnection, hubConnections as connections, metric, newDeployment, placeOrder, sleep, startServer, token, uniqueUser, within } from "./harness.mjs";
 
 /** Every client this file opens, stopped after each suite even when a test failed. */
 const opened = new Set();
@@ -16,37 +16,73 @@ async function stopAll() {
   opened.clear();
 }
 
-/** A browser tab as the SPA builds it: the client module, every first-seen notification recorded. */
+/**
+ * A browser tab as the SPA builds it: the client module, every first-seen notification recorded.
+ * The connection is the module's own (createHubConnection), with one more listener that records
+ * each `ResumeNeeded` push, so a test can tell what the server sent from what the module did.
+ * `timeline` holds the pushes, state changes and catch-ups in the order they happened.
+ */
 async function openClient(url, tok) {
-  const client = new OrderStatusClient({ url, accessTokenFactory: () => tok, baseDelayMs: 300, maxDelayMs: 2000, logger: LogLevel.None });
+  const tab = { client: null, seen: [], updates: [], catchUps: [], resumeNeeded: 0, timeline: [] };
+  const connectionFactory = async (options) => {
+    const connection = await createHubConnection(options);
+    connection.on("ResumeNeeded", () => {
+      tab.resumeNeeded += 1;
+      tab.timeline.push("ResumeNeeded");
+    });
+    return connection;
+  };
+  const client = new OrderStatusClient({ url, accessTokenFactory: () => tok, baseDelayMs: 300, maxDelayMs: 2000, logger: LogLevel.None, connectionFactory });
+  tab.client = client;
   opened.add(client);
-  const tab = { client, seen: [], updates: [], catchUps: [] };
   client.on("notification", (n) => tab.seen.push(n.correlationId));
   client.on("status", (u) => tab.updates.push(u));
-  client.on("catchUp", (c) => tab.catchUps.push(c));
-  await client.start();
+  client.on("state", (state) => tab.timeline.push(state));
+  client.on("catchUp", (c) => {
+    tab.catchUps.push(c);
+    tab.timeline.push("catchUp");
+  });
+  // start() retries for ever: bound it, so a tab that cannot connect fails the test.
+  await within(client.start(), 20000, `a tab to connect to ${url}`);
   return tab;
 }
 
-/** Places an order every `everyMs` until `stop()`; resolves to the correlation ids. */
+/**
+ * Places an order every `everyMs` until `stop()`; resolves to the correlation ids. `placedAt`
+ * holds when each was accepted, so a test can tell orders placed in each phase apart.
+ */
 function orderStream(server, tok, everyMs) {
   const ids = [];
+  const placedAt = [];
   let running = true;
   const done = (async () => {
     while (running) {
       const started = Date.now();
       ids.push(await placeOrder(server, tok));
+      placedAt.push(Date.now());
       await sleep(Math.max(0, everyMs - (Date.now() - started)));
     }
     return ids;
   })();
   return {
     ids,
+    placedAt,
     stop() {
       running = false;
-      return done;
+      // Each placeOrder is bounded (fetch deadline, three retries); this bounds the whole.
+      return within(done, 60000, "the order stream to stop");
     },
   };
+}
+
+/** `promise`, its failure message extended with `detail()` as it is when the failure happens. */
+async function explained(promise, detail) {
+  try {
+    return await promise;
+  } catch (err) {
+    err.message += `; ${detail()}`;
+    throw err;
+  }
 }
 
 async function expectEveryNotificationOnce(tabs, ids) {
@@ -84,20 +120,29 @@ describe("scale-in: case 4 and a killed process", () => {
     assert.ok(onLeaving >= 1, "the leaving process holds tabs");
 
     const orders = orderStream(cluster.lb, tok, 100);
-    await sleep(1000);
+    await eventually("orders flowing before the drain", () => orders.ids.length >= 3);
     // Kubernetes: preStop creates the drain file, readiness fails, the endpoint is removed,
     // then SIGTERM. The process keeps serving its tabs until it closes them.
+    const drainStarted = Date.now();
     writeFileSync(leaving.drainFile, "");
     await eventually("the leaving process to report not ready", async () => (await fetch(`${leaving.base}/health/ready`)).status === 503);
     const refused = await fetch(`${leaving.base}/hubs/order-status/negotiate?negotiateVersion=1`, { method: "POST", headers: { authorization: `Bearer ${tok}` } });
     assert.equal(refused.status, 503, "a draining process refuses negotiates");
     await cluster.lb.setNotify(staying.map((n) => n.port));
     leaving.child.kill("SIGTERM");
-    const exit = await leaving.exited;
+    const exit = await leaving.exitedWithin(undefined, "its exit after SIGTERM (--shutdown-timeout 10)");
+    const exitedAt = Date.now();
     assert.deepEqual(exit, { code: 0, signal: null }, "the drained process exits 0");
-    await sleep(1500);
+    await eventually("orders flowing after the exit", () => orders.placedAt.filter((t) => t > exitedAt).length >= 3);
     const ids = await orders.stop();
-    assert.ok(ids.length >= 25, `orders flowed throughout (${ids.length})`);
+    // Orders flowed throughout: some accepted before the drain, while it ran, and after the exit
+    // (counted per phase, not as a rate, which a loaded machine lowers).
+    const phases = [
+      orders.placedAt.filter((t) => t < drainStarted).length,
+      orders.placedAt.filter((t) => t >= drainStarted && t <= exitedAt).length,
+      orders.placedAt.filter((t) => t > exitedAt).length,
+    ];
+    assert.ok(phases.every((n) => n >= 1), `orders before, during and after the drain: ${phases.join(" / ")}`);
 
     await expectEveryNotificationOnce(tabs, ids);
     assert.equal((await Promise.all(staying.map(connections))).reduce((a, b) => a + b), 6, "every tab is connected to a remaining process");
@@ -129,6 +174,8 @@ describe("scale-in: case 4 and a killed process", () => {
   });
 });
 
+const RECONNECTS = "contoso_backplane_reconnects_total";
+
 describe("a Redis outage under traffic", () => {
   let dep;
   let core;
@@ -155,14 +202,44 @@ describe("a Redis outage under traffic", () => {
     const tok = token(dep, uniqueUser("blip"));
     const tabs = [];
     for (const n of notifiers) tabs.push(await openClient(n.hubUrl, tok), await openClient(n.hubUrl, tok));
+    const reconnectsBefore = await Promise.all(notifiers.map((n) => metric(n, RECONNECTS)));
     const orders = orderStream(core, tok, 100);
-    await sleep(1000);
+    // Every tab has a notification before the outage, so each has a last id to resume from.
+    await eventually("orders flowing and reaching every tab before the outage", () => orders.ids.length >= 3 && tabs.every((t) => t.seen.length >= 1));
+    tabs.forEach((t, i) => assert.equal(t.resumeNeeded, 0, `tab ${i}: no ResumeNeeded before the outage`));
     // The backplane subscription, the log and the user lookup all go: the processes keep
     // their tabs, requeue what they cannot log, and ask their tabs to resume when Redis is back.
+    const cutAt = Date.now();
     proxies.forEach((p) => p.cut());
-    await sleep(1500);
+    // The outage really happened: each notify process reports its backplane down.
+    for (const [i, n] of notifiers.entries()) {
+      let last;
+      await explained(
+        eventually(`notify ${i} to report the backplane down on /health/ready`, async () => {
+          const res = await fetchWithin(`${n.base}/health/ready`);
+          last = { status: res.status, body: await res.json() };
+          return res.status === 503 && last.body.reasons.some((r) => r.startsWith("backplane:"));
+        }, 10000),
+        () => `last answer ${JSON.stringify(last)}`,
+      );
+    }
+    // Orders keep coming while Redis is away (accept and process reach Redis directly).
+    await sleep(Math.max(0, 1500 - (Date.now() - cutAt)));
+    await eventually("orders placed during the outage", () => orders.placedAt.filter((t) => t > cutAt).length >= 3);
+    const restoredAt = Date.now();
     proxies.forEach((p) => p.restore());
-    await sleep(1500);
+    for (const [i, n] of notifiers.entries()) {
+      await eventually(`notify ${i}: ${RECONNECTS} to increase (backplane reconnected)`, async () => (await metric(n, RECONNECTS)) > reconnectsBefore[i]);
+    }
+    for (const [i, tab] of tabs.entries()) {
+      const timeline = () => `timeline ${tab.timeline.join(",")}`;
+      await explained(eventually(`tab ${i}: a ResumeNeeded push after the backplane reconnected`, () => tab.resumeNeeded >= 1), timeline);
+      // The module answered the push: a catch-up (ResumeNotifications from its last id) after it.
+      await explained(eventually(`tab ${i}: a catch-up after ResumeNeeded`, () => tab.timeline.indexOf("catchUp", tab.timeline.indexOf("ResumeNeeded")) !== -1), timeline);
+      assert.ok(!tab.timeline.includes("reconnecting"), `tab ${i}: its WebSocket stayed up, so the catch-up came from ResumeNeeded (${tab.timeline.join(",")})`);
+      assert.ok(tab.catchUps.every((c) => c.from !== null), `tab ${i}: resumed from its last id`);
+    }
+    await eventually("orders after the outage", () => orders.placedAt.filter((t) => t > restoredAt).length >= 3);
     const ids = await orders.stop();
     await expectEveryNotificationOnce(tabs, ids);
   });
@@ -204,7 +281,7 @@ describe("the replay limit", () => {
       return orders.filter((o) => missed.includes(o.correlationId) && o.status === "COMPLETED").length === missed.length;
     });
     await eventually("the other tab to see every missed notification", () => missed.every((id) => observer.seen.includes(id)));
-    await tab.client.start();
+    await within(tab.client.start(), 20000, "the away tab to connect again");
     await eventually("the catch-up", () => tab.catchUps.length === 1);
     const [catchUp] = tab.catchUps;
     assert.equal(catchUp.result.complete, false, "the server says the replay is incomplete");
@@ -226,7 +303,10 @@ describe("the reconnect wave", () => {
   let cluster;
   before(async () => {
     dep = newDeployment();
-    cluster = await startCluster(dep, { notify: 3, notifyArgs: ["--drain-spread", "5", "--shutdown-timeout", "15"] });
+    // A 10 s spread (not the 5 s default) keeps what is measured far from what "all at once"
+    // looks like from this process on a loaded machine: 1,000 Closes sent together take this
+    // process about 1.2 s to see on a quiet 2-core machine, several times that when loaded.
+    cluster = await startCluster(dep, { notify: 3, notifyArgs: ["--drain-spread", "10", "--shutdown-timeout", "20"] });
   });
   after(async () => {
     await stopAll();
@@ -259,19 +339,28 @@ describe("the reconnect wave", () => {
     await cluster.lb.setNotify(staying.map((n) => n.port));
     const sigterm = Date.now();
     leaving.child.kill("SIGTERM");
-    await eventually("every connection back", () => reconnected === 1000, 30000);
-    assert.deepEqual(await leaving.exited, { code: 0, signal: null });
+    await eventually("every connection back", () => reconnected === 1000, 60000);
+    assert.deepEqual(await leaving.exitedWithin(undefined, "its exit after SIGTERM (--shutdown-timeout 20)"), { code: 0, signal: null });
     assert.deepEqual(errors, [], "no connection gave up");
     assert.equal((await Promise.all(staying.map(connections))).reduce((a, b) => a + b), 1000, "all on the remaining processes");
 
-    // The Close messages arrive over about 5 s, evenly: every second of the spread holds a
-    // fifth of them, give or take.
+    // The Close messages are spread over --drain-spread (10 s) rather than sent at once. What
+    // is asserted is that shape, with margins a loaded 2-core machine keeps: load can only
+    // delay when this process sees a Close, and it keeps up with 100 a second easily. The
+    // exact spread and rate are measured by bench/drain.sh (BENCHMARKS.md), not asserted here.
+    // Spread evenly: the whole takes about 10 s, the middle half about 5 s, about 100 a second.
+    // All at once (checked with --drain-spread 0): 1.2 s, 0.7 s, 730 in the first second.
+    // Asserted: more than 6 s, and ending inside the 20 s shutdown timeout; more than 3 s; and
+    // under 300 in any second.
+    assert.equal(closedAt.length, 1000, "every connection was closed by the server once");
     const offsets = closedAt.map((t) => (t - sigterm) / 1000).sort((a, b) => a - b);
     const spread = offsets.at(-1) - offsets[0];
-    const perSecond = [0, 1, 2, 3, 4].map((s) => offsets.filter((o) => o - offsets[0] >= s && o - offsets[0] < s + 1).length);
-    console.log(`drain: first Close ${offsets[0].toFixed(2)} s after SIGTERM, spread ${spread.toFixed(2)} s, per second ${perSecond.join(" ")}`);
-    assert.ok(spread >= 4 && spread <= 6, `spread over about 5 s (${spread.toFixed(2)} s)`);
-    for (const n of perSecond) assert.ok(n >= 120 && n <= 280, `an even spread: ${perSecond.join(" ")}`);
+    const middleHalf = offsets[749] - offsets[250];
+    const perSecond = Array.from({ length: Math.ceil(spread + 1e-9) || 1 }, (_, s) => offsets.filter((o) => o - offsets[0] >= s && o - offsets[0] < s + 1).length);
+    console.log(`drain: first Close ${offsets[0].toFixed(2)} s after SIGTERM, spread ${spread.toFixed(2)} s, middle half ${middleHalf.toFixed(2)} s, per second ${perSecond.join(" ")}`);
+    assert.ok(spread > 6 && offsets.at(-1) < 20, `spread over more than 6 s and within the 20 s shutdown timeout: ${spread.toFixed(2)} s, last ${offsets.at(-1).toFixed(2)} s after SIGTERM`);
+    assert.ok(middleHalf > 3, `the middle half of the Closes spans ${middleHalf.toFixed(2)} s, not a burst`);
+    assert.ok(Math.max(...perSecond) < 300, `no burst: under 300 Closes in every second (${perSecond.join(" ")})`);
     await Promise.all(conns.map((c) => c.stop()));
     cluster.notifiers.splice(0, 1);
   });

@@ -26,15 +26,39 @@ export async function freePort() {
   });
 }
 
-/** Polls `check` until it returns a truthy value; conditions are awaited, never slept for. */
+/**
+ * Resolves as `promise` does, or rejects with "timed out after `ms` ms waiting for `what`": every
+ * wait in these tests has a deadline, so a broken feature fails with a message instead of hanging.
+ */
+export async function within(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Polls `check` until it returns a truthy value; conditions are awaited, never slept for. A check
+ * that itself never settles (a request to a hung process) is cut off at the deadline too.
+ */
 export async function eventually(what, check, timeoutMs = 20000) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const value = await check();
+    const value = await within(Promise.resolve().then(check), Math.max(1, deadline - Date.now()) + 1000, what);
     if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(25);
   }
+}
+
+/** fetch with a deadline (undici's own is 300 s), so a hung server fails the request. */
+export function fetchWithin(url, init = {}, ms = 10000) {
+  return fetch(url, { signal: AbortSignal.timeout(ms), ...init });
 }
 
 function psql(sql) {
@@ -84,41 +108,59 @@ export async function startServer(deployment, { roles = "all", args = [], port, 
   for (let i = 0; i < args.length; i += 2) defaults[args[i]] = args[i + 1];
   const argv = Object.entries(defaults).flat();
   const child = spawn(BIN, argv, { stdio: ["ignore", "inherit", "inherit"], cwd });
-  const exited = new Promise((resolve) =>
+  const exited = new Promise((resolve) => {
     child.on("exit", (code, signal) => {
       if (embedded) for (const suffix of ["", "-wal", "-shm"]) rmSync(dbFile + suffix, { force: true });
       resolve({ code, signal });
-    }),
-  );
+    });
+    // No binary at BIN: fail the start with that, not an uncaught error event.
+    child.on("error", (err) => resolve({ code: null, signal: null, error: `${BIN}: ${err.message}` }));
+  });
   const base = `http://127.0.0.1:${port}`;
+  let exit;
+  exited.then((e) => (exit = e));
   await eventually(`contoso on ${port} to be ready`, async () => {
+    if (exit) throw new Error(`contoso (${argv.join(" ")}) exited before it was ready: ${JSON.stringify(exit)}`);
     try {
-      return (await fetch(`${base}/health/ready`)).status === 200;
+      return (await fetchWithin(`${base}/health/ready`, {}, 5000)).status === 200;
     } catch {
       return false;
     }
   }, 30000);
+  const running = () => child.exitCode === null && child.signalCode === null;
+  // SIGTERM to exit takes at most --shutdown-timeout; the rest is slack for a loaded machine.
+  const exitBudgetMs = (Number(defaults["--shutdown-timeout"]) + 15) * 1000;
+  /** The exit, or a failure naming the process once `ms` have passed (it is then SIGKILLed). */
+  const exitedWithin = async (ms = exitBudgetMs, what = "its exit") => {
+    try {
+      return await within(exited, ms, `contoso on ${port} (--role ${defaults["--role"]}): ${what}`);
+    } catch (err) {
+      if (running()) child.kill("SIGKILL");
+      throw err;
+    }
+  };
   return {
     port,
     base,
     hubUrl: `${base}/hubs/order-status`,
     child,
     exited,
+    exitedWithin,
     drainFile: `/tmp/contoso-drain-${deployment.db}-${port}`,
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      return exited;
+      if (running()) child.kill("SIGTERM");
+      return exitedWithin(exitBudgetMs, "its exit after SIGTERM");
     },
     async kill() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-      return exited;
+      if (running()) child.kill("SIGKILL");
+      return exitedWithin(15000, "its exit after SIGKILL");
     },
   };
 }
 
 /** The sum of every sample of Prometheus metric `name` on `server` (0 when absent). */
 export async function metric(server, name) {
-  const text = await (await fetch(`${server.base}/metrics`)).text();
+  const text = await (await fetchWithin(`${server.base}/metrics`)).text();
   return text
     .split("\n")
     .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
@@ -152,7 +194,7 @@ export async function placeOrder(server, tok, items = [{ productId: "mug", quant
   let res;
   for (let attempt = 0; ; attempt += 1) {
     try {
-      res = await fetch(`${server.base}/api/orders`, {
+      res = await fetchWithin(`${server.base}/api/orders`, {
         method: "POST",
         headers: { authorization: `Bearer ${tok}`, "content-type": "application/json", "idempotency-key": key },
         body: JSON.stringify({ items }),
@@ -180,7 +222,15 @@ export function hubConnection(hubUrl, tok, { msgpack = false, skipNegotiation = 
   if (msgpack) builder = builder.withHubProtocol(new MessagePackHubProtocol());
   if (serverTimeoutMs) builder = builder.withServerTimeout(serverTimeoutMs);
   if (keepAliveMs) builder = builder.withKeepAliveInterval(keepAliveMs);
-  return builder.build();
+  const conn = builder.build();
+  // A server that keeps pinging but never completes an invocation would leave `invoke` waiting
+  // for ever (the server timeout only covers silence), and Node's WebSocket has no deadline for
+  // an upgrade that is never answered: give both one.
+  const invoke = conn.invoke.bind(conn);
+  conn.invoke = (method, ...args) => within(invoke(method, ...args), 15000, `the completion of ${method}`);
+  const start = conn.start.bind(conn);
+  conn.start = () => within(start(), 30000, `a hub connection to ${hubUrl} to start`);
+  return conn;
 }
 
 /** A tab: a started connection that records every OrderCompleted / OrderFailed it gets. */

@@ -18,7 +18,8 @@ export class RawClient {
     const full = token && query ? `${url}${url.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(token)}` : url;
     const h = { ...headers };
     if (token && !query) h.authorization = `Bearer ${token}`;
-    const ws = new WebSocket(full.replace(/^http/, "ws"), { headers: h });
+    // handshakeTimeout: an upgrade the server never answers fails instead of hanging.
+    const ws = new WebSocket(full.replace(/^http/, "ws"), { headers: h, handshakeTimeout: 10000 });
     return new Promise((resolve, reject) => {
       ws.once("open", () => resolve(new RawClient(ws)));
       ws.once("unexpected-response", (_req, res) => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode, headers: res.headers })));
@@ -49,6 +50,33 @@ export class RawClient {
       });
     }
     return this.frames.shift();
+  }
+
+  /** The next frame; fails with `what` when none arrives within `timeoutMs`. */
+  async expectFrame(what, timeoutMs = 5000) {
+    const frame = await this.nextFrame(timeoutMs);
+    if (!frame) throw new Error(`no frame within ${timeoutMs} ms: expected ${what}`);
+    return frame;
+  }
+
+  /** The next frame's records; fails with `what` when none arrives within `timeoutMs`. */
+  async expectRecords(what, timeoutMs = 5000) {
+    const batch = await this.nextRecords(timeoutMs);
+    if (!batch) throw new Error(`no frame within ${timeoutMs} ms: expected ${what}`);
+    return batch;
+  }
+
+  /** The WebSocket close code; fails when the server has not closed within `timeoutMs`. */
+  async closeCode(timeoutMs = 5000) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`the server did not close the WebSocket within ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      return await Promise.race([this.closed, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** JSON records of the next frame, split on 0x1E (each frame must end on a record boundary). */

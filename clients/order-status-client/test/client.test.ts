@@ -450,6 +450,60 @@ describe("fallback to GetCurrentStatus", () => {
   });
 });
 
+describe("ResumeNeeded push", () => {
+  it("calls ResumeNotifications from the last id on the same connection and delivers the missed notifications once", async () => {
+    const ctx = await connected();
+    ctx.fake.push("OrderCompleted", completed("1764201600000-0", "c-1"));
+    ctx.fake.push("OrderCompleted", completed("1764201601000-0", "c-2"));
+    ctx.fake.invokeImpl = (method) => {
+      expect(method).toBe("ResumeNotifications");
+      // The server replays from the (rewound) position: c-2 again, then the two the tab missed
+      // while the server's backplane was away, c-3 and c-4.
+      ctx.fake.push("OrderCompleted", completed("1764201601000-0", "c-2"));
+      ctx.fake.push("OrderFailed", failed("1764201602000-0", "c-3"));
+      ctx.fake.push("OrderCompleted", completed("1764201603000-0", "c-4"));
+      return { replayed: 3, complete: true };
+    };
+
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+
+    // From the last id, moved back by the default 5 s rewind (rewind() above).
+    expect(ctx.fake.invocations).toEqual([{ method: "ResumeNotifications", args: ["1764201596000-0"] }]);
+    expect(ctx.notifications.map((n) => n.correlationId)).toEqual(["c-1", "c-2", "c-3", "c-4"]);
+    expect(ctx.catchUps).toEqual([{ from: "1764201596000-0", result: { replayed: 3, complete: true }, queried: [] }]);
+    expect(ctx.client.lastNotificationId).toBe("1764201603000-0");
+    // No reconnect was involved: the connection stayed up and was not rebuilt or restarted.
+    expect(ctx.states).toEqual(["connected"]);
+    expect(ctx.fake.startCalls).toBe(1);
+    expect(ctx.factoryCalls).toHaveLength(1);
+
+    // A second push resumes from the new last id; the repeated replay delivers nothing twice.
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+    expect(ctx.fake.invocations.map((i) => i.args)).toEqual([["1764201596000-0"], ["1764201598000-0"]]);
+    expect(ctx.notifications.map((n) => n.correlationId)).toEqual(["c-1", "c-2", "c-3", "c-4"]);
+  });
+
+  it("resumes from null when nothing was received yet, and queries watched orders when the replay is incomplete", async () => {
+    const ctx = await connected();
+    ctx.client.watchOrder("c-1");
+    ctx.fake.invokeImpl = (method, args) => {
+      if (method === "ResumeNotifications") return { replayed: 0, complete: false };
+      expect(args).toEqual(["c-1"]);
+      return { correlationId: "c-1", status: "COMPLETED", orderId: "CS-1" };
+    };
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+    expect(ctx.fake.invocations).toEqual([
+      { method: "ResumeNotifications", args: [null] },
+      { method: "GetCurrentStatus", args: ["c-1"] },
+    ]);
+    expect(ctx.updates).toEqual([{ correlationId: "c-1", status: "COMPLETED", orderId: "CS-1", source: "status-query" }]);
+    expect(ctx.client.pendingOrders).toEqual([]);
+  });
+});
+
 describe("rewind", () => {
   it("moves a log position back by the given milliseconds and leaves other ids alone", () => {
     expect(rewind("1764201600123-7", 5000)).toBe("1764201595123-0");

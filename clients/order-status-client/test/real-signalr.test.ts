@@ -86,6 +86,33 @@ describe.each(["json", "messagepack"] as const)("real SignalR client over %s", (
     expect(c.lastNotificationId).toBe("2");
   });
 
+  it("answers a ResumeNeeded push with ResumeNotifications from its last id and delivers the missed notifications once", async () => {
+    const { c, seen } = makeClient();
+    await c.start();
+    const n = (notificationId: string, correlationId: string) => ({ notificationId, correlationId, orderId: `CS-${correlationId}`, status: "COMPLETED", occurredAt: "t" });
+    hub.push("OrderCompleted", n("1764201600000-0", "c-1"));
+    await waitFor(() => seen.notifications.length === 1, "first push");
+
+    // The replay re-sends c-1 (inside the rewind window) and the two missed ones.
+    hub.methods.set("ResumeNotifications", (_args, h, ws) => {
+      h.pushTo(ws, "OrderCompleted", n("1764201600000-0", "c-1"));
+      h.pushTo(ws, "OrderCompleted", n("1764201600500-0", "c-2"));
+      h.pushTo(ws, "OrderCompleted", n("1764201600900-0", "c-3"));
+      return { replayed: 3, complete: true };
+    });
+    // As contoso sends it after a backplane reconnect: a push with no arguments.
+    hub.push("ResumeNeeded");
+    await waitFor(() => seen.catchUps.length === 1, "catch-up after ResumeNeeded");
+
+    expect(hub.calls).toEqual([{ target: "ResumeNotifications", args: ["1764201595000-0"] }]);
+    expect(seen.notifications.map((x) => x.correlationId)).toEqual(["c-1", "c-2", "c-3"]);
+    expect(seen.catchUps).toEqual([{ from: "1764201595000-0", result: { replayed: 3, complete: true }, queried: [] }]);
+    expect(c.lastNotificationId).toBe("1764201600900-0");
+    // The same connection throughout: no reconnect, no second upgrade.
+    expect(seen.states).toEqual(["connected"]);
+    expect(hub.upgrades).toHaveLength(1);
+  });
+
   it("sends null as the resume point when nothing was received", async () => {
     const { c, seen } = makeClient();
     hub.methods.set("ResumeNotifications", () => ({ replayed: 0, complete: true }));
