@@ -385,13 +385,22 @@ async fn on_sigterm_a_notify_process_fails_readiness_and_refuses_new_websockets_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_has_help_text_and_the_build_and_process_are_described() {
+async fn metrics_count_what_happened_and_each_has_help_text_with_build_and_process_metrics_beside() {
     let prefix = format!("t-{}.", uuid::Uuid::new_v4().simple());
     let (child, port, db) = start_binary(&[], &prefix).await;
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(client.get(format!("{base}/api/products")).send().await.unwrap().status(), 200);
+    let order = json!({ "items": [{ "productId": "mug", "quantity": 1 }] });
+    let tok = token("lifecycle-secret", &unique_user("counted"));
+    assert_eq!(client.post(format!("{base}/api/orders")).bearer_auth(&tok).json(&order).send().await.unwrap().status(), 202);
     let page = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    // A process of its own: the counts are this test's alone.
+    let value = |series: &str| page.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()));
+    assert_eq!(value("contoso_orders_accepted_total "), Some(1.0), "{page}");
+    assert_eq!(value(r#"contoso_http_requests_total{method="POST",route="/api/orders",status="202"} "#), Some(1.0), "{page}");
+    assert!(page.contains(r#"contoso_http_request_duration_seconds_bucket{method="GET",route="/api/products",status="200""#));
+    assert!(page.contains("contoso_outbox_backlog"));
     let typed: Vec<&str> = page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
     assert!(typed.len() > 5, "{page}");
     for name in &typed {

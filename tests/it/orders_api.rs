@@ -255,19 +255,8 @@ async fn catalogue_openapi_metrics_and_unknown_routes() {
     assert!(spec["paths"]["/api/orders"]["post"].is_object());
     assert!(spec["paths"]["/api/orders/{correlationId}"]["get"].is_object());
 
-    let token = app.token(&unique_user("m"));
-    assert_eq!(app.post_order(&token, one_mug(), None).await.status(), 202);
-    let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    for name in [
-        "contoso_orders_accepted_total",
-        "contoso_http_requests_total{",
-        "contoso_http_request_duration_seconds_bucket{",
-        "contoso_outbox_backlog",
-    ] {
-        assert!(metrics.contains(name), "metrics lack {name}");
-    }
-    assert!(metrics.contains(r#"route="/api/orders""#));
-
+    // What the metrics count is checked on a process of its own (lifecycle.rs): here every
+    // test's apps share one recorder.
     let missing = app.get("/nope", None).await;
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.headers()["content-type"], "application/problem+json");
