@@ -21,7 +21,7 @@ pub struct Product {
     pub name: String,
     pub price_cents: i64,
     pub currency: String,
-    #[serde(skip)]
+    /// false: orderable, but always fails at processing (the demo's failure path).
     pub available: bool,
 }
 
@@ -104,7 +104,8 @@ pub(super) enum Attempt {
 impl PgStore {
     pub async fn products(&self) -> Result<Vec<Product>, StoreError> {
         let mut conn = self.conn().await?;
-        Ok(products::table.select(Product::as_select()).order(products::id).load(&mut *conn).await?)
+        // The one that always fails last, so a first order in the shop is not a failure.
+        Ok(products::table.select(Product::as_select()).order((products::available.desc(), products::id)).load(&mut *conn).await?)
     }
 
     pub(super) async fn replay(&self, user: &UserId, idem: &Idempotency) -> Result<Option<PlaceOutcome>, StoreError> {

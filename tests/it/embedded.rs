@@ -169,3 +169,13 @@ async fn an_embedded_database_that_cannot_be_opened_is_reported_not_fatal() {
     let empty = contoso::store::Store::new("sqlite://", 1).err().expect("an empty path is refused at start");
     assert!(empty.to_string().contains("sqlite:// needs a file path"), "{empty}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_catalogue_lists_the_failing_product_last_as_postgres_does() {
+    let app = embedded(None).await;
+    let products: Vec<Value> = app.get("/api/products", None).await.json().await.unwrap();
+    let last = products.last().unwrap();
+    assert_eq!((last["id"].as_str(), last["available"].as_bool()), (Some("discontinued"), Some(false)));
+    assert!(products[..products.len() - 1].iter().all(|p| p["available"] == true));
+    app.stop().await;
+}

@@ -248,7 +248,12 @@ async fn catalogue_openapi_metrics_and_unknown_routes() {
     let mug = products.iter().find(|p| p["id"] == "mug").unwrap();
     assert_eq!(mug["priceCents"], 990);
     assert_eq!(mug["currency"], "EUR");
-    assert_eq!(mug.as_object().unwrap().len(), 4, "exactly id, name, priceCents, currency");
+    assert_eq!(mug.as_object().unwrap().len(), 5, "exactly id, name, priceCents, currency, available");
+    assert_eq!(mug["available"], true);
+    // The product that always fails at processing comes last, so a first order is not a failure.
+    let last = products.last().unwrap();
+    assert_eq!((last["id"].as_str(), last["available"].as_bool()), (Some("discontinued"), Some(false)));
+    assert!(products[..products.len() - 1].iter().all(|p| p["available"] == true));
 
     let spec: Value = app.get("/api/openapi.json", None).await.json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with('3'));

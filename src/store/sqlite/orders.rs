@@ -87,7 +87,9 @@ impl SqliteStore {
     pub async fn products(&self) -> Result<Vec<Product>, StoreError> {
         let mut conn = self.conn().await?;
         let rows: Vec<ProductRow> =
-            diesel::sql_query("SELECT id, name, price_cents, currency, available FROM products ORDER BY id").load(&mut *conn).await?;
+            diesel::sql_query("SELECT id, name, price_cents, currency, available FROM products ORDER BY available DESC, id")
+                .load(&mut *conn)
+                .await?;
         Ok(rows.into_iter().map(Product::from).collect())
     }
 

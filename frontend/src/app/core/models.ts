@@ -8,6 +8,8 @@ export interface Product {
   readonly name: string;
   readonly priceCents: number;
   readonly currency: string;
+  /** false: orderable, but it always fails at processing (it shows the failure path). */
+  readonly available?: boolean;
 }
 
 export interface OrderLine {

@@ -25,6 +25,9 @@ import { problemMessage } from '../core/problem';
           @for (product of products(); track product.id) {
             <li data-testid="product" [attr.data-product-id]="product.id">
               <span class="name">{{ product.name }}</span>
+              @if (product.available === false) {
+                <span class="note" data-testid="fails-note">always fails at processing: it shows the failure path</span>
+              }
               <span class="price">{{ price(product) }}</span>
               <button
                 type="button"

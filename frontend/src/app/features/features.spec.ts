@@ -63,6 +63,19 @@ describe('Catalogue', () => {
     expect(el.querySelector('[data-testid="product"] .name')?.textContent).toBe('Pen');
     expect(el.querySelector('[data-testid="product"] .price')?.textContent).toContain('1.99');
   });
+
+  it('says which product always fails at processing', async () => {
+    const { http } = setup();
+    const { el, stable } = await mount(Catalogue);
+    http.expectOne('/api/products').flush([
+      { id: 'pen', name: 'Pen', priceCents: 199, currency: 'USD', available: true },
+      { id: 'gone', name: 'Gone', priceCents: 299, currency: 'USD', available: false },
+    ]);
+    await stable();
+    const notes = [...el.querySelectorAll('[data-testid="product"]')].map((li) => li.querySelector('[data-testid="fails-note"]')?.textContent ?? null);
+    expect(notes[0]).toBeNull();
+    expect(notes[1]).toContain('failure path');
+  });
 });
 
 describe('Cart', () => {

@@ -43,7 +43,7 @@ import { OrdersStore } from '../core/orders.store';
                 <tr data-testid="order-row" [attr.data-correlation-id]="row.correlationId" [attr.data-status]="row.status">
                   <td data-label="Placed"><time [attr.datetime]="row.createdAt">{{ row.createdAt | date: 'short' }}</time></td>
                   <td data-label="Order">
-                    <span data-testid="order-id">{{ row.orderId ?? (row.status === 'FAILED' ? 'none' : 'pending') }}</span>
+                    <span data-testid="order-id">{{ row.orderId ?? (row.status === 'FAILED' ? '—' : 'pending') }}</span>
                     <span class="ref">ref {{ row.correlationId.slice(0, 8) }}</span>
                     @if (row.reason) {
                       <span class="reason">{{ row.reason }}</span>
