@@ -28,8 +28,39 @@ use crate::{
 pub struct App {
     server: Server,
     port: u16,
+    /// The internal listener of `--admin-listen` and its port.
+    admin: Option<(Server, u16)>,
     shutdown: Shutdown,
     shutdown_timeout: Duration,
+}
+
+/// `/health/*` and `/metrics`: what probes and Prometheus read, and nobody else needs.
+fn admin_routes(cfg: &mut web::ServiceConfig) {
+    health::configure(cfg);
+    cfg.route("/metrics", web::get().to(metrics_page));
+}
+
+async fn metrics_page() -> HttpResponse {
+    crate::metrics_help::refresh_process_metrics();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(telemetry::prometheus().render())
+}
+
+/// The internal listener: probes and scrapes only, on a port the Ingress never routes to.
+fn admin_server(
+    addr: std::net::SocketAddr,
+    readiness: web::Data<Readiness>,
+    shutdown: web::Data<Shutdown>,
+) -> anyhow::Result<(Server, u16)> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on --admin-listen {addr}"))?;
+    let port = listener.local_addr()?.port();
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().wrap(from_fn(observe)).app_data(readiness.clone()).app_data(shutdown.clone()).configure(admin_routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((server, port))
 }
 
 impl App {
@@ -133,8 +164,13 @@ impl App {
         let readiness = web::Data::new(readiness);
         let shutdown_data = web::Data::new(shutdown.clone());
         let auth_data = web::Data::from(auth);
-        let prometheus = telemetry::prometheus();
+        telemetry::prometheus();
         crate::metrics_help::describe();
+        let admin = match deps.settings.admin_listen {
+            Some(addr) => Some(admin_server(addr, readiness.clone(), shutdown_data.clone())?),
+            None => None,
+        };
+        let public_admin = admin.is_none();
         let body_timeout = deps.settings.request_body_timeout;
         let app = move || {
             let mut app = actix_web::App::new()
@@ -143,15 +179,10 @@ impl App {
                 .wrap(from_fn(observe))
                 .app_data(readiness.clone())
                 .app_data(shutdown_data.clone())
-                .app_data(auth_data.clone())
-                .configure(health::configure)
-                .route(
-                    "/metrics",
-                    web::get().to(move || async move {
-                        crate::metrics_help::refresh_process_metrics();
-                        HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus.render())
-                    }),
-                );
+                .app_data(auth_data.clone());
+            if public_admin {
+                app = app.configure(admin_routes);
+            }
             for r in &routes {
                 app = app.configure(|cfg| r(cfg));
             }
@@ -162,12 +193,17 @@ impl App {
         };
         let options = http::server::Options { workers, shutdown_timeout };
         let server = http::server::serve(listener, options, app, upgrades)?;
-        tracing::info!(roles = %roles_label, %port, "contoso listening");
-        Ok(App { server, port, shutdown, shutdown_timeout })
+        tracing::info!(roles = %roles_label, %port, admin_port = admin.as_ref().map(|(_, p)| *p), "contoso listening");
+        Ok(App { server, port, admin, shutdown, shutdown_timeout })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `--admin-listen`, when set.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(_, port)| *port)
     }
 
     /// Serves until `stop` resolves, then: readiness fails; HTTP stops accepting and finishes
@@ -175,6 +211,8 @@ impl App {
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
+        // Probes keep their answers (503 while draining) until the very end.
+        let admin = self.admin.map(|(admin, _)| (admin.handle(), tokio::spawn(admin)));
         tokio::select! {
             res = &mut server => {
                 // The server ended on its own (it should not): still stop background work.
@@ -213,6 +251,10 @@ impl App {
         self.shutdown.connection_tasks.close();
         let _ = tokio::time::timeout_at(deadline, self.shutdown.connection_tasks.wait()).await;
         let _ = tokio::time::timeout_at(deadline, server).await;
+        if let Some((handle, admin)) = admin {
+            handle.stop(true).await;
+            let _ = tokio::time::timeout_at(deadline, admin).await;
+        }
         tracing::info!("contoso stopped");
         Ok(())
     }

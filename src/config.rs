@@ -102,6 +102,9 @@ pub struct RawSettings {
     /// HTTP and WebSocket listen address [default: 0.0.0.0:8080]
     #[arg(long, env = "CONTOSO_LISTEN", help_heading = "HTTP and logs")]
     pub listen: Option<SocketAddr>,
+    /// Serve /metrics and /health/* on this address only, apart from the public port [default: on the public port]
+    #[arg(long, env = "CONTOSO_ADMIN_LISTEN", help_heading = "HTTP and logs")]
+    pub admin_listen: Option<SocketAddr>,
     /// postgres://... (production) or sqlite://PATH; required except for role all [all: sqlite://contoso.db]
     #[arg(long, env = "CONTOSO_DATABASE_URL", hide_env_values = true, help_heading = "Dependencies")]
     pub database_url: Option<Secret>,
@@ -226,6 +229,8 @@ pub struct RawSettings {
 pub struct Settings {
     pub roles: RoleSet,
     pub listen: SocketAddr,
+    /// Where /metrics and /health/* are served when not on `listen`.
+    pub admin_listen: Option<SocketAddr>,
     pub database_url: Option<Secret>,
     pub redis_url: Option<Secret>,
     pub amqp_url: Option<Secret>,
@@ -321,6 +326,7 @@ impl Settings {
         let roles: RoleSet = roles_raw.parse().map_err(SettingsError::Role)?;
         let settings = Settings {
             listen: pick!(listen).unwrap_or_else(|| "0.0.0.0:8080".parse().expect("valid default")),
+            admin_listen: pick!(admin_listen),
             // `all` without a database runs on an embedded SQLite file (CONTRACT §1).
             database_url: pick!(database_url).or_else(|| roles.all.then(|| Secret::new(EMBEDDED_DATABASE_URL))),
             redis_url: pick!(redis_url),

@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 import helm_python as helm
+import jsonschema
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -20,6 +21,11 @@ CONFIG_RS = SRC / "config.rs"
 RELEASE = "contoso"
 NAMESPACE = "shop"
 ROLES = ("accept", "process", "notify")
+# The chart's default ports: public (CONTOSO_LISTEN: API, hub, SPA) and admin (CONTOSO_ADMIN_LISTEN: /metrics, /health/*).
+HTTP_PORT = 8080
+ADMIN_PORT = 9090
+# The label telling a role's public Service (to the HTTP port) from its headless admin Service.
+LISTENER_LABEL = "contoso/listener"
 
 # The install shapes the chart promises to support; every structural test runs over all of them.
 CASES: dict[str, dict[str, Any]] = {
@@ -28,7 +34,7 @@ CASES: dict[str, dict[str, Any]] = {
     "all-roles": {
         "roles": {
             "accept": {"enabled": True},
-            "process": {"enabled": True, "service": {"enabled": True}},
+            "process": {"enabled": True},
             "notify": {"enabled": True, "autoscaling": {"hubConnections": {"enabled": True, "averageValue": 800}}},
         },
         "secrets": {
@@ -55,10 +61,86 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "ingress-off": {"ingress": {"enabled": False}},
     "existing-secret": {"secrets": {"existingSecret": "contoso-secrets"}},
+    # The opt-in extras together: NetworkPolicies (restricted egress), HTTPRoute, helm test, KEDA for process, and
+    # extra volumes, mounts and init containers both shared and per role.
+    "options": {
+        "secrets": {"existingSecret": "contoso-secrets"},
+        "config": {"CONTOSO_BUS_PREFIX": "staging."},
+        "extraVolumes": [{"name": "ca-bundle", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca-bundle", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
+        "initContainers": [
+            {
+                "name": "wait-for-db",
+                "image": "postgres:17-alpine",
+                "command": ["sh", "-c", "until pg_isready -h postgres; do sleep 2; done"],
+                "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+        "roles": {
+            "process": {
+                "keda": {"enabled": True, "maxReplicaCount": 8, "queueLength": 50},
+                "extraVolumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "64Mi"}}],
+                "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+            },
+        },
+        "ingress": {"hosts": ["shop.example.com"]},
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [{"name": "shop-gateway", "namespace": "gateway-system", "sectionName": "https"}],
+            "hostnames": ["shop.example.com"],
+        },
+        "networkPolicy": {
+            "enabled": True,
+            "ingressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway-system"}}}],
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "egress": {"restrict": True, "postgresql": {"cidrs": ["10.20.0.0/16"], "ports": [5432]}},
+        },
+        "helmTest": {"enabled": True},
+    },
 }
 
 # Object kinds of the Prometheus Operator: not in the Kubernetes schemas, checked structurally instead.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+# Custom resources checked against their CRD's schema (tests/chart/crds, written by crds/extract.py from the
+# upstream CRDs: Gateway API v1.6.1 standard channel, KEDA v2.20.2).
+CRDS = pathlib.Path(__file__).resolve().parent / "crds"
+CUSTOM_RESOURCES = {
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "gateway.networking.k8s.io_httproutes.v1.json",
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.v1alpha1.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_triggerauthentications.v1alpha1.json",
+}
+
+
+def _strict(node: Any) -> Any:
+    """A CRD schema as the API server applies it with strict field validation (kubectl's default): an unknown field
+    is an error unless the schema preserves unknown fields."""
+    if isinstance(node, list):
+        return [_strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: (_strict(v) if k != "properties" else {name: _strict(sub) for name, sub in v.items()}) for k, v in node.items()}
+    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+@lru_cache(maxsize=None)
+def custom_resource_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
+    schema = _strict(json.loads((CRDS / CUSTOM_RESOURCES[(api_version, kind)]).read_text()))
+    schema["properties"]["apiVersion"] = {"const": api_version}
+    schema["properties"]["kind"] = {"const": kind}
+    schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
+    return jsonschema.Draft7Validator(schema)
+
+
+def custom_resource_problems(obj: dict[str, Any]) -> list[str]:
+    """What the CRD's schema refuses in a rendered custom resource (empty: valid)."""
+    validator = custom_resource_validator(obj["apiVersion"], obj["kind"])
+    return [
+        f"{obj['kind']}/{obj['metadata']['name']}: {'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in validator.iter_errors(obj)
+    ]
 
 
 @dataclass
@@ -78,6 +160,18 @@ class Rendered:
             if role:
                 assert role not in out, f"two {kind} objects for role {role}"
                 out[role] = o
+        return out
+
+    def services(self, listener: str) -> dict[str, dict[str, Any]]:
+        """The Services of one listener ("http": the public ones, "admin": the headless admin ones) keyed by role."""
+        out = {}
+        for svc in self.of_kind("Service"):
+            labels = svc["metadata"]["labels"]
+            assert labels.get(LISTENER_LABEL) in ("http", "admin"), f"Service/{svc['metadata']['name']}: no {LISTENER_LABEL}"
+            if labels[LISTENER_LABEL] == listener:
+                role = labels["app.kubernetes.io/component"]
+                assert role not in out, f"two {listener} Services for role {role}"
+                out[role] = svc
         return out
 
     def named(self, kind: str, name: str) -> dict[str, Any]:

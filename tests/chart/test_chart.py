@@ -14,7 +14,21 @@ from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
 import chartlib
-from chartlib import CASES, CHART, CRD_KINDS, ROLES, container, enabled_roles, env_of, pod_env, prestop, render
+from chartlib import (
+    ADMIN_PORT,
+    CASES,
+    CHART,
+    CRD_KINDS,
+    CUSTOM_RESOURCES,
+    HTTP_PORT,
+    ROLES,
+    container,
+    enabled_roles,
+    env_of,
+    pod_env,
+    prestop,
+    render,
+)
 
 # Every schema set kubernetes-validate ships from 1.30 on (it works offline from its bundled schemas).
 KUBE_VERSIONS = [v for v in all_versions() if Version(v) >= Version("1.30")]
@@ -41,6 +55,9 @@ def test_manifests_validate_against_kubernetes_schemas(case):
     problems = []
     for obj in rendered.objects:
         if obj["kind"] in CRD_KINDS:
+            continue
+        if (obj["apiVersion"], obj["kind"]) in CUSTOM_RESOURCES:
+            problems += chartlib.custom_resource_problems(obj)
             continue
         for version in KUBE_VERSIONS:
             try:
@@ -74,38 +91,68 @@ def test_one_deployment_hpa_and_pdb_per_enabled_role(case):
     name, rendered = case
     roles = set(enabled_roles(CASES[name]))
     assert set(rendered.by_role("Deployment")) == roles
-    assert set(rendered.by_role("HorizontalPodAutoscaler")) == roles
+    # KEDA's ScaledObject replaces the process HPA when enabled (test_chart_options.py).
+    keda = {"process"} if CASES[name].get("roles", {}).get("process", {}).get("keda", {}).get("enabled") else set()
+    assert set(rendered.by_role("HorizontalPodAutoscaler")) == roles - keda
+    assert set(rendered.by_role("ScaledObject")) == keda
     assert set(rendered.by_role("PodDisruptionBudget")) == roles
     for role, pdb in rendered.by_role("PodDisruptionBudget").items():
         assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == role
         assert pdb["spec"]["maxUnavailable"] == 1
 
 
-def test_services_for_http_roles_and_process_only_for_metrics(case):
+ADMIN_SERVICE_PORTS = [{"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"}]
+
+
+def test_public_services_for_accept_and_notify_only(case):
+    """The public Service leads to the HTTP port and never carries the admin port (a LoadBalancer would publish it);
+    process has no HTTP API, so none."""
     name, rendered = case
     roles = enabled_roles(CASES[name])
-    services = rendered.by_role("Service")
-    expected = {r for r in roles if r in ("accept", "notify")}
-    process_svc = CASES[name].get("roles", {}).get("process", {}).get("service", {}).get("enabled", False)
-    monitor = CASES[name].get("metrics", {}).get("serviceMonitor", {}).get("enabled", False)
-    if "process" in roles and (process_svc or monitor):
-        expected.add("process")
-    assert set(services) == expected
+    services = rendered.services("http")
+    assert set(services) == {r for r in roles if r in ("accept", "notify")}
     deployments = rendered.by_role("Deployment")
     for role, svc in services.items():
         assert svc["spec"]["selector"] == deployments[role]["spec"]["selector"]["matchLabels"]
         assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
 
 
+def test_every_role_has_a_headless_admin_service(case):
+    name, rendered = case
+    services = rendered.services("admin")
+    deployments = rendered.by_role("Deployment")
+    assert set(services) == set(enabled_roles(CASES[name]))
+    public = {svc["metadata"]["name"] for svc in rendered.services("http").values()}
+    for role, svc in services.items():
+        assert svc["metadata"]["name"] == deployments[role]["metadata"]["name"] + "-admin"
+        assert svc["metadata"]["name"] not in public
+        assert svc["spec"]["selector"] == deployments[role]["spec"]["selector"]["matchLabels"]
+        assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["clusterIP"] == "None", "headless: the pods, not a VIP"
+        assert svc["spec"]["ports"] == ADMIN_SERVICE_PORTS
+
+
 def test_roles_run_the_one_image_with_their_role(case):
     _, rendered = case
     images = set()
+    http = {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}
+    admin = {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}
     for role, dep in rendered.by_role("Deployment").items():
         c = container(dep)
         assert c["args"] == ["--role", role]
-        assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+        # process serves nothing on the public port: it declares only the admin one.
+        assert c["ports"] == ([admin] if role == "process" else [http, admin]), role
         images.add(c["image"])
     assert len(images) == 1, images
+
+
+def test_every_role_serves_metrics_and_health_on_the_admin_port(case):
+    """CONTOSO_ADMIN_LISTEN moves /metrics and /health/* off the public port; the chart sets it in every container."""
+    _, rendered = case
+    for role, dep in rendered.by_role("Deployment").items():
+        env = pod_env(rendered, dep)
+        assert env["CONTOSO_ADMIN_LISTEN"] == f"0.0.0.0:{ADMIN_PORT}", role
+        assert env["CONTOSO_LISTEN"] == f"0.0.0.0:{HTTP_PORT}", role
+        assert env_of(dep)["CONTOSO_ADMIN_LISTEN"] == f"0.0.0.0:{ADMIN_PORT}", "the container's own env, over any envFrom"
 
 
 def test_hpa_leaves_replicas_to_itself_and_targets_its_deployment(case):
@@ -154,10 +201,14 @@ def test_every_role_has_liveness_readiness_and_startup_probes(case):
     _, rendered = case
     for role, dep in rendered.by_role("Deployment").items():
         c = container(dep)
-        assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}, role
-        assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}, role
+        # The public port answers 404 for /health/*: every probe goes to the admin port.
+        assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "admin"}, role
+        assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "admin"}, role
         startup = c["startupProbe"]
         assert startup["httpGet"]["path"] in ("/health/live", "/health/ready"), role
+        assert startup["httpGet"]["port"] == "admin", role
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["admin"] == ADMIN_PORT, role
         # The startup window must cover a slow start (migrations run at start): at least a minute.
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, role
         # A draining pod must leave the endpoints well within the preStop sleep.
@@ -227,7 +278,7 @@ def test_ingress_routes_hub_to_notify_and_the_rest_to_accept(case):
         assert ingresses == []
         return
     (ingress,) = ingresses
-    services = {role: svc["metadata"]["name"] for role, svc in rendered.by_role("Service").items()}
+    services = {role: svc["metadata"]["name"] for role, svc in rendered.services("http").items()}
     roles = enabled_roles(CASES[name])
     expected = {}
     if "notify" in roles:
@@ -237,6 +288,27 @@ def test_ingress_routes_hub_to_notify_and_the_rest_to_accept(case):
         expected["/"] = services["accept"]
     assert ingress_routes(ingress) == expected
     assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_ingress_and_http_route_never_route_to_the_admin_port(case):
+    """/metrics and /health/* stay internal: every backend is a public Service on its http port, none an admin Service
+    or the admin port."""
+    _, rendered = case
+    admin_names = {svc["metadata"]["name"] for svc in rendered.services("admin").values()}
+    public = {svc["metadata"]["name"]: svc for svc in rendered.services("http").values()}
+    for svc in public.values():
+        assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http"]
+    for ingress in rendered.of_kind("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                backend = p["backend"]["service"]
+                assert backend["name"] in public and backend["name"] not in admin_names, backend
+                assert backend["port"] == {"name": "http"}, backend
+    for route in rendered.of_kind("HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            for backend in rule["backendRefs"]:
+                assert backend["name"] in public and backend["name"] not in admin_names, backend
+                assert backend["port"] == public[backend["name"]]["spec"]["ports"][0]["port"] != ADMIN_PORT, backend
 
 
 def test_ingress_keeps_websockets_open_an_hour(case):
@@ -332,6 +404,7 @@ def test_settings_come_from_the_configmap_and_secrets_from_the_secret(case):
     (config,) = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
     data = config["data"]
     assert data["CONTOSO_LISTEN"] == "0.0.0.0:8080"
+    assert "CONTOSO_ADMIN_LISTEN" not in data, "set in each container's env, next to the probes that depend on it"
     assert data["CONTOSO_CHANNEL_PREFIX"] == "contoso-signalr"
     assert data["CONTOSO_HUB_NAME"] == "Contoso.OrderNotification.Hubs.OrderStatusHub"
     assert not SECRET_KEYS & set(data), "secrets never go into the ConfigMap"
@@ -484,13 +557,61 @@ def test_chart_covers_every_setting_of_the_binary():
         schema = chart.schema
     offered = set(schema["definitions"]["settings"]["properties"])
     secrets = set(schema["properties"]["secrets"]["properties"]) - {"existingSecret"}
-    managed = {"CONTOSO_ROLE", "CONTOSO_LISTEN", "CONTOSO_DRAIN_FILE", "CONTOSO_DRAIN_SPREAD", "CONTOSO_SHUTDOWN_TIMEOUT", "CONTOSO_JWT_PUBLIC_KEY"}
+    assert not MANAGED & offered, "a setting the chart manages is not offered under config"
     # --config names a TOML file; in Kubernetes the ConfigMap's variables take its place.
     unused = {"CONTOSO_CONFIG"}
     binary = chartlib.settings_in_config_rs()
-    assert binary - offered - secrets - managed - unused == set(), "settings the chart cannot set"
+    assert binary - offered - secrets - MANAGED - unused == set(), "settings the chart cannot set"
     assert offered - binary == set(), "chart settings the binary does not know"
+    assert MANAGED - binary == set(), "managed settings the binary does not know"
     assert secrets == SECRET_KEYS
+    # What the chart manages, it really sets, in every role's pods (CONTOSO_ROLE through args; the public key's path
+    # when jwtPublicKey is used, as in the all-roles case).
+    rendered = render(CASES["all-roles"])
+    for role, dep in rendered.by_role("Deployment").items():
+        assert MANAGED - {"CONTOSO_ROLE"} <= set(pod_env(rendered, dep)), role
+        assert container(dep)["args"] == ["--role", role]
+
+
+# Settings the chart sets itself, from its own values: refused under config.
+MANAGED = {
+    "CONTOSO_ROLE",
+    "CONTOSO_LISTEN",
+    "CONTOSO_ADMIN_LISTEN",
+    "CONTOSO_DRAIN_FILE",
+    "CONTOSO_DRAIN_SPREAD",
+    "CONTOSO_SHUTDOWN_TIMEOUT",
+    "CONTOSO_JWT_PUBLIC_KEY",
+}
+
+
+def test_admin_port_follows_its_value_everywhere():
+    """A custom adminPort reaches the env, the container port the probes name, the annotation, the admin Services,
+    the NetworkPolicies and the helm test Pod; the public side keeps containerPort."""
+    values = {"adminPort": 9191, "containerPort": 8081, "networkPolicy": {"enabled": True}, "helmTest": {"enabled": True},
+              "metrics": {"serviceMonitor": {"enabled": True}}}
+    rendered = render(values)
+    for role, dep in rendered.by_role("Deployment").items():
+        c = container(dep)
+        assert env_of(dep)["CONTOSO_ADMIN_LISTEN"] == "0.0.0.0:9191", role
+        assert pod_env(rendered, dep)["CONTOSO_LISTEN"] == "0.0.0.0:8081", role
+        assert {p["name"]: p["containerPort"] for p in c["ports"]}["admin"] == 9191, role
+        assert {c[p]["httpGet"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {"admin"}, role
+        assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9191", role
+    for svc in rendered.services("admin").values():
+        assert svc["spec"]["ports"][0]["port"] == 9191
+    for role, policy in rendered.by_role("NetworkPolicy").items():
+        ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+        assert ports == ([9191] if role == "process" else [8081, 9191]), role
+    (pod,) = rendered.of_kind("Pod")
+    assert all(c["command"][-1].endswith(".svc:9191/health/ready") for c in pod["spec"]["containers"])
+    assert "admin port 9191" in rendered.notes
+
+
+def test_admin_port_equal_to_the_container_port_fails():
+    """Two listeners cannot bind one port: the pods would crash-loop, so the chart refuses to render."""
+    with pytest.raises(helm.HelmError, match="adminPort 8080 equals containerPort"):
+        render({"adminPort": 8080})
 
 
 # --- values schema ------------------------------------------------------------------------------------------------
@@ -512,6 +633,12 @@ def test_default_and_matrix_values_pass_the_schema():
         {"config": {"CONTOSO_PREFETCH": "lots"}},
         {"config": {"CONTOSO_LOG_FORMAT": "xml"}},
         {"config": {"CONTOSO_SHUTDOWN_TIMEOUT": 30}},
+        {"config": {"CONTOSO_ADMIN_LISTEN": "0.0.0.0:9999"}},
+        {"roles": {"notify": {"config": {"CONTOSO_ADMIN_LISTEN": "127.0.0.1:9090"}}}},
+        {"adminPort": 0},
+        {"adminPort": "9090"},
+        {"adminPort": None},
+        {"roles": {"process": {"service": {"enabled": True, "type": "ClusterIP", "port": 80}}}},
         {"config": {"CONTOSO_NEGOTIATE_SECRET": "not-in-a-configmap"}},
         {"roles": {"notify": {"config": {"CONTOSO_JWT_SECRET": "not-in-a-configmap"}}}},
         {"config": {"CONTOSO_MAX_MESSAGE_SIZE": 100}},
@@ -537,6 +664,12 @@ def test_default_and_matrix_values_pass_the_schema():
         "setting-type",
         "setting-enum",
         "chart-managed-setting",
+        "chart-managed-admin-listen",
+        "role-admin-listen",
+        "admin-port-zero",
+        "admin-port-string",
+        "admin-port-null",
+        "process-public-service",
         "secret-in-config",
         "secret-in-role-config",
         "below-binary-minimum",
@@ -575,17 +708,35 @@ def test_monitoring_is_off_by_default(default):
     assert not [c for c in default.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
 
 
-def test_service_monitor_scrapes_every_role_service():
+def test_service_monitor_scrapes_the_admin_port_of_every_role():
     rendered = render(CASES["all-roles"])
     (monitor,) = rendered.of_kind("ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    assert monitor["spec"]["endpoints"] == [{"port": "admin", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
     selector = monitor["spec"]["selector"]["matchLabels"]
-    services = rendered.by_role("Service")
-    assert set(services) == set(ROLES)
-    for svc in services.values():
-        assert selector.items() <= svc["metadata"]["labels"].items()
+    # It selects the admin Services, one per role, and no public one (those have no admin port).
+    selected = {svc["metadata"]["name"] for svc in rendered.of_kind("Service") if selector.items() <= svc["metadata"]["labels"].items()}
+    admin = rendered.services("admin")
+    assert set(admin) == set(ROLES)
+    assert selected == {svc["metadata"]["name"] for svc in admin.values()}
+    for svc in admin.values():
+        assert [p["name"] for p in svc["spec"]["ports"]] == ["admin"]
+    deployments = rendered.by_role("Deployment")
+    for role, dep in deployments.items():
+        assert {p["name"]: p["containerPort"] for p in container(dep)["ports"]}["admin"] == ADMIN_PORT, role
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [chartlib.NAMESPACE]}
+    assert monitor["spec"]["targetLabels"] == ["app.kubernetes.io/component"]
+
+
+def test_prometheus_annotations_point_at_the_admin_port(case):
+    _, rendered = case
+    for role, dep in rendered.by_role("Deployment").items():
+        annotations = dep["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", role
+        assert annotations["prometheus.io/port"] == str(ADMIN_PORT), role
+        assert annotations["prometheus.io/path"] == "/metrics", role
+    off = render({"metrics": {"podAnnotations": False}}).by_role("Deployment")["notify"]
+    assert not [k for k in off["spec"]["template"]["metadata"]["annotations"] if k.startswith("prometheus.io/")]
 
 
 def test_prometheus_rule_alerts():

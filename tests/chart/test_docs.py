@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import helm_python as helm
 import pytest
 
 import chartlib
@@ -61,3 +62,56 @@ def test_metrics_table_matches_the_binary(operations):
     documented = documented_metrics(operations)
     assert exported - documented == set(), "metrics the binary exports but OPERATIONS.md does not list"
     assert documented - exported == set(), "metrics OPERATIONS.md lists but no code exports"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "adminPort",
+        "httpRoute.enabled",
+        "httpRoute.parentRefs",
+        "httpRoute.hubTimeouts",
+        "networkPolicy.enabled",
+        "networkPolicy.ingressFrom",
+        "networkPolicy.metricsFrom",
+        "networkPolicy.egress.restrict",
+        "networkPolicy.egress.extraRules",
+        "helmTest.enabled",
+        "helmTest.attempts",
+        "roles.process.keda.enabled",
+        "extraVolumes",
+        "extraVolumeMounts",
+        "initContainers",
+    ],
+)
+def test_chart_options_are_documented(operations, key):
+    assert f"`{key}" in operations, f"{key} is missing from OPERATIONS.md"
+
+
+def test_documented_chart_option_defaults_match_the_chart(operations):
+    assert "ingress-nginx" in operations and "retired" in operations
+    values = helm.Chart.load(chartlib.CHART).values
+    keda = values["roles"]["process"]["keda"]
+    assert f"`queueLength` ready messages per pod, {keda['queueLength']} by default" in operations
+    assert f"`minReplicaCount` {keda['minReplicaCount']} and `maxReplicaCount` {keda['maxReplicaCount']}" in operations
+    rendered = render({"secrets": {"CONTOSO_AMQP_URL": "amqp://mq"}, "roles": {"process": {"keda": {"enabled": True}}}})
+    (scaled,) = rendered.of_kind("ScaledObject")
+    assert f"`{scaled['spec']['triggers'][0]['metadata']['queueName']}`" in operations
+    egress = values["networkPolicy"]["egress"]
+    ports = ", ".join(str(egress[s]["ports"][0]) for s in ("postgresql", "redis", "rabbitmq"))
+    assert f"ports {ports};" in operations
+    assert f"`{values['helmTest']['image']['repository']}` at a pinned tag" in operations
+
+
+def test_documented_admin_port_matches_the_chart(operations):
+    """The settings table names the value behind CONTOSO_ADMIN_LISTEN and its address, and the probe, metrics and
+    port-forward text quote the chart's admin port."""
+    values = helm.Chart.load(chartlib.CHART).values
+    port = values["adminPort"]
+    row = re.search(r"^\| `--admin-listen` \| `CONTOSO_ADMIN_LISTEN` \| [^|]+ \| `adminPort` \(`0\.0\.0\.0:(\d+)`\) \|", operations, re.M)
+    assert row, "the settings table does not name adminPort for --admin-listen"
+    env = chartlib.env_of(render({}).by_role("Deployment")["notify"])
+    assert env["CONTOSO_ADMIN_LISTEN"] == f"0.0.0.0:{row[1]}" == f"0.0.0.0:{port}"
+    assert f"(`adminPort`, {port}" in operations
+    assert f"port-forward deploy/contoso-notify {port}:{port}" in operations
+    assert "`<role>-admin`" in operations

@@ -187,6 +187,24 @@ async fn readiness_fails_while_the_drain_file_exists() {
     app.stop().await;
 }
 
+/// The binary as `role` on `port`, against the real services and the database `db`, its output piped.
+fn binary(role: &str, port: u16, db: &str, bus_prefix: &str) -> Command {
+    let mut cmd = contoso();
+    cmd.args(["--role", role, "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--database-url")
+        .arg(env::database_url(db))
+        .arg("--redis-url")
+        .arg(env::redis_url())
+        .arg("--amqp-url")
+        .arg(env::amqp_url())
+        .args(["--jwt-secret", "lifecycle-secret", "--bus-prefix", bus_prefix, "--shutdown-timeout", "5"])
+        .arg("--drain-file")
+        .arg(std::env::temp_dir().join(format!("drain-{}", uuid::Uuid::new_v4().simple())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Runs the binary as role accept against the real services; returns the child, its port and db.
 async fn start_binary(extra: &[&str], bus_prefix: &str) -> (Child, u16, String) {
     start_binary_as("accept", extra, bus_prefix).await
@@ -196,21 +214,7 @@ async fn start_binary_as(role: &str, extra: &[&str], bus_prefix: &str) -> (Child
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db = app::create_database(&id).await;
     let port = free_port();
-    let mut cmd = contoso();
-    cmd.args(["--role", role, "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--database-url")
-        .arg(env::database_url(&db))
-        .arg("--redis-url")
-        .arg(env::redis_url())
-        .arg("--amqp-url")
-        .arg(env::amqp_url())
-        .args(["--jwt-secret", "lifecycle-secret", "--bus-prefix", bus_prefix, "--shutdown-timeout", "5"])
-        .arg("--drain-file")
-        .arg(std::env::temp_dir().join(format!("drain-{id}")))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = binary(role, port, &db, bus_prefix).args(extra).spawn().unwrap();
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(30), "the binary to become ready", || async {
         client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await.ok().filter(|r| r.status() == 200).map(|_| ())
@@ -415,4 +419,31 @@ async fn metrics_count_what_happened_and_each_has_help_text_with_build_and_proce
     assert!(output_within(child, Duration::from_secs(15)).status.success());
     app::drop_database(&db).await;
     app::delete_bus_objects(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_listener_probes_and_metrics_move_off_the_public_port() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let db = app::create_database(&id).await;
+    let (port, admin) = (free_port(), free_port());
+    let child = binary("accept", port, &db, &format!("t-{id}.")).args(["--admin-listen", &format!("127.0.0.1:{admin}")]).spawn().unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    eventually(Duration::from_secs(30), "ready on the admin port", || async {
+        client.get(format!("http://127.0.0.1:{admin}/health/ready")).send().await.ok().filter(|r| r.status() == 200).map(|_| ())
+    })
+    .await;
+    let get = |port: u16, path: &str| {
+        let (client, url) = (client.clone(), format!("http://127.0.0.1:{port}{path}"));
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(admin, "/metrics").await, 200);
+    assert_eq!(get(admin, "/health/live").await, 200);
+    assert_eq!(get(port, "/metrics").await, 404, "the public port serves no metrics");
+    assert_eq!(get(port, "/health/ready").await, 404);
+    assert_eq!(get(port, "/api/products").await, 200, "the API stays on the public port");
+    assert_eq!(get(admin, "/api/products").await, 404, "and only there");
+    sigterm(&child);
+    assert!(output_within(child, Duration::from_secs(15)).status.success());
+    app::drop_database(&db).await;
+    app::delete_bus_objects(&format!("t-{id}.")).await;
 }

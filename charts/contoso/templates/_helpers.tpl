@@ -96,10 +96,54 @@ app.kubernetes.io/component: {{ .role }}
 {{- merge (deepCopy $own) (deepCopy .root.Values.drain) | toJson -}}
 {{- end -}}
 
-{{- /* Whether a role gets a Service: its own switch, and process also when a ServiceMonitor needs a target. */ -}}
+{{- /* Whether a role gets a public Service (to its HTTP port): accept and notify by their own switch; process never (it
+has no HTTP API; its /metrics and /health/* are on the admin Service). (dict "root" $ "role" "notify") */ -}}
 {{- define "contoso.serviceEnabled" -}}
+{{- if ne .role "process" -}}
 {{- $cfg := index .root.Values.roles .role -}}
-{{- if and $cfg.enabled (or $cfg.service.enabled (and (eq .role "process") .root.Values.metrics.serviceMonitor.enabled)) -}}
+{{- if and $cfg.enabled $cfg.service.enabled -}}
 true
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* The headless Service of a role's admin port (/metrics, /health/*): "<fullname>-<role>-admin", at most 63
+characters and always ending in the role, so the roles' names never collide. (dict "root" $ "role" "notify") */ -}}
+{{- define "contoso.adminServiceName" -}}
+{{- $full := include "contoso.fullname" .root -}}
+{{- $base := trimSuffix (printf "-%s" .role) $full -}}
+{{- printf "%s-%s-admin" (trunc (int (sub 56 (len .role))) $base | trimSuffix "-") .role -}}
+{{- end -}}
+
+{{- /* CONTOSO_LISTEN and CONTOSO_ADMIN_LISTEN must differ: the second bind would fail and the pods crash-loop. */ -}}
+{{- define "contoso.checkPorts" -}}
+{{- if eq (int .Values.adminPort) (int .Values.containerPort) -}}
+{{- fail (printf "adminPort %d equals containerPort: /metrics and /health/* need a port of their own, apart from the public one" (int .Values.adminPort)) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Whether KEDA scales the role (process only) instead of the chart's HPA. (dict "root" $ "role" "process") */ -}}
+{{- define "contoso.keda" -}}
+{{- $cfg := index .root.Values.roles .role -}}
+{{- if and (eq .role "process") $cfg.enabled $cfg.keda $cfg.keda.enabled -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- /* The queue the process role consumes: CONTOSO_BUS_PREFIX (the role's own value over the shared one) glued to
+the contract name, as src/bus/topology.rs names it. */ -}}
+{{- define "contoso.processQueue" -}}
+{{- $prefix := .Values.config.CONTOSO_BUS_PREFIX -}}
+{{- $own := index (.Values.roles.process.config | default dict) "CONTOSO_BUS_PREFIX" -}}
+{{- if not (kindIs "invalid" $own) -}}
+{{- $prefix = $own -}}
+{{- end -}}
+{{- printf "%s%s" (toString (default "" $prefix)) "contoso.order-process" -}}
+{{- end -}}
+
+{{- /* Labels of the `helm test` Pod; the NetworkPolicies let it in by them. */ -}}
+{{- define "contoso.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "contoso.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
 {{- end -}}
