@@ -4,17 +4,18 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-node test-frontend test-chart lint services bench-accept bench-idle bench-process bench-drain bench-fanout bench-toast bench-slow bench-protocol sweep
+.PHONY: help run test test-rust test-node test-frontend test-chart test-chaos chaos lint services bench-accept bench-idle bench-process bench-drain bench-fanout bench-toast bench-slow bench-protocol sweep
 
 help:
 	@echo "make run    - the whole shop (role all) at http://localhost:8080"
 	@echo "make test   - every test suite against real PostgreSQL, Redis and RabbitMQ"
+	@echo "make chaos  - the chaos soak (CHAOS_MINUTES=10): faults under traffic, report in artifacts/chaos/"
 
 run:
 	scripts/run.sh
 
 ## Every test: formatting, lints, unit and integration tests against the real services.
-test: lint test-rust test-frontend test-node test-chart
+test: lint test-rust test-frontend test-node test-chart test-chaos
 	@echo "make test: all suites passed"
 
 lint:
@@ -35,6 +36,20 @@ test-node:
 	frontend/test.sh --build-only
 	@eval "$$(scripts/services.sh)" && cd tests/node && npm ci --no-audit --no-fund --silent && \
 	  CONTOSO_BIN=$(CURDIR)/target/debug/contoso npm test && cd ../.. && scripts/sweep.sh
+
+## The chaos soak for one minute (tests/chaos/): 1 accept, 2 process and 4 notify processes
+## behind nginx, 200 tabs, orders, and every kind of fault; after test-node, with its binary.
+## It restarts the machine's PostgreSQL and RabbitMQ: never run it beside other suites.
+test-chaos:
+	clients/order-status-client/test.sh --build-only
+	@eval "$$(scripts/services.sh)" && CHAOS_MINUTES=1 CONTOSO_BIN=$(CURDIR)/target/debug/contoso tests/chaos/run.sh
+
+## The chaos soak, CHAOS_MINUTES (default 10) of faults; report and timeline in artifacts/chaos/.
+CHAOS_MINUTES ?= 10
+chaos:
+	$(CARGO) build --locked --bins --features failpoints,loadgen
+	clients/order-status-client/test.sh --build-only
+	@eval "$$(scripts/services.sh)" && CHAOS_MINUTES=$(CHAOS_MINUTES) CONTOSO_BIN=$(CURDIR)/target/debug/contoso tests/chaos/run.sh
 
 ## The TypeScript client module and the Angular SPA: unit tests and a production build.
 test-frontend:

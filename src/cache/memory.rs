@@ -193,7 +193,7 @@ impl NotificationLog for MemoryCache {
         let first = log.entries.front().map_or((0, 0), |e| e.id);
         let complete = match after_id {
             Some(seen) if log.max_deleted > (0, 0) => seen >= log.max_deleted,
-            Some(seen) => seen >= first,
+            Some(seen) => super::nothing_lost_before(seen, first, self.retention.max_age),
             None => log.max_deleted == (0, 0),
         };
         Ok(Replay { notifications, complete })

@@ -126,3 +126,29 @@ pub(crate) fn parse_notification_id(raw: &str) -> Result<(u64, u64), CacheError>
     };
     parse().ok_or_else(|| CacheError::InvalidNotificationId(raw.to_owned()))
 }
+
+/// Whether a log that never trimmed anything lost nothing after `seen`, its oldest entry being
+/// `first`. A resume point at or past `first` is inside the log. One before it may come from a
+/// log that expired as a whole and started again: that one expired `max_age` after its last
+/// entry, so everything it held is at least `max_age` older than `first`, and a point less than
+/// `max_age` before `first` (a client rewinding a few seconds) saw all of it.
+pub(crate) fn nothing_lost_before(seen: (u64, u64), first: (u64, u64), max_age: std::time::Duration) -> bool {
+    seen >= first || seen.0.saturating_add(max_age.as_millis() as u64) > first.0
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use std::time::Duration;
+
+    use super::nothing_lost_before;
+
+    #[test]
+    fn a_point_shortly_before_the_first_entry_lost_nothing_and_one_a_retention_earlier_may_have() {
+        let day = Duration::from_secs(86_400);
+        let first = (1_000_000_000, 0);
+        assert!(nothing_lost_before(first, first, day));
+        assert!(nothing_lost_before((first.0 - 5_000, 0), first, day), "a client rewinding 5 s");
+        assert!(!nothing_lost_before((first.0 - 86_400_000, 7), first, day), "an expired log's last entry could be there");
+        assert!(!nothing_lost_before((0, 0), first, day));
+    }
+}

@@ -237,14 +237,13 @@ impl NotificationLog for RedisCache {
                 Some(LoggedNotification { id, target: get("target")?, payload })
             })
             .collect();
-        // Complete when nothing newer than what the client saw was ever trimmed away. When
-        // nothing was trimmed, a resume point older than the first entry comes from a stream
-        // that expired as a whole: what followed it there is unknown, so not complete either.
+        // Complete when nothing newer than what the client saw was ever trimmed away (when
+        // nothing was trimmed, see `nothing_lost_before`).
         let max_deleted = parse_notification_id(&max_deleted).unwrap_or((0, 0));
         let first = parse_notification_id(&first).unwrap_or((0, 0));
         let complete = match after_id {
             Some(seen) if max_deleted > (0, 0) => seen >= max_deleted,
-            Some(seen) => seen >= first,
+            Some(seen) => super::nothing_lost_before(seen, first, self.retention.max_age),
             None => max_deleted == (0, 0),
         };
         Ok(Replay { notifications, complete })

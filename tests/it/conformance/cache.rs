@@ -50,6 +50,7 @@ conformance!(redis, memory;
     a_duplicate_event_keeps_its_notification_id,
     trimming_by_count_makes_an_older_resume_point_incomplete,
     ageing_out_makes_an_older_resume_point_incomplete,
+    a_resume_point_just_before_a_whole_log_is_complete,
     ageing_out_within_a_live_log_is_seen_too,
     a_malformed_notification_id_is_refused,
     users_never_see_each_others_notifications,
@@ -166,6 +167,18 @@ async fn ageing_out_makes_an_older_resume_point_incomplete(c: &dyn Cache) {
     assert!(!replay.complete, "what followed old[0] is unknown");
     assert_eq!(replay.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), fresh);
     assert!(c.since(&grace, Some(&fresh[0])).await.unwrap().complete, "a resume point in the new log is complete");
+}
+
+/// A client that rewinds a little before its last id, which is the first entry of its log,
+/// missed nothing: no earlier log can have held anything that recent.
+async fn a_resume_point_just_before_a_whole_log_is_complete(c: &dyn Cache) {
+    let ivy = user("ivy");
+    let ids = append(c, &ivy, 2).await;
+    let (ms, _) = ids[0].split_once('-').unwrap();
+    let rewound = format!("{}-0", ms.parse::<u64>().unwrap() - 1_000); // retention here is 3 s
+    let replay = c.since(&ivy, Some(&rewound)).await.unwrap();
+    assert!(replay.complete, "nothing was lost after a point 1 s before the first entry");
+    assert_eq!(replay.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), ids);
 }
 
 async fn ageing_out_within_a_live_log_is_seen_too(c: &dyn Cache) {
