@@ -405,6 +405,8 @@ fn dispatch(ctx: &Arc<HubContext>, conn: &ConnectionHandle, msg: HubMessage) -> 
         }
         // No streams and no client results here: nothing to cancel or complete.
         HubMessage::CancelInvocation { .. } | HubMessage::Completion { .. } | HubMessage::StreamItem { .. } | HubMessage::Other(_) => None,
-        HubMessage::Ping | HubMessage::Close { .. } => None,
+        // Stateful reconnect is not offered (negotiate never answers useStatefulReconnect), so
+        // a client has no reason to send these; they are ignored like unknown types.
+        HubMessage::Ping | HubMessage::Close { .. } | HubMessage::Ack { .. } | HubMessage::Sequence { .. } => None,
     }
 }

@@ -60,6 +60,10 @@ fn check_headers(obj: &Map<String, Value>) -> Result<(), ProtocolError> {
     }
 }
 
+fn sequence_id(obj: &Map<String, Value>) -> Result<u64, ProtocolError> {
+    obj.get("sequenceId").and_then(Value::as_u64).ok_or_else(|| invalid("missing or non-numeric 'sequenceId'"))
+}
+
 fn from_object(obj: Map<String, Value>) -> Result<HubMessage, ProtocolError> {
     let kind = obj.get("type").and_then(Value::as_u64).ok_or_else(|| invalid("missing or non-numeric 'type'"))?;
     check_headers(&obj)?;
@@ -97,6 +101,8 @@ fn from_object(obj: Map<String, Value>) -> Result<HubMessage, ProtocolError> {
             error: string(&obj, "error")?,
             allow_reconnect: obj.get("allowReconnect").and_then(Value::as_bool).unwrap_or(false),
         },
+        8 => HubMessage::Ack { sequence_id: sequence_id(&obj)? },
+        9 => HubMessage::Sequence { sequence_id: sequence_id(&obj)? },
         other => HubMessage::Other(other),
     })
 }
@@ -171,6 +177,16 @@ pub fn encode(msg: &HubMessage, out: &mut BytesMut) {
             if *allow_reconnect {
                 out.put_slice(b",\"allowReconnect\":true");
             }
+            out.put_u8(b'}');
+        }
+        HubMessage::Ack { sequence_id } => {
+            out.put_slice(b"{\"type\":8,\"sequenceId\":");
+            put_json(out, sequence_id);
+            out.put_u8(b'}');
+        }
+        HubMessage::Sequence { sequence_id } => {
+            out.put_slice(b"{\"type\":9,\"sequenceId\":");
+            put_json(out, sequence_id);
             out.put_u8(b'}');
         }
         HubMessage::Other(kind) => {

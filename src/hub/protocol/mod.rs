@@ -110,7 +110,15 @@ pub enum HubMessage {
         error: Option<String>,
         allow_reconnect: bool,
     },
-    /// A well-formed message of a type this server does not use (Ack, Sequence, future types): ignored.
+    /// Stateful reconnect: every counted message up to `sequence_id` arrived.
+    Ack {
+        sequence_id: u64,
+    },
+    /// Stateful reconnect, after a reconnect: the counted messages that follow start at `sequence_id`.
+    Sequence {
+        sequence_id: u64,
+    },
+    /// A well-formed message of a type this server does not use (future types): ignored.
     Other(u64),
 }
 

@@ -99,6 +99,10 @@ fn string_list(v: Option<&Mp>) -> Result<Vec<String>, ProtocolError> {
     }
 }
 
+fn sequence_id(items: &[Mp]) -> Result<u64, ProtocolError> {
+    item(items, 1)?.as_u64().ok_or_else(|| invalid("sequence id must be an integer"))
+}
+
 fn from_array(items: Vec<Mp>) -> Result<HubMessage, ProtocolError> {
     let kind = item(&items, 0)?.as_u64().ok_or_else(|| invalid("message type must be an integer"))?;
     Ok(match kind {
@@ -142,6 +146,8 @@ fn from_array(items: Vec<Mp>) -> Result<HubMessage, ProtocolError> {
             },
             allow_reconnect: items.get(2).and_then(Mp::as_bool).unwrap_or(false),
         },
+        8 => HubMessage::Ack { sequence_id: sequence_id(&items)? },
+        9 => HubMessage::Sequence { sequence_id: sequence_id(&items)? },
         other => HubMessage::Other(other),
     })
 }
@@ -240,6 +246,8 @@ pub fn encode(msg: &HubMessage, out: &mut BytesMut) {
         HubMessage::CancelInvocation { invocation_id } => Mp::Array(vec![Mp::from(5), headers(), Mp::from(invocation_id.as_str())]),
         HubMessage::Ping => Mp::Array(vec![Mp::from(6)]),
         HubMessage::Close { error, allow_reconnect } => Mp::Array(vec![Mp::from(7), opt(error), Mp::Boolean(*allow_reconnect)]),
+        HubMessage::Ack { sequence_id } => Mp::Array(vec![Mp::from(8), Mp::from(*sequence_id)]),
+        HubMessage::Sequence { sequence_id } => Mp::Array(vec![Mp::from(9), Mp::from(*sequence_id)]),
         HubMessage::Other(kind) => Mp::Array(vec![Mp::from(*kind)]),
     };
     let mut encoded = Vec::with_capacity(64);

@@ -122,6 +122,24 @@ fn msgpack_golden_bytes_from_the_client_and_the_spec() {
 }
 
 #[test]
+fn stateful_reconnect_ack_and_sequence_in_both_protocols() {
+    // What the 10.0.11 client writes (MessageBuffer: `{type: Ack, sequenceId}`), and the
+    // MessagePack form of the spec: [8, id] and [9, id], length-prefixed.
+    let json = parse_all(Protocol::Json, b"{\"type\":8,\"sequenceId\":3}\x1e{\"sequenceId\":1394,\"type\":9}\x1e");
+    assert_eq!(json, vec![HubMessage::Ack { sequence_id: 3 }, HubMessage::Sequence { sequence_id: 1394 }]);
+    let msgpack = parse_all(Protocol::MessagePack, &[0x03, 0x92, 0x08, 0x03, 0x05, 0x92, 0x09, 0xCD, 0x05, 0x72]);
+    assert_eq!(msgpack, vec![HubMessage::Ack { sequence_id: 3 }, HubMessage::Sequence { sequence_id: 1394 }]);
+    assert_eq!(&Protocol::Json.encode_to_bytes(&HubMessage::Ack { sequence_id: 3 })[..], b"{\"type\":8,\"sequenceId\":3}\x1e");
+    assert_eq!(
+        &Protocol::MessagePack.encode_to_bytes(&HubMessage::Sequence { sequence_id: 1394 })[..],
+        &[0x05, 0x92, 0x09, 0xCD, 0x05, 0x72]
+    );
+    for bad in [&b"{\"type\":8}\x1e"[..], b"{\"type\":9,\"sequenceId\":\"x\"}\x1e"] {
+        assert!(Protocol::Json.parse(&mut BytesMut::from(bad), MAX).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
 fn varint_lengths_match_the_spec() {
     let mut out = BytesMut::new();
     msgpack::write_length(&mut out, 53);
@@ -186,6 +204,8 @@ fn arb_message() -> impl Strategy<Value = HubMessage> {
         ("[0-9]{1,4}", "[a-z ]{1,20}")
             .prop_map(|(invocation_id, e)| HubMessage::Completion { invocation_id, outcome: Completion::Error(e) }),
         Just(HubMessage::Ping),
+        any::<u32>().prop_map(|n| HubMessage::Ack { sequence_id: u64::from(n) }),
+        any::<u32>().prop_map(|n| HubMessage::Sequence { sequence_id: u64::from(n) }),
         (proptest::option::of("[a-z ]{0,20}"), any::<bool>())
             .prop_map(|(error, allow_reconnect)| HubMessage::Close { error, allow_reconnect }),
     ]
