@@ -24,7 +24,9 @@ pub struct JwtSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: UserId,
-    /// The token's `exp` (seconds since the epoch): a hub connection ends there.
+    /// When the token stops being accepted, `exp` plus the leeway (seconds since the epoch): a
+    /// hub connection ends there. Not at `exp` itself: a client whose token is inside the leeway
+    /// would be let in and closed at once, over and over.
     pub expires_at: u64,
 }
 
@@ -135,7 +137,7 @@ impl Authenticator {
         }
         let data = decode::<Claims>(token, key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let user_id = UserId::parse(&data.claims.sub).map_err(AuthError::Invalid)?;
-        Ok(Caller { user_id, expires_at: data.claims.exp })
+        Ok(Caller { user_id, expires_at: data.claims.exp.saturating_add(self.leeway.as_secs()) })
     }
 
     /// Mints an HS256 token for `user` (dev auth only); `None` when dev auth is off.

@@ -54,10 +54,14 @@ pub struct Admitted {
     pub expires: Option<Instant>,
 }
 
+/// Longest a token's expiry is taken into account: an `exp` centuries away must not overflow
+/// the clock (it then simply never ends the connection).
+const LONGEST_EXPIRY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// The instant of a Unix time in seconds (now, for one already past).
 pub fn instant_of(unix_seconds: u64) -> Instant {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Instant::now() + Duration::from_secs(unix_seconds).saturating_sub(now)
+    Instant::now() + Duration::from_secs(unix_seconds).saturating_sub(now).min(LONGEST_EXPIRY)
 }
 
 /// Runs the connection until it ends. `leftover`: bytes read past the upgrade request.
@@ -408,5 +412,20 @@ fn dispatch(ctx: &Arc<HubContext>, conn: &ConnectionHandle, msg: HubMessage) -> 
         // Stateful reconnect is not offered (negotiate never answers useStatefulReconnect), so
         // a client has no reason to send these; they are ignored like unknown types.
         HubMessage::Ping | HubMessage::Close { .. } | HubMessage::Ack { .. } | HubMessage::Sequence { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn any_expiry_becomes_an_instant_without_overflow() {
+        let start = Instant::now();
+        assert!(instant_of(0) <= Instant::now(), "an expiry in the past is now");
+        assert!(instant_of(u64::MAX) >= start + Duration::from_secs(99 * 365 * 86_400), "one beyond the clock is far away");
+        let in_a_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 60;
+        let at = instant_of(in_a_minute);
+        assert!(at > start + Duration::from_secs(58) && at < start + Duration::from_secs(62));
     }
 }
