@@ -416,7 +416,10 @@ async function startNginx(notifyPorts, acceptPort) {
     .replace(/access_log \/dev\/stdout[^;]*;/, `log_format chaos '$time_iso8601 $upstream_addr $status $request_method $uri $request_time'; access_log ${path.join(LOGS, "nginx-access.log")} chaos;`)
     .replace("error_log /dev/stderr warn;", `error_log ${path.join(LOGS, "nginx-error.log")} warn;`)
     .replace("worker_processes auto;", "worker_processes 1;");
-  conf = replaceBlock(conf, "notify upstreams", notifyPorts.map((p) => `server 127.0.0.1:${p};`));
+  // max_fails=0: nginx never takes a notify upstream out on its own. The soak kills and cuts
+  // them on purpose, and nginx's passive marking once kept all four out for minutes, which
+  // tested nginx rather than contoso (in Kubernetes, readiness decides where traffic goes).
+  conf = replaceBlock(conf, "notify upstreams", notifyPorts.map((p) => `server 127.0.0.1:${p} max_fails=0;`));
   conf = replaceBlock(conf, "accept upstreams", [`server 127.0.0.1:${acceptPort};`]);
   conf = replaceBlock(conf, "listen", [`listen 127.0.0.1:${port};`]);
   fs.writeFileSync(path.join(dir, "nginx.conf"), conf);
