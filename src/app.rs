@@ -68,6 +68,10 @@ impl App {
     /// down: connections open lazily and retry, and readiness says what is missing.
     pub async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<App> {
         let auth = Arc::new(Authenticator::from_settings(&settings.jwt, settings.dev_auth)?);
+        tokio::spawn({
+            let auth = auth.clone();
+            async move { auth.warm().await }
+        });
         let roles_label = settings.roles.to_string();
         let mut readiness = Readiness::default();
 

@@ -120,6 +120,12 @@ pub struct RawSettings {
     /// PEM file with the RS256 or ES256 public key for JWT validation
     #[arg(long, env = "CONTOSO_JWT_PUBLIC_KEY", help_heading = "Authentication")]
     pub jwt_public_key: Option<PathBuf>,
+    /// URL of the identity provider's JWKS (RS*, PS*, ES*, EdDSA keys picked by kid; rotation without a restart)
+    #[arg(long, env = "CONTOSO_JWT_JWKS_URL", help_heading = "Authentication")]
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds between fetches of the JWKS; an unknown kid fetches at once, at most every 5 s [default: 300]
+    #[arg(long, env = "CONTOSO_JWT_JWKS_REFRESH_SECS", help_heading = "Authentication")]
+    pub jwt_jwks_refresh_secs: Option<u64>,
     /// Required token issuer (iss); not checked when unset
     #[arg(long, env = "CONTOSO_JWT_ISSUER", help_heading = "Authentication")]
     pub jwt_issuer: Option<String>,
@@ -334,6 +340,8 @@ impl Settings {
             jwt: JwtSettings {
                 secret: pick!(jwt_secret).filter(|s| !s.expose().is_empty()),
                 public_key: pick!(jwt_public_key),
+                jwks_url: pick!(jwt_jwks_url).filter(|u| !u.is_empty()),
+                jwks_refresh: Duration::from_secs(at_least!(jwt_jwks_refresh_secs, 300, 10)),
                 issuer: pick!(jwt_issuer),
                 audience: pick!(jwt_audience),
                 leeway: Duration::from_secs(pick!(jwt_leeway).unwrap_or(30)),
@@ -416,8 +424,13 @@ impl Settings {
                 }
             }
             let needs_auth = matches!(role, Role::Accept | Role::Notify);
-            if needs_auth && self.jwt.secret.is_none() && self.jwt.public_key.is_none() && !self.dev_auth {
-                return Err(missing("--jwt-secret or --jwt-public-key", "CONTOSO_JWT_SECRET or CONTOSO_JWT_PUBLIC_KEY", name));
+            let keys = self.jwt.secret.is_some() || self.jwt.public_key.is_some() || self.jwt.jwks_url.is_some();
+            if needs_auth && !keys && !self.dev_auth {
+                return Err(missing(
+                    "--jwt-secret, --jwt-public-key or --jwt-jwks-url",
+                    "CONTOSO_JWT_SECRET, CONTOSO_JWT_PUBLIC_KEY or CONTOSO_JWT_JWKS_URL",
+                    name,
+                ));
             }
         }
         Ok(())

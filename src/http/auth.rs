@@ -1,13 +1,15 @@
-//! JWT authentication shared by the HTTP API and the hub: HS256 with a shared secret and/or
-//! RS256/ES256 with a public key. The token header's `alg` picks the key, and an `alg` with no
-//! key of its family is refused, so `alg: none` and algorithm confusion cannot pass.
+//! JWT authentication shared by the HTTP API and the hub: HS256 with a shared secret, RS256/ES256
+//! with a public key file, and/or the keys of a JWKS URL picked by `kid`. The token header's `alg`
+//! picks the key, and an `alg` with no key of its family is refused, so `alg: none` and algorithm
+//! confusion cannot pass.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use serde::{Deserialize, Serialize};
 
+use super::jwks::{Jwks, JwksError};
 use crate::{domain::UserId, http::ApiError, secret::Secret};
 
 /// How a JWT is validated. At least one key is present when a role needs authentication.
@@ -15,6 +17,9 @@ use crate::{domain::UserId, http::ApiError, secret::Secret};
 pub struct JwtSettings {
     pub secret: Option<Secret>,
     pub public_key: Option<std::path::PathBuf>,
+    /// The identity provider's key set, and how often it is fetched again.
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Duration,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway: Duration,
@@ -36,6 +41,10 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The token may be good, but the keys to check it cannot be fetched: a 503, not a 401,
+    /// so a client retries instead of signing its user out.
+    #[error("{0}")]
+    KeysUnavailable(String),
 }
 
 impl AuthError {
@@ -46,6 +55,24 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing bearer token".into(),
             AuthError::Invalid(_) => "invalid or expired token".into(),
+            AuthError::KeysUnavailable(_) => "the keys that sign tokens cannot be fetched now, retry later".into(),
+        }
+    }
+
+    /// The HTTP API's answer.
+    pub fn into_api_error(self) -> ApiError {
+        match self {
+            AuthError::KeysUnavailable(_) => ApiError::Unavailable(self.public_detail()),
+            _ => ApiError::Unauthorized(self.public_detail()),
+        }
+    }
+}
+
+impl From<JwksError> for AuthError {
+    fn from(e: JwksError) -> Self {
+        match e {
+            JwksError::UnknownKey(..) => AuthError::Invalid(e.to_string()),
+            JwksError::Unavailable(_) => AuthError::KeysUnavailable(e.to_string()),
         }
     }
 }
@@ -62,6 +89,7 @@ struct Claims {
 pub struct Authenticator {
     hs256: Option<(DecodingKey, EncodingKey)>,
     public: Option<(DecodingKey, Algorithm)>,
+    jwks: Option<Arc<Jwks>>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
@@ -70,12 +98,15 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn from_settings(jwt: &JwtSettings, dev_auth: bool) -> anyhow::Result<Self> {
-        let mut hs256 =
-            jwt.secret.as_ref().map(|s| (DecodingKey::from_secret(s.expose().as_bytes()), EncodingKey::from_secret(s.expose().as_bytes())));
+        let hmac = |secret: &[u8]| -> anyhow::Result<(DecodingKey, EncodingKey)> {
+            let invalid = |e| anyhow::anyhow!("--jwt-secret cannot be used as an HS256 key: {e}");
+            Ok((DecodingKey::from_secret(secret).map_err(invalid)?, EncodingKey::from_secret(secret).map_err(invalid)?))
+        };
+        let mut hs256 = jwt.secret.as_ref().map(|s| hmac(s.expose().as_bytes())).transpose()?;
         if hs256.is_none() && dev_auth {
             // Dev tokens without a configured secret: a random per-process key, so they cannot outlive the process.
             let secret: [u8; 32] = rand::random();
-            hs256 = Some((DecodingKey::from_secret(&secret), EncodingKey::from_secret(&secret)));
+            hs256 = Some(hmac(&secret)?);
         }
         let public = match &jwt.public_key {
             None => None,
@@ -95,27 +126,43 @@ impl Authenticator {
                 "DEV SIGN-IN IS ON (--dev-auth): anyone who reaches POST /api/dev/token can act as any user; never run it where others can connect"
             );
         }
-        if public.is_some() && jwt.audience.is_none() {
+        let jwks = jwt.jwks_url.as_deref().map(|url| Jwks::new(url, jwt.jwks_refresh)).transpose()?;
+        if (public.is_some() || jwks.is_some()) && jwt.audience.is_none() {
             // An identity provider signs tokens for many applications with one key.
             tracing::warn!(
-                "--jwt-public-key is set without --jwt-audience: tokens the identity provider issued for any other application are accepted; set the audience"
+                "--jwt-public-key or --jwt-jwks-url is set without --jwt-audience: tokens the identity provider issued for any other application are accepted; set the audience"
             );
         }
-        Ok(Self { hs256, public, issuer: jwt.issuer.clone(), audience: jwt.audience.clone(), leeway: jwt.leeway, dev_auth })
+        Ok(Self { hs256, public, jwks, issuer: jwt.issuer.clone(), audience: jwt.audience.clone(), leeway: jwt.leeway, dev_auth })
     }
 
     pub fn dev_auth(&self) -> bool {
         self.dev_auth
     }
 
-    /// Validates a compact JWT and returns the caller named by its `sub`.
-    pub fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
-        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let key = match header.alg {
-            Algorithm::HS256 => self.hs256.as_ref().map(|(d, _)| d),
-            alg => self.public.as_ref().filter(|(_, a)| *a == alg).map(|(d, _)| d),
+    /// Fetches the JWKS, if one is configured, so the first request does not wait for it. A
+    /// provider that cannot be reached is not fatal: requests answer 503 until it can.
+    pub async fn warm(&self) {
+        if let Some(jwks) = &self.jwks {
+            match jwks.warm().await {
+                Ok(keys) => tracing::info!(keys, "signing keys fetched from --jwt-jwks-url"),
+                Err(e) => tracing::error!(error = %e, "cannot fetch the signing keys; tokens are refused with 503 until they can be"),
+            }
         }
-        .ok_or_else(|| AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;
+    }
+
+    /// Validates a compact JWT and returns the caller named by its `sub`.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let fixed = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref().map(|(d, _)| d.clone()),
+            alg => self.public.as_ref().filter(|(_, a)| *a == alg).map(|(d, _)| d.clone()),
+        };
+        let key = match (fixed, &self.jwks) {
+            (Some(key), _) => key,
+            (None, Some(jwks)) if header.alg != Algorithm::HS256 => jwks.key(header.kid.as_deref(), header.alg).await?,
+            _ => return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg))),
+        };
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
@@ -135,7 +182,7 @@ impl Authenticator {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        let data = decode::<Claims>(token, key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let data = decode::<Claims>(token, &key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let user_id = UserId::parse(&data.claims.sub).map_err(AuthError::Invalid)?;
         Ok(Caller { user_id, expires_at: data.claims.exp.saturating_add(self.leeway.as_secs()) })
     }
@@ -179,16 +226,15 @@ impl Authenticator {
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, ApiError>>;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(authenticate_request(req))
+        let auth = req.app_data::<web::Data<Authenticator>>().cloned();
+        let token = Authenticator::token_from_header(req.headers());
+        Box::pin(async move {
+            let auth = auth.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no authenticator configured")))?;
+            let token = token.ok_or_else(|| ApiError::Unauthorized(AuthError::Missing.to_string()))?;
+            auth.authenticate(&token).await.map_err(AuthError::into_api_error)
+        })
     }
-}
-
-fn authenticate_request(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let auth =
-        req.app_data::<web::Data<Authenticator>>().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no authenticator configured")))?;
-    let token = Authenticator::token_from_header(req.headers()).ok_or_else(|| ApiError::Unauthorized(AuthError::Missing.to_string()))?;
-    auth.authenticate(&token).map_err(|e| ApiError::Unauthorized(e.public_detail()))
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod body_deadline;
+pub mod jwks;
 pub mod middleware;
 pub mod problem;
 pub mod rate_limit;

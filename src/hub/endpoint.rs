@@ -48,10 +48,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, path: &str, endpoint: web::Data<H
     .service(web::resource(format!("{path}/negotiate")).app_data(endpoint).route(web::post().to(negotiate)));
 }
 
-/// The caller, or the 401 problem (its detail) to answer with.
-fn authenticate(headers: &HeaderMap, query: &str, auth: &Authenticator) -> Result<Caller, String> {
-    let token = Authenticator::token_for_hub(headers, query).ok_or_else(|| AuthError::Missing.public_detail())?;
-    auth.authenticate(&token).map_err(|e| e.public_detail())
+/// The caller, or the problem to answer with: 401, or 503 when the signing keys cannot be fetched.
+async fn authenticate(headers: &HeaderMap, query: &str, auth: &Authenticator) -> Result<Caller, Problem> {
+    let token = Authenticator::token_for_hub(headers, query).ok_or_else(|| unauthorized(&AuthError::Missing.public_detail()))?;
+    auth.authenticate(&token).await.map_err(|e| match e {
+        AuthError::KeysUnavailable(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.public_detail()).with_retry_after(5),
+        _ => unauthorized(&e.public_detail()),
+    })
 }
 
 /// A connection's place in the process's limits, or the answer that refuses it: 503 sends the
@@ -78,13 +81,12 @@ fn draining() -> Problem {
 }
 
 /// Whether a connection may open: (connection id, caller), or the answer that refuses it.
-fn admit(ep: &HubEndpoint, headers: &HeaderMap, query: &str) -> Result<(String, Caller), Problem> {
+async fn admit(ep: &HubEndpoint, headers: &HeaderMap, query: &str) -> Result<(String, Caller), Problem> {
     if ep.shutdown.is_draining() {
         return Err(draining());
     }
-    let caller = authenticate(headers, query, &ep.auth).map_err(|why| {
+    let caller = authenticate(headers, query, &ep.auth).await.inspect_err(|_| {
         metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
-        unauthorized(&why)
     })?;
     let query = web::Query::<HashMap<String, String>>::from_query(query).map(|q| q.into_inner()).unwrap_or_default();
     let connection_id = match query.get("id") {
@@ -99,7 +101,7 @@ fn admit(ep: &HubEndpoint, headers: &HeaderMap, query: &str) -> Result<(String, 
 }
 
 async fn not_an_upgrade(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse {
-    match admit(&ep, req.headers(), req.query_string()) {
+    match admit(&ep, req.headers(), req.query_string()).await {
         Err(problem) => problem.response(),
         Ok(_) => Problem::new(StatusCode::BAD_REQUEST, "a websocket upgrade is expected here").response(),
     }
@@ -127,6 +129,7 @@ async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Opti
     let started = Instant::now();
     let head = req.head();
     let answer = admit(&ep, &head.headers, req.uri().query().unwrap_or_default())
+        .await
         .and_then(|(id, caller)| Ok((id, caller.expires_at, reserve(&ep, caller.user_id.as_str())?)))
         .and_then(|admitted| match actix_http::ws::handshake(head) {
             Ok(mut switching) => Ok((admitted, switching.finish().drop_body())),
@@ -158,9 +161,9 @@ async fn negotiate(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse
     if ep.shutdown.is_draining() {
         return draining().response();
     }
-    let caller = match authenticate(req.headers(), req.query_string(), &ep.auth) {
+    let caller = match authenticate(req.headers(), req.query_string(), &ep.auth).await {
         Ok(c) => c,
-        Err(why) => return unauthorized(&why).response(),
+        Err(problem) => return problem.response(),
     };
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).map(|q| q.into_inner()).unwrap_or_default();
     let requested = query.iter().find(|(k, _)| k.eq_ignore_ascii_case("negotiateVersion")).map(|(_, v)| v.as_str());

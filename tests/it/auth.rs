@@ -21,7 +21,7 @@ async fn bad_tokens_are_refused_with_401() {
     let user = unique_user("mallory");
     let claims = json!({ "sub": user, "exp": now() + 3600 });
     let wrong_secret =
-        jsonwebtoken::encode(&Default::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret")).unwrap();
+        jsonwebtoken::encode(&Default::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret").unwrap()).unwrap();
     let alg_none = format!("{}.{}.", b64(&json!({ "alg": "none", "typ": "JWT" })), b64(&claims));
     let expired = app.token_with(json!({ "sub": user, "exp": now() - 3600 }));
     let not_yet = app.token_with(json!({ "sub": user, "exp": now() + 7200, "nbf": now() + 3600 }));
@@ -98,7 +98,8 @@ async fn an_hs256_token_is_refused_when_only_a_public_key_is_configured() {
     .await;
     let claims = json!({ "sub": "alice", "exp": now() + 3600 });
     let confused =
-        jsonwebtoken::encode(&Default::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(EC_PUBLIC_PEM.as_bytes())).unwrap();
+        jsonwebtoken::encode(&Default::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(EC_PUBLIC_PEM.as_bytes()).unwrap())
+            .unwrap();
     assert_eq!(app.post_order(&confused, body(), None).await.status(), 401);
     let es256 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
@@ -139,7 +140,7 @@ async fn an_rs256_public_key_accepts_its_own_tokens_with_the_audience_and_nothin
     let confused = jsonwebtoken::encode(
         &Default::default(),
         &json!({ "sub": user, "exp": now() + 3600, "aud": "contoso-shop" }),
-        &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+        &jsonwebtoken::EncodingKey::from_secret(&public_pem).unwrap(),
     )
     .unwrap();
     assert_eq!(app.post_order(&confused, body(), None).await.status(), 401, "HS256 signed with the public key");

@@ -227,7 +227,7 @@ fn token(secret: &str, user: &str) -> String {
     jsonwebtoken::encode(
         &Default::default(),
         &json!({ "sub": user, "exp": app::now() + 600 }),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
     )
     .unwrap()
 }

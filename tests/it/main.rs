@@ -9,6 +9,7 @@ mod conformance;
 mod embedded;
 mod hub;
 mod hub_bounds;
+mod jwks;
 mod lifecycle;
 #[cfg(feature = "loadgen")] // the binary under test exists only with this feature (`make test` sets it)
 mod loadgen;

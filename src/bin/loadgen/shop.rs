@@ -12,7 +12,7 @@ pub struct Minter {
 
 impl Minter {
     pub fn new(secret: &str) -> Self {
-        Self { key: EncodingKey::from_secret(secret.as_bytes()), exp: chrono::Utc::now().timestamp() + 7200 }
+        Self { key: EncodingKey::from_secret(secret.as_bytes()).expect("an HS256 key"), exp: chrono::Utc::now().timestamp() + 7200 }
     }
 
     pub fn token(&self, sub: &str) -> anyhow::Result<String> {

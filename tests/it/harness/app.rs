@@ -164,7 +164,7 @@ impl TestApp {
     }
 
     pub fn token_with(&self, claims: Value) -> String {
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(self.secret.as_bytes())).unwrap()
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(self.secret.as_bytes()).unwrap()).unwrap()
     }
 
     pub async fn post_order(&self, token: &str, body: Value, key: Option<&str>) -> reqwest::Response {
