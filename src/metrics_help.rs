@@ -28,6 +28,10 @@ const HELP: &[(&str, &str)] = &[
     (app::CONSUMER_BATCH_SIZE, "Deliveries handled together."),
     (app::ORDER_BATCH_SIZE, "New orders written in one transaction."),
     (hub::CONNECTIONS, "Open hub connections, by hub protocol."),
+    (
+        hub::NOTIFICATION_LATENCY,
+        "Seconds from an order's acceptance to its notification written to a tab's socket, per tab (the SLO's metric).",
+    ),
     (hub::CONNECTS, "Hub connections opened (handshake done), by hub protocol."),
     (hub::DISCONNECTS, "Hub connections closed, by reason."),
     (hub::HANDSHAKE_FAILURES, "Failed SignalR handshakes and refused WebSocket upgrades."),

@@ -88,12 +88,20 @@ pub enum Target<'a> {
     Connection(&'a str),
 }
 
-/// The ASP.NET invocation envelope: `[excludedConnectionIds, {protocolName: bin(framed bytes)}]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The ASP.NET invocation envelope: `[excludedConnectionIds, {protocolName: bin(framed bytes)}]`,
+/// with a third item of our own when there is something to add: `{"originMs": <unix ms>}`.
+/// ASP.NET reads at least two items and takes the third and fourth only when there are four
+/// (client results), so its nodes read ours as they read their own.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Envelope {
     pub excluded: Vec<String>,
     pub payloads: Vec<(String, Bytes)>,
+    /// When the story of the message began (for contoso, the order's acceptance), in unix
+    /// milliseconds; 0 when unknown. Each process measures its deliveries against it.
+    pub origin_ms: u64,
 }
+
+const ORIGIN_MS: &str = "originMs";
 
 impl Envelope {
     /// The framed bytes for the hub protocol called `protocol`, ready to write to a socket as they are.
@@ -103,7 +111,7 @@ impl Envelope {
 
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(16 + self.payloads.iter().map(|(n, b)| n.len() + b.len() + 8).sum::<usize>());
-        rmp::encode::write_array_len(&mut out, 2).expect("vec");
+        rmp::encode::write_array_len(&mut out, if self.origin_ms > 0 { 3 } else { 2 }).expect("vec");
         rmp::encode::write_array_len(&mut out, self.excluded.len() as u32).expect("vec");
         for id in &self.excluded {
             rmp::encode::write_str(&mut out, id).expect("vec");
@@ -113,10 +121,16 @@ impl Envelope {
             rmp::encode::write_str(&mut out, name).expect("vec");
             rmp::encode::write_bin(&mut out, bytes).expect("vec");
         }
+        if self.origin_ms > 0 {
+            rmp::encode::write_map_len(&mut out, 1).expect("vec");
+            rmp::encode::write_str(&mut out, ORIGIN_MS).expect("vec");
+            rmp::encode::write_uint(&mut out, self.origin_ms).expect("vec");
+        }
         Bytes::from(out)
     }
 
-    /// Reads an envelope; items past the second (client-result fields) are ignored, as ASP.NET does.
+    /// Reads an envelope. A third item that is a map is ours; other items past the second
+    /// (ASP.NET's client-result fields) are ignored, as ASP.NET does.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let value = rmpv::decode::read_value_with_max_depth(&mut &bytes[..], 8).map_err(|e| e.to_string())?;
         let rmpv::Value::Array(items) = value else { return Err("envelope is not an array".into()) };
@@ -134,7 +148,13 @@ impl Envelope {
                 _ => Err("payload entry is not str -> bin".to_owned()),
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { excluded, payloads })
+        let origin_ms = match items.get(2) {
+            Some(rmpv::Value::Map(extra)) => {
+                extra.iter().find(|(k, _)| k.as_str() == Some(ORIGIN_MS)).and_then(|(_, v)| v.as_u64()).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        Ok(Self { excluded, payloads, origin_ms })
     }
 }
 

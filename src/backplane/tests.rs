@@ -15,6 +15,7 @@ fn envelope_without_exclusions_matches_the_aspnet_vector() {
     let env = Envelope {
         excluded: vec![],
         payloads: vec![("p1".into(), Bytes::from_static(&[0x2A])), ("p2".into(), Bytes::from_static(&[0x2A]))],
+        ..Default::default()
     };
     assert_eq!(env.encode().to_vec(), hex("92 90 82 A2 70 31 C4 01 2A A2 70 32 C4 01 2A"));
     assert_eq!(Envelope::decode(&hex("92 90 82 A2 70 31 C4 01 2A A2 70 32 C4 01 2A")).unwrap(), env);
@@ -25,6 +26,7 @@ fn envelope_with_one_exclusion_matches_the_aspnet_vector() {
     let env = Envelope {
         excluded: vec!["a".into()],
         payloads: vec![("p1".into(), Bytes::from_static(&[0x2A])), ("p2".into(), Bytes::from_static(&[0x2A]))],
+        ..Default::default()
     };
     assert_eq!(env.encode().to_vec(), hex("92 91 A1 61 82 A2 70 31 C4 01 2A A2 70 32 C4 01 2A"));
 }
@@ -34,7 +36,7 @@ fn a_send_to_all_with_json_and_messagepack_is_byte_exact() {
     // The worked example of §8.4: Clients.All.SendAsync("ReceiveMessage", "hi").
     let msg = HubMessage::push("ReceiveMessage", vec![json!("hi")]);
     let env =
-        Envelope { excluded: vec![], payloads: Protocol::ALL.iter().map(|p| (p.name().to_owned(), p.encode_to_bytes(&msg))).collect() };
+        Envelope { payloads: Protocol::ALL.iter().map(|p| (p.name().to_owned(), p.encode_to_bytes(&msg))).collect(), ..Default::default() };
     let mut expected = hex("92 90 82 A4");
     expected.extend_from_slice(b"json");
     expected.extend_from_slice(&hex("C4 38"));
@@ -50,10 +52,27 @@ fn a_send_to_all_with_json_and_messagepack_is_byte_exact() {
 }
 
 #[test]
+fn an_origin_time_is_a_third_item_that_aspnet_reads_past() {
+    let env = Envelope { payloads: vec![("p1".into(), Bytes::from_static(&[0x2A]))], origin_ms: 1_764_633_600_123, ..Default::default() };
+    let bytes = env.encode().to_vec();
+    // [ [], {p1: bin}, {originMs: uint64} ]: three items, so an ASP.NET node (which takes
+    // items three and four only when there are four) reads the first two as its own.
+    let mut expected = hex("93 90 81 A2 70 31 C4 01 2A 81 A8");
+    expected.extend_from_slice(b"originMs");
+    expected.push(0xCF);
+    expected.extend_from_slice(&1_764_633_600_123u64.to_be_bytes());
+    assert_eq!(bytes, expected);
+    assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    // ASP.NET's own two-item envelope has no origin.
+    assert_eq!(Envelope::decode(&hex("92 90 81 A2 70 31 C4 01 2A")).unwrap().origin_ms, 0);
+}
+
+#[test]
 fn client_result_fields_are_ignored_and_bad_envelopes_refused() {
     // A 4-item envelope (client results: invocation id and return channel) still reads.
     let four = hex("94 90 81 A2 70 31 C4 01 2A A1 69 A1 72");
     assert_eq!(Envelope::decode(&four).unwrap().payloads.len(), 1);
+    assert_eq!(Envelope::decode(&four).unwrap().origin_ms, 0, "an invocation id is not an origin");
     assert!(Envelope::decode(&hex("91 90")).is_err());
     assert!(Envelope::decode(&hex("92 90 81 A2 70 31 A1 2A")).is_err(), "payloads must be bin, not str");
     assert!(Envelope::decode(b"garbage").is_err());
@@ -79,10 +98,12 @@ mod properties {
         (
             prop::collection::vec("[A-Za-z0-9_-]{1,22}", 0..3),
             prop::collection::btree_map("[a-z]{1,12}", prop::collection::vec(any::<u8>(), 0..64), 0..3),
+            prop_oneof![Just(0u64), any::<u64>()],
         )
-            .prop_map(|(excluded, payloads)| Envelope {
+            .prop_map(|(excluded, payloads, origin_ms)| Envelope {
                 excluded,
                 payloads: payloads.into_iter().map(|(name, bytes)| (name, Bytes::from(bytes))).collect(),
+                origin_ms,
             })
     }
 

@@ -90,7 +90,7 @@ fn role_all_falls_back_to_the_embedded_services() {
     let err = Settings::try_from_args(["contoso", "--role", "all"]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "missing --jwt-secret or --jwt-public-key (CONTOSO_JWT_SECRET or CONTOSO_JWT_PUBLIC_KEY), required by role all"
+        "missing --jwt-secret, --jwt-public-key or --jwt-jwks-url (CONTOSO_JWT_SECRET, CONTOSO_JWT_PUBLIC_KEY or CONTOSO_JWT_JWKS_URL), required by role all"
     );
 }
 

@@ -71,6 +71,13 @@ impl CorrelationId {
     pub fn parse(raw: &str) -> Result<Self, String> {
         Uuid::parse_str(raw).map(Self).map_err(|_| format!("'{raw}' is not a correlation id"))
     }
+
+    /// When the order was accepted: a UUIDv7 carries its creation time in milliseconds, and
+    /// the id is made when the order is written. `None` for an id of another version.
+    pub fn accepted_at(&self) -> Option<std::time::SystemTime> {
+        let (secs, nanos) = self.0.get_timestamp()?.to_unix();
+        Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+    }
 }
 
 impl Default for CorrelationId {
@@ -141,6 +148,14 @@ impl IdempotencyKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_correlation_id_tells_when_its_order_was_accepted() {
+        let before = std::time::SystemTime::now() - std::time::Duration::from_millis(1);
+        let at = CorrelationId::new().accepted_at().unwrap();
+        assert!(at >= before && at <= std::time::SystemTime::now(), "{at:?}");
+        assert_eq!(CorrelationId(Uuid::new_v4()).accepted_at(), None, "a v4 id carries no time");
+    }
 
     #[test]
     fn order_number_is_zero_padded_to_six_digits() {

@@ -36,11 +36,25 @@ struct Inner {
     outbox: Mutex<Outbox>,
 }
 
+/// Framed bytes waiting to be written, and when their story began (unix ms, 0 when unknown):
+/// the socket loop measures the latency of what it writes against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub bytes: Bytes,
+    pub origin_ms: u64,
+}
+
+impl From<Bytes> for Frame {
+    fn from(bytes: Bytes) -> Self {
+        Self { bytes, origin_ms: 0 }
+    }
+}
+
 /// What waits to be written, and the socket loop's waker (one lock for both, so a push never
 /// misses a loop that is just going to sleep).
 #[derive(Default)]
 struct Outbox {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Frame>,
     /// Replies to this connection's own invocations, not counted against `capacity`: the loop
     /// reads no more input while it has unwritten bytes, so they are bounded by what one
     /// invocation answers.
@@ -52,9 +66,9 @@ struct Outbox {
 /// What the socket loop finds when it looks at the outbox.
 pub enum Outgoing {
     /// Bytes to write, in order; more may follow.
-    Bytes(Vec<Bytes>),
+    Bytes(Vec<Frame>),
     /// The connection must end: what was queued before the request, then the Close record.
-    Close(Vec<Bytes>, CloseRequest),
+    Close(Vec<Frame>, CloseRequest),
 }
 
 impl ConnectionHandle {
@@ -87,7 +101,7 @@ impl ConnectionHandle {
 
     /// Queues framed bytes without waiting. A full queue means the client stopped reading:
     /// the connection is closed (the client may reconnect and replay what it missed).
-    pub fn try_send(&self, bytes: Bytes) -> bool {
+    pub fn try_send(&self, frame: impl Into<Frame>) -> bool {
         let mut outbox = self.outbox();
         if outbox.close.is_some() {
             return false;
@@ -102,7 +116,7 @@ impl ConnectionHandle {
             });
             return false;
         }
-        outbox.queue.push_back(bytes);
+        outbox.queue.push_back(frame.into());
         wake(&mut outbox);
         true
     }
@@ -114,7 +128,7 @@ impl ConnectionHandle {
         if outbox.close.is_some() {
             return false;
         }
-        outbox.queue.push_back(bytes);
+        outbox.queue.push_back(bytes.into());
         outbox.replies += 1;
         wake(&mut outbox);
         true
@@ -196,7 +210,7 @@ mod tests {
         assert!(c.try_send(Bytes::from_static(b"a")));
         assert!(c.try_send(Bytes::from_static(b"b")));
         match poll(&c) {
-            Poll::Ready(Outgoing::Bytes(b)) => assert_eq!(b, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]),
+            Poll::Ready(Outgoing::Bytes(b)) => assert_eq!(b, vec![Frame::from(Bytes::from_static(b"a")), Bytes::from_static(b"b").into()]),
             _ => panic!("expected bytes"),
         }
         assert!(matches!(poll(&c), Poll::Pending));

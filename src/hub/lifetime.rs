@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{
-    connection::{CloseRequest, ConnectionHandle},
+    connection::{CloseRequest, ConnectionHandle, Frame},
     metrics_names as m,
     protocol::{HubMessage, Protocol},
 };
@@ -134,9 +134,17 @@ impl HubLifetime {
     }
 
     /// Sends `target(arguments)` to every connection of `user_id`, on every process.
-    /// Serialises once per protocol; receivers write the stored bytes as they are.
-    pub async fn send_user(&self, user_id: &str, target: &str, arguments: Vec<Value>) -> Result<(), BackplaneError> {
-        let envelope = envelope(&HubMessage::push(target, arguments));
+    /// Serialises once per protocol; receivers write the stored bytes as they are. `origin`:
+    /// when the message's story began, if known; every write of it is measured against it.
+    pub async fn send_user(
+        &self,
+        user_id: &str,
+        target: &str,
+        arguments: Vec<Value>,
+        origin: Option<std::time::SystemTime>,
+    ) -> Result<(), BackplaneError> {
+        let mut envelope = envelope(&HubMessage::push(target, arguments));
+        envelope.origin_ms = origin.and_then(|o| o.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
         self.backplane.publish(&self.channels.user(user_id), envelope.encode()).await?;
         metrics::counter!(m::BACKPLANE_PUBLISHED).increment(1);
         Ok(())
@@ -159,7 +167,7 @@ impl HubLifetime {
             }
             match envelope.payload(conn.protocol().name()) {
                 Some(bytes) => {
-                    if conn.try_send(bytes.clone()) {
+                    if conn.try_send(Frame { bytes: bytes.clone(), origin_ms: envelope.origin_ms }) {
                         metrics::counter!(m::MESSAGES_OUT).increment(1);
                     }
                 }
@@ -235,8 +243,8 @@ impl HubLifetime {
 /// The envelope of one message in every protocol this server speaks.
 pub fn envelope(msg: &HubMessage) -> Envelope {
     Envelope {
-        excluded: Vec::new(),
         payloads: Protocol::ALL.iter().map(|p| (p.name().to_owned(), p.encode_to_bytes(msg))).collect::<Vec<(String, Bytes)>>(),
+        ..Default::default()
     }
 }
 

@@ -34,6 +34,8 @@ pub mod metrics_names {
     pub const INVOCATION_DURATION: &str = "contoso_hub_invocation_duration_seconds";
     pub const BACKPLANE_PUBLISHED: &str = "contoso_backplane_messages_published_total";
     pub const BACKPLANE_RECEIVED: &str = "contoso_backplane_messages_received_total";
+    /// From a message's origin (for contoso, the order's acceptance) to its write to a socket.
+    pub const NOTIFICATION_LATENCY: &str = "contoso_notification_latency_seconds";
 }
 
 /// Timeouts and limits of the hub (ASP.NET Core's defaults unless configured).

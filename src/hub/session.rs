@@ -19,7 +19,7 @@ use tokio::{
 
 use super::{
     Caller, CloseRequest, ConnectionHandle, HubContext, HubError,
-    connection::Outgoing,
+    connection::{Frame, Outgoing},
     limits::Slot,
     metrics_names as m,
     protocol::{Completion, HANDSHAKE_OK, HandshakeError, HubMessage, Protocol, ProtocolError, parse_handshake},
@@ -145,7 +145,7 @@ async fn handshake(
 /// How the loop ended: the client left, or the server closes (what was still queued, and why).
 enum End {
     Gone,
-    Close(Vec<Bytes>, CloseRequest),
+    Close(Vec<Frame>, CloseRequest),
 }
 
 struct Live<'a> {
@@ -256,26 +256,27 @@ impl Live<'_> {
     }
 
     /// Writes queued records, batched into messages of up to `MAX_BATCH` that end on a record boundary.
-    fn write_batches(&mut self, queued: &[Bytes]) -> std::io::Result<()> {
+    fn write_batches(&mut self, queued: &[Frame]) -> std::io::Result<()> {
         let binary = self.conn.protocol().is_binary();
         let mut rest = queued;
         while let Some(first) = rest.first() {
             let mut take = 1;
-            let mut len = first.len();
-            while take < rest.len() && len + rest[take].len() <= MAX_BATCH {
-                len += rest[take].len();
+            let mut len = first.bytes.len();
+            while take < rest.len() && len + rest[take].bytes.len() <= MAX_BATCH {
+                len += rest[take].bytes.len();
                 take += 1;
             }
             if take == 1 {
-                self.ws.write_data(first, binary)?;
+                self.ws.write_data(&first.bytes, binary)?;
             } else {
                 let mut batch = BytesMut::with_capacity(len);
-                rest[..take].iter().for_each(|b| batch.extend_from_slice(b));
+                rest[..take].iter().for_each(|f| batch.extend_from_slice(&f.bytes));
                 self.ws.write_data(&batch, binary)?;
             }
             rest = &rest[take..];
         }
         self.last_write = Instant::now();
+        record_latency(queued);
         Ok(())
     }
 
@@ -323,11 +324,12 @@ impl Live<'_> {
 
     /// Writes what was queued before the close and the Close record, then the WebSocket Close
     /// frame; bounded, because a client that stopped reading cannot take these either.
-    async fn finish(&mut self, queued: Vec<Bytes>, request: Option<&CloseRequest>) {
+    async fn finish(&mut self, queued: Vec<Frame>, request: Option<&CloseRequest>) {
         let protocol = self.conn.protocol();
-        let mut tail = Vec::from_iter(queued);
+        let mut tail = queued;
         if let Some(req) = request {
-            tail.push(protocol.encode_to_bytes(&HubMessage::Close { error: req.error.clone(), allow_reconnect: req.allow_reconnect }));
+            let close = HubMessage::Close { error: req.error.clone(), allow_reconnect: req.allow_reconnect };
+            tail.push(protocol.encode_to_bytes(&close).into());
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             poll_fn(|cx| self.ws.poll_flush(cx)).await?;
@@ -337,6 +339,19 @@ impl Live<'_> {
         })
         .await;
     }
+}
+
+/// The end-to-end latency of what was just written (handed to the kernel, or to the write
+/// buffer while the kernel refuses bytes), measured from each frame's origin. Another
+/// process's clock set the origin: a frame that seems to come from the future counts as 0.
+fn record_latency(written: &[Frame]) {
+    let mut origins = written.iter().map(|f| f.origin_ms).filter(|o| *o > 0).peekable();
+    if origins.peek().is_none() {
+        return;
+    }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let histogram = metrics::histogram!(super::metrics_names::NOTIFICATION_LATENCY);
+    origins.for_each(|origin| histogram.record(now_ms.saturating_sub(origin) as f64 / 1e3));
 }
 
 /// A Close the client may answer by reconnecting.

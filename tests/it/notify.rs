@@ -63,3 +63,42 @@ async fn a_batch_with_poison_and_a_forgotten_user_settles_each_delivery_by_its_o
     }
     app.stop().await;
 }
+
+/// The sum and count of the end-to-end latency histogram on the app's metrics page.
+async fn latency_sum_and_count(app: &crate::harness::TestApp) -> (f64, f64) {
+    let page = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| page.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+    (value("contoso_notification_latency_seconds_sum "), value("contoso_notification_latency_seconds_count "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_write_to_a_tab_is_measured_from_the_orders_acceptance() {
+    let app = spawn_app(AppOptions { roles: Some("accept,process,notify"), ..Default::default() }).await;
+    let bus = BusObserver::start(&app.bus_prefix).await;
+    let user = unique_user("latency");
+    let token = app.token(&user);
+    let tabs = [
+        connect(&format!("ws://127.0.0.1:{}/hubs/order-status", app.port), &token).await,
+        connect(&format!("ws://127.0.0.1:{}/hubs/order-status", app.port), &token).await,
+    ];
+    // An order accepted 40 s ago (its UUIDv7 id says when), whose outcome arrives now.
+    let accepted = uuid::Timestamp::from_unix(uuid::NoContext, crate::harness::app::now() - 40, 0);
+    let id = uuid::Uuid::new_v7(accepted);
+    let mut redis = redis::Client::open(env::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg(format!("order:map:{id}")).arg(&user).arg("EX").arg(600).query_async(&mut redis).await.unwrap();
+    let (sum_before, count_before) = latency_sum_and_count(&app).await;
+    let event = json!({ "eventId": uuid::Uuid::now_v7(), "type": "order.processed", "correlationId": id, "orderId": "CS-7", "occurredAt": "2026-01-01T00:00:00Z" });
+    bus.publish("order.processed", event.to_string().as_bytes(), None).await;
+    for mut tab in tabs {
+        completed(&mut tab, &id.to_string()).await;
+    }
+    // Other tests in this process add small latencies of their own, never a 40 s one.
+    let (sum, count) = eventually(Duration::from_secs(5), "both writes measured", || async {
+        let (sum, count) = latency_sum_and_count(&app).await;
+        (sum - sum_before >= 80.0).then_some((sum, count))
+    })
+    .await;
+    assert!(count - count_before >= 2.0, "one observation per tab");
+    assert!(sum - sum_before < 80.0 + 30.0, "about 40 s per tab: {}", sum - sum_before);
+    app.stop().await;
+}

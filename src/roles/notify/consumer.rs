@@ -103,7 +103,9 @@ impl Notifier {
                 return results;
             }
         };
-        let sends = ready.iter().zip(&logged).map(|((p, user), l)| self.lifetime.send_user(user.as_str(), p.target, vec![l.argument()]));
+        let sends = ready.iter().zip(&logged).map(|((p, user), l)| {
+            self.lifetime.send_user(user.as_str(), p.target, vec![l.argument()], p.event.correlation_id.accepted_at())
+        });
         for (((p, _), sent), l) in ready.iter().zip(join_all(sends).await).zip(&logged) {
             match sent {
                 Ok(()) => tracing::debug!(correlation_id = %p.event.correlation_id, notification_id = %l.id, "notification sent"),
