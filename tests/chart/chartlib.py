@@ -254,3 +254,15 @@ def flags_in_config_rs() -> set[str]:
     text = CONFIG_RS.read_text()
     fields = re.findall(r"#\[arg\(long[^\]]*\)\]\s*(?:#\[[^\]]*\]\s*)*pub (\w+): Option<", text)
     return {"--" + f.replace("_", "-") for f in fields}
+
+
+def refused_by_schema(values: dict) -> None:
+    """The values schema refuses `values`: at validation, at render, and in helm lint."""
+    import pytest
+
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(values)
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values, name="contoso", namespace=NAMESPACE)
+    assert helm.lint(CHART, values, strict=True)["errors"], "helm lint reports it too"

@@ -522,6 +522,36 @@ def test_jwt_public_key_needs_no_audience_in_a_process_only_release():
     assert set(render(values, release="contoso-process").by_role("Deployment")) == {"process"}
 
 
+JWKS = "https://login.example.com/.well-known/jwks.json"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"config": {"CONTOSO_JWT_JWKS_URL": JWKS}},
+        {"roles": {"notify": {"config": {"CONTOSO_JWT_JWKS_URL": JWKS}}}},
+    ],
+    ids=["shared", "one-role"],
+)
+def test_a_jwks_url_without_an_audience_fails(values):
+    """A JWKS is an identity provider's too: the same rule as jwtPublicKey."""
+    with pytest.raises(helm.HelmError, match=r"CONTOSO_JWT_JWKS_URL is set but config\.CONTOSO_JWT_AUDIENCE"):
+        render(values)
+
+
+def test_a_jwks_url_with_an_audience_reaches_accept_and_notify():
+    rendered = render({"config": {"CONTOSO_JWT_JWKS_URL": JWKS, "CONTOSO_JWT_AUDIENCE": "contoso-shop", "CONTOSO_JWT_JWKS_REFRESH_SECS": 120}})
+    for role in ("accept", "notify"):
+        env = pod_env(rendered, rendered.by_role("Deployment")[role])
+        assert env["CONTOSO_JWT_JWKS_URL"] == JWKS and env["CONTOSO_JWT_JWKS_REFRESH_SECS"] == "120", role
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "login.example.com/jwks.json"])
+def test_a_jwks_url_that_is_not_http_is_refused_by_the_schema(url):
+    with pytest.raises(helm.HelmError):
+        render({"config": {"CONTOSO_JWT_JWKS_URL": url, "CONTOSO_JWT_AUDIENCE": "contoso-shop"}})
+
+
 HUB_BOUNDS = {
     "CONTOSO_MAX_CONNECTIONS": 20000,
     "CONTOSO_MAX_CONNECTIONS_PER_USER": 8,
@@ -751,6 +781,9 @@ def test_prometheus_rule_alerts():
         "ContosoEventsDeadLettered": "contoso_events_dead_lettered_total",
         "ContosoOutboxBacklog": "contoso_outbox_backlog",
         "ContosoHubHandshakeFailures": "contoso_hub_handshake_failures_total",
+        "ContosoHttpErrors": "contoso_http_requests_total",
+        "ContosoHttpLatency": "contoso_http_request_duration_seconds_bucket",
+        "ContosoNotificationLatency": "contoso_notification_latency_seconds_bucket",
     }
     assert set(alerts) == set(expected)
     for name, metric in expected.items():
@@ -760,6 +793,7 @@ def test_prometheus_rule_alerts():
         assert f'namespace="{chartlib.NAMESPACE}"' in expr, name
         assert alerts[name]["labels"]["severity"] in ("warning", "critical")
         assert alerts[name]["annotations"]["summary"]
+        assert alerts[name]["annotations"]["runbook_url"].startswith("OPERATIONS.md#"), name
     assert "contoso_backplane_connected{" in alerts["ContosoBackplaneDisconnected"]["expr"]
     assert alerts["ContosoBackplaneDisconnected"]["expr"].endswith("== 0")
     assert f'deployment="{rendered.by_role("Deployment")["notify"]["metadata"]["name"]}"' in alerts["ContosoNotifyNoReadyPods"]["expr"]
@@ -769,7 +803,8 @@ def test_prometheus_rule_skips_notify_alerts_without_notify():
     values = {"roles": {"notify": {"enabled": False}}, "metrics": {"prometheusRule": {"enabled": True}}}
     (rule,) = render(values).of_kind("PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert alerts == {"ContosoEventsDeadLettered", "ContosoOutboxBacklog"}
+    # accept still serves HTTP: its error and latency alerts stay.
+    assert alerts == {"ContosoEventsDeadLettered", "ContosoOutboxBacklog", "ContosoHttpErrors", "ContosoHttpLatency"}
 
 
 def test_grafana_dashboard_configmap():
@@ -789,13 +824,15 @@ def test_grafana_dashboard_configmap():
         "contoso_backplane_connected",
         "contoso_orders_accepted_total",
         "contoso_http_request_duration_seconds_bucket",
+        "contoso_processing_duration_seconds_bucket",
+        "contoso_notification_latency_seconds_bucket",
         "contoso_outbox_backlog",
         "rabbitmq_queue_messages_ready",
         "contoso_bus_reconnects_total",
     ):
         assert metric in exprs, metric
     titles = {p["title"] for p in dashboard["panels"]}
-    assert {"Hub connections per pod", "Reconnects", "Queue depths", "Order throughput"} <= titles
+    assert {"Hub connections per pod", "Reconnects", "Queue depths", "Order throughput", "Notification latency p99 (SLO)"} <= titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
 

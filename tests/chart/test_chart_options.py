@@ -11,7 +11,7 @@ import helm_python as helm
 import pytest
 
 import chartlib
-from chartlib import ADMIN_PORT, CASES, CHART, HTTP_PORT, NAMESPACE, REPO, ROLES, container, render
+from chartlib import ADMIN_PORT, CASES, HTTP_PORT, NAMESPACE, REPO, ROLES, container, refused_by_schema, render
 
 OPTIONS = CASES["options"]
 HTTP = [{"port": HTTP_PORT, "protocol": "TCP"}]
@@ -36,14 +36,6 @@ def only(role: str, values: dict | None = None) -> dict:
         roles.setdefault(r, {})["enabled"] = r == role
     return out
 
-
-def refused_by_schema(values: dict) -> None:
-    with helm.Chart.load(CHART) as chart:
-        with pytest.raises(helm.HelmValuesError):
-            chart.validate_schema(values)
-        with pytest.raises(helm.HelmValuesError):
-            chart.render(values, name="contoso", namespace=NAMESPACE)
-    assert helm.lint(CHART, values, strict=True)["errors"], "helm lint reports it too"
 
 
 # --- NetworkPolicy ------------------------------------------------------------------------------------------------
