@@ -165,6 +165,9 @@ pub struct RawSettings {
     /// Log filter in tracing's EnvFilter syntax [default: info]
     #[arg(long, env = "CONTOSO_LOG_LEVEL", help_heading = "HTTP and logs")]
     pub log_level: Option<String>,
+    /// Send traces (OTLP over HTTP, JSON) to this collector, e.g. http://otel-collector:4318 [default: no traces]
+    #[arg(long, env = "CONTOSO_OTLP_ENDPOINT", help_heading = "HTTP and logs")]
+    pub otlp_endpoint: Option<String>,
     /// Unacknowledged deliveries per consumer (also the processing concurrency) [default: 32]
     #[arg(long, env = "CONTOSO_PREFETCH", help_heading = "Dependencies")]
     pub prefetch: Option<u16>,
@@ -251,6 +254,8 @@ pub struct Settings {
     pub dev_auth: bool,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// The OTLP/HTTP collector traces go to; none when tracing is off.
+    pub otlp_endpoint: Option<String>,
     pub prefetch: u16,
     pub bus_prefix: String,
     pub db_pool_size: usize,
@@ -363,6 +368,16 @@ impl Settings {
                     message: e.to_string(),
                 })?;
                 level
+            },
+            otlp_endpoint: match pick!(otlp_endpoint).filter(|e| !e.is_empty()) {
+                Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                    return Err(SettingsError::Invalid {
+                        flag: "--otlp-endpoint".into(),
+                        env: "CONTOSO_OTLP_ENDPOINT".into(),
+                        message: format!("{e:?} is not an http(s) URL"),
+                    });
+                }
+                other => other,
             },
             prefetch: at_least!(prefetch, 32, 1),
             bus_prefix: pick!(bus_prefix).unwrap_or_default(),

@@ -18,7 +18,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(settings.log_format, &settings.log_level);
+    let roles = settings.roles.to_string();
+    let otlp = settings.otlp_endpoint.as_deref().map(|endpoint| telemetry::Otlp { endpoint, roles: &roles });
+    let _telemetry = match telemetry::init(settings.log_format, &settings.log_level, otlp) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("contoso: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
     // Reads FAILPOINTS when built with the `failpoints` feature (tests only); a no-op otherwise.
     let _failpoints = fail::FailScenario::setup();
     let shutdown = Shutdown::new(settings.drain_file.clone());

@@ -89,7 +89,8 @@ pub enum Target<'a> {
 }
 
 /// The ASP.NET invocation envelope: `[excludedConnectionIds, {protocolName: bin(framed bytes)}]`,
-/// with a third item of our own when there is something to add: `{"originMs": <unix ms>}`.
+/// with a third item of our own when there is something to add: `{"originMs": <unix ms>,
+/// "traceparent": <W3C trace context>}` (each key only when known).
 /// ASP.NET reads at least two items and takes the third and fourth only when there are four
 /// (client results), so its nodes read ours as they read their own.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -99,9 +100,14 @@ pub struct Envelope {
     /// When the story of the message began (for contoso, the order's acceptance), in unix
     /// milliseconds; 0 when unknown. Each process measures its deliveries against it.
     pub origin_ms: u64,
+    /// The W3C trace context of the publish, so each receiving process continues the trace.
+    pub traceparent: Option<String>,
 }
 
 const ORIGIN_MS: &str = "originMs";
+const TRACEPARENT: &str = "traceparent";
+/// Longer is no trace context (the W3C form is 55 characters): nothing a publisher sends grows unbounded.
+const MAX_TRACEPARENT: usize = 128;
 
 impl Envelope {
     /// The framed bytes for the hub protocol called `protocol`, ready to write to a socket as they are.
@@ -111,7 +117,8 @@ impl Envelope {
 
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(16 + self.payloads.iter().map(|(n, b)| n.len() + b.len() + 8).sum::<usize>());
-        rmp::encode::write_array_len(&mut out, if self.origin_ms > 0 { 3 } else { 2 }).expect("vec");
+        let extra = u32::from(self.origin_ms > 0) + u32::from(self.traceparent.is_some());
+        rmp::encode::write_array_len(&mut out, if extra > 0 { 3 } else { 2 }).expect("vec");
         rmp::encode::write_array_len(&mut out, self.excluded.len() as u32).expect("vec");
         for id in &self.excluded {
             rmp::encode::write_str(&mut out, id).expect("vec");
@@ -121,10 +128,16 @@ impl Envelope {
             rmp::encode::write_str(&mut out, name).expect("vec");
             rmp::encode::write_bin(&mut out, bytes).expect("vec");
         }
+        if extra > 0 {
+            rmp::encode::write_map_len(&mut out, extra).expect("vec");
+        }
         if self.origin_ms > 0 {
-            rmp::encode::write_map_len(&mut out, 1).expect("vec");
             rmp::encode::write_str(&mut out, ORIGIN_MS).expect("vec");
             rmp::encode::write_uint(&mut out, self.origin_ms).expect("vec");
+        }
+        if let Some(traceparent) = &self.traceparent {
+            rmp::encode::write_str(&mut out, TRACEPARENT).expect("vec");
+            rmp::encode::write_str(&mut out, traceparent).expect("vec");
         }
         Bytes::from(out)
     }
@@ -148,13 +161,14 @@ impl Envelope {
                 _ => Err("payload entry is not str -> bin".to_owned()),
             })
             .collect::<Result<_, _>>()?;
-        let origin_ms = match items.get(2) {
-            Some(rmpv::Value::Map(extra)) => {
-                extra.iter().find(|(k, _)| k.as_str() == Some(ORIGIN_MS)).and_then(|(_, v)| v.as_u64()).unwrap_or(0)
-            }
-            _ => 0,
+        let extra = match items.get(2) {
+            Some(rmpv::Value::Map(extra)) => extra.as_slice(),
+            _ => &[],
         };
-        Ok(Self { excluded, payloads, origin_ms })
+        let field = |name: &str| extra.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v);
+        let origin_ms = field(ORIGIN_MS).and_then(rmpv::Value::as_u64).unwrap_or(0);
+        let traceparent = field(TRACEPARENT).and_then(rmpv::Value::as_str).filter(|t| t.len() <= MAX_TRACEPARENT).map(str::to_owned);
+        Ok(Self { excluded, payloads, origin_ms, traceparent })
     }
 }
 

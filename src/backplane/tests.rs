@@ -63,6 +63,10 @@ fn an_origin_time_is_a_third_item_that_aspnet_reads_past() {
     expected.extend_from_slice(&1_764_633_600_123u64.to_be_bytes());
     assert_eq!(bytes, expected);
     assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    let traced = Envelope { traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()), ..env.clone() };
+    assert_eq!(Envelope::decode(&traced.encode()).unwrap(), traced, "origin and trace context together");
+    let too_long = Envelope { traceparent: Some("0".repeat(300)), ..env };
+    assert_eq!(Envelope::decode(&too_long.encode()).unwrap().traceparent, None, "an oversized trace context is dropped");
     // ASP.NET's own two-item envelope has no origin.
     assert_eq!(Envelope::decode(&hex("92 90 81 A2 70 31 C4 01 2A")).unwrap().origin_ms, 0);
 }
@@ -99,11 +103,13 @@ mod properties {
             prop::collection::vec("[A-Za-z0-9_-]{1,22}", 0..3),
             prop::collection::btree_map("[a-z]{1,12}", prop::collection::vec(any::<u8>(), 0..64), 0..3),
             prop_oneof![Just(0u64), any::<u64>()],
+            prop::option::of("[0-9a-f-]{55}"),
         )
-            .prop_map(|(excluded, payloads, origin_ms)| Envelope {
+            .prop_map(|(excluded, payloads, origin_ms, traceparent)| Envelope {
                 excluded,
                 payloads: payloads.into_iter().map(|(name, bytes)| (name, Bytes::from(bytes))).collect(),
                 origin_ms,
+                traceparent,
             })
     }
 

@@ -22,6 +22,7 @@ struct Message {
     body: Bytes,
     message_id: Option<String>,
     delivery_count: u32,
+    traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -87,7 +88,8 @@ impl EventBus for MemoryBus {
                 }
                 for queue in queues {
                     let message_id = Some(msg.event_id.to_string());
-                    self.shared.push_ready(queue, Message { body: msg.payload.clone(), message_id, delivery_count: 0 });
+                    let traceparent = msg.traceparent.clone();
+                    self.shared.push_ready(queue, Message { body: msg.payload.clone(), message_id, delivery_count: 0, traceparent });
                 }
                 Ok(())
             })
@@ -110,12 +112,14 @@ impl EventBus for MemoryBus {
                 }
                 ready.await;
             };
+            let traceparent = msg.traceparent.clone();
             let delivery = Delivery::new(
                 msg.body.clone(),
                 msg.message_id.clone(),
                 msg.delivery_count,
                 Box::new(MemorySettle { shared: shared.clone(), queue, msg: Some(msg), _credit: permit }),
-            );
+            )
+            .with_traceparent(traceparent);
             Some((delivery, (shared, credit)))
         })))
     }

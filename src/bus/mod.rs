@@ -29,6 +29,8 @@ pub struct Outgoing {
     pub event_id: Uuid,
     pub routing_key: String,
     pub payload: Bytes,
+    /// W3C trace context, sent as the `traceparent` header (never in the body).
+    pub traceparent: Option<String>,
 }
 
 /// A message in a dead-letter queue, with the reason it was given up on.
@@ -47,6 +49,8 @@ pub struct Delivery {
     pub message_id: Option<String>,
     /// How many times the broker delivered this message before (quorum `x-delivery-count`).
     pub delivery_count: u32,
+    /// The `traceparent` header, when the publisher traced its work.
+    pub traceparent: Option<String>,
     settle: Box<dyn Settle>,
 }
 
@@ -64,7 +68,12 @@ pub trait Settle: Send + Sync + 'static {
 
 impl Delivery {
     pub fn new(body: Bytes, message_id: Option<String>, delivery_count: u32, settle: Box<dyn Settle>) -> Self {
-        Self { body, message_id, delivery_count, settle }
+        Self { body, message_id, delivery_count, traceparent: None, settle }
+    }
+
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     pub async fn ack(self) -> Result<(), BusError> {

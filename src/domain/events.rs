@@ -16,6 +16,10 @@ pub struct Event {
     pub correlation_id: CorrelationId,
     #[serde(serialize_with = "rfc3339_millis")]
     pub occurred_at: DateTime<Utc>,
+    /// The W3C `traceparent` of the work that made the event, written beside it in the outbox
+    /// and sent as a message header, never in the body.
+    #[serde(skip)]
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +46,13 @@ impl EventKind {
 
 impl Event {
     pub fn new(kind: EventKind, correlation_id: CorrelationId, occurred_at: DateTime<Utc>) -> Self {
-        Self { event_id: EventId::new(), kind, correlation_id, occurred_at }
+        Self { event_id: EventId::new(), kind, correlation_id, occurred_at, trace: None }
+    }
+
+    /// The same event, continuing the trace `traceparent` names.
+    pub fn traced(mut self, traceparent: Option<String>) -> Self {
+        self.trace = traceparent;
+        self
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -14,14 +14,23 @@ use actix_web::{
 use tracing::Instrument;
 
 use super::problem::{PROBLEM_JSON, Problem};
-use crate::telemetry::names;
+use crate::telemetry::{names, otel};
 
 pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, Error> {
     let started = Instant::now();
     let method = method_label(req.method().as_str());
     let path = req.path().to_owned();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let span = tracing::info_span!("http", method, %route, status = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "http",
+        method,
+        %route,
+        status = tracing::field::Empty,
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server"
+    );
+    // A caller's trace (W3C `traceparent`) continues here.
+    otel::follow(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
     let res = next.call(req).instrument(span.clone()).await?;
     let res = problem_fallback(res.map_into_boxed_body());
     let status = res.status().as_u16();

@@ -42,11 +42,13 @@ struct Inner {
 pub struct Frame {
     pub bytes: Bytes,
     pub origin_ms: u64,
+    /// The trace context the write continues, when the message is traced.
+    pub trace: Option<std::sync::Arc<str>>,
 }
 
 impl From<Bytes> for Frame {
     fn from(bytes: Bytes) -> Self {
-        Self { bytes, origin_ms: 0 }
+        Self { bytes, origin_ms: 0, trace: None }
     }
 }
 

@@ -19,7 +19,18 @@ use super::{
     metrics_names as m,
     protocol::{HubMessage, Protocol},
 };
-use crate::backplane::{Backplane, BackplaneError, Channels, Envelope, Target};
+use crate::{
+    backplane::{Backplane, BackplaneError, Channels, Envelope, Target},
+    telemetry::otel,
+};
+
+/// Where a message comes from: when its story began (for the latency of each write) and the
+/// trace it continues. Both optional.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub at: Option<std::time::SystemTime>,
+    pub traceparent: Option<String>,
+}
 
 /// The server push that asks a client to call `ResumeNotifications` with its last id.
 pub const RESUME_NEEDED: &str = "ResumeNeeded";
@@ -134,17 +145,17 @@ impl HubLifetime {
     }
 
     /// Sends `target(arguments)` to every connection of `user_id`, on every process.
-    /// Serialises once per protocol; receivers write the stored bytes as they are. `origin`:
-    /// when the message's story began, if known; every write of it is measured against it.
-    pub async fn send_user(
-        &self,
-        user_id: &str,
-        target: &str,
-        arguments: Vec<Value>,
-        origin: Option<std::time::SystemTime>,
-    ) -> Result<(), BackplaneError> {
+    /// Serialises once per protocol; receivers write the stored bytes as they are. Every write
+    /// of it is measured against `origin.at`, and traced under `origin.traceparent`.
+    pub async fn send_user(&self, user_id: &str, target: &str, arguments: Vec<Value>, origin: Origin) -> Result<(), BackplaneError> {
         let mut envelope = envelope(&HubMessage::push(target, arguments));
-        envelope.origin_ms = origin.and_then(|o| o.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
+        envelope.origin_ms = origin.at.and_then(|o| o.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
+        let span = origin.traceparent.as_deref().map(|parent| {
+            let span = tracing::info_span!("backplane publish", otel.kind = "producer");
+            otel::follow(&span, Some(parent));
+            span
+        });
+        envelope.traceparent = span.as_ref().and_then(otel::traceparent);
         self.backplane.publish(&self.channels.user(user_id), envelope.encode()).await?;
         metrics::counter!(m::BACKPLANE_PUBLISHED).increment(1);
         Ok(())
@@ -161,13 +172,19 @@ impl HubLifetime {
                 return;
             }
         };
+        // The receiving side of a traced publish; each socket write is its child.
+        let trace: Option<Arc<str>> = envelope.traceparent.as_deref().and_then(|parent| {
+            let span = tracing::info_span!("backplane receive", otel.kind = "consumer");
+            otel::follow(&span, Some(parent));
+            otel::traceparent(&span).map(Arc::from)
+        });
         let write = |conn: &ConnectionHandle| {
             if envelope.excluded.iter().any(|id| id.as_str() == &**conn.id()) {
                 return;
             }
             match envelope.payload(conn.protocol().name()) {
                 Some(bytes) => {
-                    if conn.try_send(Frame { bytes: bytes.clone(), origin_ms: envelope.origin_ms }) {
+                    if conn.try_send(Frame { bytes: bytes.clone(), origin_ms: envelope.origin_ms, trace: trace.clone() }) {
                         metrics::counter!(m::MESSAGES_OUT).increment(1);
                     }
                 }

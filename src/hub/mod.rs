@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use connection::{CloseRequest, ConnectionHandle};
-pub use lifetime::HubLifetime;
+pub use lifetime::{HubLifetime, Origin};
 
 /// Metric names of the hub (one list, for dashboards).
 pub mod metrics_names {

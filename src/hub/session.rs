@@ -277,6 +277,10 @@ impl Live<'_> {
         }
         self.last_write = Instant::now();
         record_latency(queued);
+        for trace in queued.iter().filter_map(|f| f.trace.as_deref()) {
+            let span = tracing::info_span!("socket write", otel.kind = "internal", signalr.protocol = self.conn.protocol().name());
+            crate::telemetry::otel::follow(&span, Some(trace));
+        }
         Ok(())
     }
 

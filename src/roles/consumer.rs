@@ -10,8 +10,29 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{Delivery, EventBus, Queue},
-    telemetry::names,
+    telemetry::{names, otel},
 };
+
+/// One delivery as a handler sees it: the body, and the span of its handling (a child of the
+/// publisher's, when the message carried a trace; disabled when tracing is off).
+pub struct Message {
+    pub body: Arc<[u8]>,
+    pub span: tracing::Span,
+}
+
+impl Message {
+    fn of(delivery: &Delivery, queue: &'static str) -> Self {
+        let span = match &delivery.traceparent {
+            Some(parent) => {
+                let span = tracing::info_span!("consume", otel.name = %format!("{queue} process"), otel.kind = "consumer");
+                otel::follow(&span, Some(parent));
+                span
+            }
+            None => tracing::Span::none(),
+        };
+        Self { body: Arc::from(&delivery.body[..]), span }
+    }
+}
 
 /// Why a delivery could not be handled.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +81,7 @@ pub fn spawn<H, Fut>(
     handler: H,
 ) -> anyhow::Result<()>
 where
-    H: Fn(Vec<Arc<[u8]>>) -> Fut + Send + Sync + 'static,
+    H: Fn(Vec<Message>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Vec<Result<(), Failure>>> + Send,
 {
     let bus = deps.bus.clone().ok_or_else(|| anyhow::anyhow!("consuming {label} needs a bus"))?;
@@ -81,7 +102,7 @@ where
 /// flight finish (each ends settled, or unsettled and so redelivered by the broker).
 pub async fn run<H, Fut>(bus: Arc<dyn EventBus>, cfg: ConsumerConfig, token: CancellationToken, handler: H)
 where
-    H: Fn(Vec<Arc<[u8]>>) -> Fut + Send + Sync + 'static,
+    H: Fn(Vec<Message>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Vec<Result<(), Failure>>> + Send,
 {
     let handler = Arc::new(handler);
@@ -124,7 +145,7 @@ where
 
 async fn handle<H, Fut>(batch: Vec<Delivery>, bus: &Arc<dyn EventBus>, cfg: &Arc<ConsumerConfig>, token: &CancellationToken, handler: &H)
 where
-    H: Fn(Vec<Arc<[u8]>>) -> Fut,
+    H: Fn(Vec<Message>) -> Fut,
     Fut: Future<Output = Vec<Result<(), Failure>>>,
 {
     let queue = cfg.label;
@@ -133,8 +154,8 @@ where
     metrics::gauge!(names::EVENTS_IN_FLIGHT, "queue" => queue).increment(size as f64);
     metrics::histogram!(names::CONSUMER_BATCH_SIZE, "queue" => queue).record(size as f64);
     let started = std::time::Instant::now();
-    let bodies = batch.iter().map(|d| Arc::from(&d.body[..])).collect();
-    let results = handler(bodies).await;
+    let messages = batch.iter().map(|d| Message::of(d, queue)).collect();
+    let results = handler(messages).await;
     debug_assert_eq!(results.len(), size, "one result per delivery");
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!(names::PROCESSING_DURATION, "queue" => queue).record_many(elapsed, size);

@@ -2,14 +2,18 @@
 //! COMPLETED (with a new order number and `order.processed`) or FAILED (`order.failed`, when a
 //! product cannot be sold). Acks only after the final state and its outbox row are committed.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use tokio::sync::Notify;
 
 use super::{
     Deps,
-    consumer::{self, Failure},
+    consumer::{self, Failure, Message},
 };
 use crate::{
     bus::Queue,
@@ -18,6 +22,7 @@ use crate::{
     health::Readiness,
     shutdown::Shutdown,
     store::Store,
+    telemetry::otel,
 };
 
 struct Processor {
@@ -36,9 +41,9 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness, relay_
     let bus = deps.bus.clone().context("role process needs a bus")?;
     super::add_dependency_probes(readiness, &cache, &bus);
     let processor = Arc::new(Processor { store, cache, ttl: deps.settings.status_ttl, delay: deps.settings.process_delay, relay_wake });
-    consumer::spawn(deps, shutdown, Queue::OrderProcess, "contoso.order-process", move |bodies| {
+    consumer::spawn(deps, shutdown, Queue::OrderProcess, "contoso.order-process", move |messages| {
         let processor = processor.clone();
-        async move { processor.handle_batch(&bodies).await }
+        async move { processor.handle_batch(&messages).await }
     })
 }
 
@@ -56,12 +61,19 @@ impl Processor {
     /// of one order at a time; the batch shares the round trips and the commits. Several
     /// deliveries of one order (duplicates) share its outcome. A technical failure fails every
     /// valid delivery of the batch: none is acked, each is retried.
-    async fn handle_batch(&self, bodies: &[Arc<[u8]>]) -> Vec<Result<(), Failure>> {
-        let parsed: Vec<Result<CorrelationId, Failure>> = bodies.iter().map(|body| parse(body)).collect();
+    async fn handle_batch(&self, messages: &[Message]) -> Vec<Result<(), Failure>> {
+        let parsed: Vec<Result<CorrelationId, Failure>> = messages.iter().map(|m| parse(&m.body)).collect();
         let mut ids: Vec<CorrelationId> = parsed.iter().filter_map(|p| p.as_ref().ok().copied()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let outcome = if ids.is_empty() { Ok(HashSet::new()) } else { self.process(&ids).await };
+        // Each order's outcome event continues the trace of (the first) delivery that named it.
+        let mut traces = HashMap::new();
+        for (id, message) in parsed.iter().zip(messages) {
+            if let Ok(id) = id {
+                traces.entry(*id).or_insert_with(|| otel::traceparent(&message.span));
+            }
+        }
+        let outcome = if ids.is_empty() { Ok(HashSet::new()) } else { self.process(&ids, &traces).await };
         parsed
             .into_iter()
             .map(|id| {
@@ -76,7 +88,12 @@ impl Processor {
     }
 
     /// Processes distinct orders and returns those the database does not know.
-    async fn process(&self, ids: &[CorrelationId]) -> Result<HashSet<CorrelationId>, String> {
+    async fn process(
+        &self,
+        ids: &[CorrelationId],
+        traces: &HashMap<CorrelationId, Option<String>>,
+    ) -> Result<HashSet<CorrelationId>, String> {
+        let trace = |id: &CorrelationId| traces.get(id).cloned().flatten();
         // Status read, ACCEPTED -> PROCESSING, availability and the order number: one statement.
         let begun = self.store.begin_processing_many(ids).await.map_err(|e| e.to_string())?;
         let unknown = ids.iter().filter(|id| !begun.contains_key(id)).copied().collect();
@@ -94,24 +111,24 @@ impl Processor {
         }
         let mut finals = Vec::with_capacity(work.len());
         let mut committed = false;
-        let mut completing: Vec<(CorrelationId, OrderNumber)> = Vec::with_capacity(work.len());
+        let mut completing: Vec<(CorrelationId, OrderNumber, Option<String>)> = Vec::with_capacity(work.len());
         let mut settled_elsewhere = Vec::new();
         for (id, begun) in work {
             match (begun.unavailable, begun.order_number) {
                 (Some(product), _) => {
                     let reason = format!("{product} is no longer available");
-                    if self.store.fail(id, &reason).await.map_err(|e| e.to_string())? {
+                    if self.store.fail(id, &reason, trace(&id)).await.map_err(|e| e.to_string())? {
                         tracing::info!(correlation_id = %id, %reason, "order failed");
                         committed = true;
                     }
                     finals.push((id, OrderStatus::Failed));
                 }
-                (None, Some(number)) => completing.push((id, number)),
+                (None, Some(number)) => completing.push((id, number, trace(&id))),
                 (None, None) => settled_elsewhere.push(id),
             }
         }
         let moved = self.store.complete_many(&completing).await.map_err(|e| e.to_string())?;
-        for &(id, number) in &completing {
+        for &(id, number, _) in &completing {
             if moved.contains(&id) {
                 tracing::info!(correlation_id = %id, order_id = %number, "order completed");
                 finals.push((id, OrderStatus::Completed));

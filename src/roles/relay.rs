@@ -14,7 +14,7 @@ use crate::{
     bus::{EventBus, Outgoing},
     shutdown::Shutdown,
     store::{OutboxRow, Store},
-    telemetry::names,
+    telemetry::{names, otel},
 };
 
 /// Rows per transaction: large enough to amortise confirms, small enough to keep locks short.
@@ -75,11 +75,21 @@ async fn drain(store: &Store, bus: &Arc<dyn EventBus>) {
 }
 
 async fn publish_rows(bus: Arc<dyn EventBus>, rows: Vec<OutboxRow>) -> Vec<i64> {
+    // A traced row gets a producer span, open until the broker confirms; the message carries
+    // that span's context, so the consumer's span is its child.
+    let spans: Vec<Option<tracing::Span>> = rows.iter().map(publish_span).collect();
     let batch: Vec<Outgoing> = rows
         .iter()
-        .map(|r| Outgoing { event_id: r.event_id, routing_key: r.routing_key.clone(), payload: Bytes::from(r.payload.clone()) })
+        .zip(&spans)
+        .map(|(r, span)| Outgoing {
+            event_id: r.event_id,
+            routing_key: r.routing_key.clone(),
+            payload: Bytes::from(r.payload.clone()),
+            traceparent: span.as_ref().and_then(otel::traceparent),
+        })
         .collect();
     let results = bus.publish(&batch).await;
+    drop(spans);
     let mut confirmed = Vec::with_capacity(rows.len());
     for (row, res) in rows.iter().zip(results) {
         match res {
@@ -88,4 +98,11 @@ async fn publish_rows(bus: Arc<dyn EventBus>, rows: Vec<OutboxRow>) -> Vec<i64> 
         }
     }
     confirmed
+}
+
+fn publish_span(row: &OutboxRow) -> Option<tracing::Span> {
+    let parent = row.traceparent.as_deref()?;
+    let span = tracing::info_span!("outbox publish", otel.name = %format!("{} publish", row.routing_key), otel.kind = "producer");
+    otel::follow(&span, Some(parent));
+    Some(span)
 }

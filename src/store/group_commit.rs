@@ -45,6 +45,8 @@ struct Work {
     user: UserId,
     order: NewOrder,
     idem: Option<Idempotency>,
+    /// The request's trace, continued by the order's `order.accepted` message.
+    trace: Option<String>,
 }
 
 /// What one order of a committed batch came to.
@@ -92,7 +94,7 @@ impl GroupCommit {
         });
         let idem = idem.map(|i| Idempotency { key: i.key.clone(), request_hash: i.request_hash.clone() });
         let (reply, answer) = oneshot::channel();
-        let work = Work { user: user.clone(), order: order.clone(), idem };
+        let work = Work { user: user.clone(), order: order.clone(), idem, trace: crate::telemetry::otel::current() };
         jobs.send_timeout(Job { work, before_commit, reply }, QUEUE_WAIT)
             .await
             .map_err(|_| StoreError::Unavailable("too many orders are waiting for the database".into()))?;
@@ -269,12 +271,13 @@ async fn place_all(
     let now = Utc::now();
     let events: Vec<_> = writing
         .iter()
-        .map(|(_, _, _, id)| {
+        .map(|(_, w, _, id)| {
             let event = Event::new(EventKind::Accepted, *id, now);
             (
                 outbox::event_id.eq(event.event_id.0),
                 outbox::routing_key.eq(event.kind.routing_key()),
                 outbox::payload.eq(String::from_utf8(event.to_json()).expect("json is utf-8")),
+                outbox::traceparent.eq(w.trace.clone()),
             )
         })
         .collect();

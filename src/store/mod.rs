@@ -142,15 +142,16 @@ impl Store {
 
     /// -> COMPLETED with its number and an `order.processed` outbox row, for each order, atomically
     /// (one statement and one commit on PostgreSQL). Returns the orders that moved; the others
-    /// were already final (nothing written for them).
-    pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber)]) -> Result<HashSet<CorrelationId>, StoreError> {
+    /// were already final (nothing written for them). The third item: the `traceparent` the
+    /// outbox row carries on, if the work is traced.
+    pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber, Option<String>)]) -> Result<HashSet<CorrelationId>, StoreError> {
         dispatch!(self, s => s.complete_many(done).await)
     }
 
     /// -> FAILED with `reason` and an `order.failed` outbox row, atomically. False when the
     /// order was already final.
-    pub async fn fail(&self, id: CorrelationId, reason: &str) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.fail(id, reason).await)
+    pub async fn fail(&self, id: CorrelationId, reason: &str, trace: Option<String>) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.fail(id, reason, trace).await)
     }
 
     /// Takes up to `limit` unsent rows, hands them to `publish` and deletes the confirmed

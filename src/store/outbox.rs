@@ -17,6 +17,7 @@ pub struct OutboxRow {
     pub event_id: Uuid,
     pub routing_key: String,
     pub payload: String,
+    pub traceparent: Option<String>,
 }
 
 pub(super) async fn insert(conn: &mut AsyncPgConnection, event: &Event) -> Result<(), StoreError> {
@@ -25,6 +26,7 @@ pub(super) async fn insert(conn: &mut AsyncPgConnection, event: &Event) -> Resul
             outbox::event_id.eq(event.event_id.0),
             outbox::routing_key.eq(event.kind.routing_key()),
             outbox::payload.eq(String::from_utf8(event.to_json()).expect("json is utf-8")),
+            outbox::traceparent.eq(event.trace.as_deref()),
         ))
         .execute(conn)
         .await?;

@@ -119,31 +119,32 @@ impl PgStore {
     /// -> COMPLETED with the order numbers `begin_processing_many` took, and one
     /// `order.processed` outbox row per order that moved, in one statement (one round trip, one
     /// commit for the batch). Returns the orders that moved; the others were already final.
-    pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber)]) -> Result<HashSet<CorrelationId>, StoreError> {
+    pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber, Option<String>)]) -> Result<HashSet<CorrelationId>, StoreError> {
         if done.is_empty() {
             // A batch whose orders all failed or were finished elsewhere: no round trip.
             return Ok(HashSet::new());
         }
         let mut conn = self.conn().await?;
         let now = chrono::Utc::now();
-        let (mut ids, mut numbers, mut event_ids, mut payloads) = (vec![], vec![], vec![], vec![]);
+        let (mut ids, mut numbers, mut event_ids, mut payloads, mut traces) = (vec![], vec![], vec![], vec![], vec![]);
         let mut seen = HashSet::with_capacity(done.len());
         // A second row for one order would join `done` twice and write two outbox rows.
-        for &(id, number) in done.iter().filter(|(id, _)| seen.insert(*id)) {
-            let event = Event::new(EventKind::Processed { order_id: number.to_string() }, id, now);
+        for (id, number, trace) in done.iter().filter(|(id, ..)| seen.insert(*id)) {
+            let event = Event::new(EventKind::Processed { order_id: number.to_string() }, *id, now);
             ids.push(id.0);
             numbers.push(number.0);
             event_ids.push(event.event_id.0);
             payloads.push(String::from_utf8(event.to_json()).expect("json is utf-8"));
+            traces.push(trace.clone());
         }
         let moved: Vec<MovedRow> = diesel::sql_query(
-            "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[]) \
-                            AS t(correlation_id, order_number, event_id, payload)), \
+            "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $6::text[]) \
+                            AS t(correlation_id, order_number, event_id, payload, traceparent)), \
                   done AS (UPDATE orders o SET status = 'COMPLETED', order_number = i.order_number, updated_at = now() \
                            FROM input i WHERE o.correlation_id = i.correlation_id \
                            AND o.status IN ('ACCEPTED', 'PROCESSING') RETURNING o.correlation_id), \
-                  events AS (INSERT INTO outbox (event_id, routing_key, payload) \
-                             SELECT i.event_id, $5, i.payload FROM input i JOIN done USING (correlation_id)) \
+                  events AS (INSERT INTO outbox (event_id, routing_key, payload, traceparent) \
+                             SELECT i.event_id, $5, i.payload, i.traceparent FROM input i JOIN done USING (correlation_id)) \
              SELECT correlation_id FROM done",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
@@ -151,6 +152,7 @@ impl PgStore {
         .bind::<Array<SqlUuid>, _>(&event_ids)
         .bind::<Array<Text>, _>(&payloads)
         .bind::<Text, _>(EventKind::Processed { order_id: String::new() }.routing_key())
+        .bind::<Array<Nullable<Text>>, _>(&traces)
         .load(&mut *conn)
         .await?;
         Ok(moved.into_iter().map(|r| CorrelationId(r.correlation_id)).collect())
@@ -158,7 +160,7 @@ impl PgStore {
 
     /// -> FAILED with `reason` and an `order.failed` outbox row, in one transaction. False when
     /// the order was already final.
-    pub async fn fail(&self, id: CorrelationId, reason: &str) -> Result<bool, StoreError> {
+    pub async fn fail(&self, id: CorrelationId, reason: &str, trace: Option<String>) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         let reason = reason.to_owned();
         conn.transaction::<_, StoreError, _>(async move |conn| {
@@ -173,7 +175,7 @@ impl PgStore {
             if n == 0 {
                 return Ok(false);
             }
-            let event = Event::new(EventKind::Failed { reason: reason.clone() }, id, chrono::Utc::now());
+            let event = Event::new(EventKind::Failed { reason: reason.clone() }, id, chrono::Utc::now()).traced(trace);
             super::outbox::insert(conn, &event).await?;
             Ok(true)
         })

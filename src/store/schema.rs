@@ -52,6 +52,7 @@ diesel::table! {
         routing_key -> Text,
         payload -> Text,
         created_at -> Timestamptz,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -40,7 +40,7 @@ async fn live_on(port: u16) -> bool {
 
 /// Waits (bounded) for a child that was told to stop, and returns its whole output: a child
 /// that never exits fails the test instead of hanging it.
-fn output_within(mut child: Child, within: Duration) -> std::process::Output {
+pub(crate) fn output_within(mut child: Child, within: Duration) -> std::process::Output {
     use std::io::Read;
     let read = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -67,7 +67,7 @@ fn output_within(mut child: Child, within: Duration) -> std::process::Output {
     std::process::Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
@@ -210,7 +210,7 @@ async fn start_binary(extra: &[&str], bus_prefix: &str) -> (Child, u16, String) 
     start_binary_as("accept", extra, bus_prefix).await
 }
 
-async fn start_binary_as(role: &str, extra: &[&str], bus_prefix: &str) -> (Child, u16, String) {
+pub(crate) async fn start_binary_as(role: &str, extra: &[&str], bus_prefix: &str) -> (Child, u16, String) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db = app::create_database(&id).await;
     let port = free_port();
@@ -223,7 +223,7 @@ async fn start_binary_as(role: &str, extra: &[&str], bus_prefix: &str) -> (Child
     (child, port, db)
 }
 
-fn token(secret: &str, user: &str) -> String {
+pub(crate) fn token(secret: &str, user: &str) -> String {
     jsonwebtoken::encode(
         &Default::default(),
         &json!({ "sub": user, "exp": app::now() + 600 }),

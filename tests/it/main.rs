@@ -17,3 +17,4 @@ mod notify;
 mod orders_api;
 mod outages;
 mod processing;
+mod traces;

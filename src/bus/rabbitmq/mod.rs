@@ -71,12 +71,20 @@ impl RabbitBus {
     }
 
     fn properties(msg: &Outgoing) -> BasicProperties {
-        BasicProperties::default()
+        let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_message_id(msg.event_id.to_string().into())
             .with_type(msg.routing_key.clone().into())
             .with_delivery_mode(2)
-            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+            .with_timestamp(chrono::Utc::now().timestamp() as u64);
+        match &msg.traceparent {
+            Some(traceparent) => {
+                let mut headers = FieldTable::default();
+                headers.insert(TRACEPARENT.into(), AMQPValue::LongString(traceparent.clone().into()));
+                properties.with_headers(headers)
+            }
+            None => properties,
+        }
     }
 }
 
@@ -253,14 +261,9 @@ impl EventBus for RabbitBus {
                 let _ = channel.close(200, "done".into()).await;
                 return Ok(None);
             };
-            let headers = got.delivery.properties.headers().clone().unwrap_or_default();
-            let text = |name: &str| match headers.inner().get(name) {
-                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-                Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
-                _ => None,
-            };
             // Our own reason, else the broker's (a message past `x-delivery-limit`).
-            let reason = text("x-contoso-reason").or_else(|| text("x-first-death-reason"));
+            let properties = &got.delivery.properties;
+            let reason = header_text(properties, "x-contoso-reason").or_else(|| header_text(properties, "x-first-death-reason"));
             got.delivery.acker.ack(BasicAckOptions::default()).await?;
             let _ = channel.close(200, "done".into()).await;
             Ok::<_, lapin::Error>(Some(DeadLetter { body: Bytes::from(got.delivery.data.clone()), reason }))
@@ -328,9 +331,22 @@ impl RabbitBus {
                         source_queue: name,
                         message_id: message_id.clone(),
                     };
-                    Delivery::new(Bytes::from(d.data), message_id, count, Box::new(settle))
+                    let traceparent = header_text(&d.properties, TRACEPARENT);
+                    Delivery::new(Bytes::from(d.data), message_id, count, Box::new(settle)).with_traceparent(traceparent)
                 }))
             });
         Ok(stream.boxed())
+    }
+}
+
+/// The W3C trace context header (the OpenTelemetry messaging convention for AMQP).
+const TRACEPARENT: &str = "traceparent";
+
+/// A string header of a delivery.
+fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
     }
 }

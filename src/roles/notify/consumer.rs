@@ -10,15 +10,16 @@ use serde_json::{Value, json};
 
 use super::super::{
     Deps,
-    consumer::{self, Failure},
+    consumer::{self, Failure, Message},
 };
 use crate::{
     bus::Queue,
     cache::{Append, NotificationLog, StatusCache},
     domain::{Event, EventKind, OrderStatus, UserId},
-    hub::HubLifetime,
+    hub::{HubLifetime, Origin},
     shutdown::Shutdown,
     store::Store,
+    telemetry::otel,
 };
 
 pub struct Notifier {
@@ -30,9 +31,9 @@ pub struct Notifier {
 
 pub fn start(deps: &Deps, shutdown: &Shutdown, notifier: Notifier) -> anyhow::Result<()> {
     let notifier = Arc::new(notifier);
-    let handler = move |bodies: Vec<Arc<[u8]>>| {
+    let handler = move |messages: Vec<Message>| {
         let notifier = notifier.clone();
-        async move { notifier.handle(&bodies).await }
+        async move { notifier.handle(&messages).await }
     };
     consumer::spawn(deps, shutdown, Queue::OrderNotification, "contoso.order-notification", handler)
 }
@@ -40,6 +41,8 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, notifier: Notifier) -> anyhow::Re
 /// A notification on its way: which delivery of the batch it came from, and what it says.
 struct Pending {
     index: usize,
+    /// The trace of the delivery's handling, continued by the publish.
+    trace: Option<String>,
     event: Event,
     event_id: String,
     target: &'static str,
@@ -78,13 +81,14 @@ impl Notifier {
     /// A batch of deliveries in three round trips whatever its size: the users (one pipeline),
     /// the log appends (one pipeline), the publishes (queued together, so the backplane sends
     /// them as one pipeline). Each delivery still gets its own result.
-    async fn handle(&self, bodies: &[Arc<[u8]>]) -> Vec<Result<(), Failure>> {
-        let mut results: Vec<Result<(), Failure>> = bodies.iter().map(|_| Ok(())).collect();
-        let mut pending = Vec::with_capacity(bodies.len());
-        for (index, body) in bodies.iter().enumerate() {
-            match parse(body) {
+    async fn handle(&self, messages: &[Message]) -> Vec<Result<(), Failure>> {
+        let mut results: Vec<Result<(), Failure>> = messages.iter().map(|_| Ok(())).collect();
+        let mut pending = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            match parse(&message.body) {
                 Ok((event, target, payload)) => {
-                    pending.push(Pending { index, event_id: event.event_id.to_string(), event, target, payload })
+                    let (event_id, trace) = (event.event_id.to_string(), otel::traceparent(&message.span));
+                    pending.push(Pending { index, trace, event_id, event, target, payload })
                 }
                 Err(failure) => results[index] = Err(failure),
             }
@@ -104,7 +108,8 @@ impl Notifier {
             }
         };
         let sends = ready.iter().zip(&logged).map(|((p, user), l)| {
-            self.lifetime.send_user(user.as_str(), p.target, vec![l.argument()], p.event.correlation_id.accepted_at())
+            let origin = Origin { at: p.event.correlation_id.accepted_at(), traceparent: p.trace.clone() };
+            self.lifetime.send_user(user.as_str(), p.target, vec![l.argument()], origin)
         });
         for (((p, _), sent), l) in ready.iter().zip(join_all(sends).await).zip(&logged) {
             match sent {

@@ -115,6 +115,7 @@ impl SqliteStore {
         let mut conn = self.conn().await?;
         let user = user.clone();
         let order = order.clone();
+        let trace = crate::telemetry::otel::current();
         conn.transaction::<_, StoreError, _>(async move |conn| {
             let mut catalogue = HashMap::new();
             for line in &order.lines {
@@ -172,7 +173,7 @@ impl SqliteStore {
                     return Err(StoreError::Aborted(LOST_RACE.into()));
                 }
             }
-            insert_event(conn, &Event::new(EventKind::Accepted, correlation_id, Utc::now())).await?;
+            insert_event(conn, &Event::new(EventKind::Accepted, correlation_id, Utc::now()).traced(trace)).await?;
             before_commit(placed.clone()).await.map_err(StoreError::Aborted)?;
             Ok(Attempt::Done(PlaceOutcome::Created(placed)))
         })

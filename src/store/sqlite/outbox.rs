@@ -3,7 +3,7 @@
 
 use diesel::{
     QueryableByName,
-    sql_types::{BigInt, Text},
+    sql_types::{BigInt, Nullable, Text},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 
@@ -29,14 +29,17 @@ struct OutboxSqlRow {
     routing_key: String,
     #[diesel(sql_type = Text)]
     payload: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    traceparent: Option<String>,
 }
 
 pub(super) async fn insert_event(conn: &mut Conn, event: &Event) -> Result<(), StoreError> {
-    diesel::sql_query("INSERT INTO outbox (event_id, routing_key, payload, created_at) VALUES (?, ?, ?, ?)")
+    diesel::sql_query("INSERT INTO outbox (event_id, routing_key, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?)")
         .bind::<Text, _>(event.event_id.0.to_string())
         .bind::<Text, _>(event.kind.routing_key())
         .bind::<Text, _>(String::from_utf8(event.to_json()).expect("json is utf-8"))
         .bind::<Text, _>(now())
+        .bind::<Nullable<Text>, _>(event.trace.as_deref())
         .execute(conn)
         .await?;
     Ok(())
@@ -49,7 +52,7 @@ impl SqliteStore {
         let _relay = self.relay.lock().await;
         let rows: Vec<OutboxSqlRow> = {
             let mut conn = self.conn().await?;
-            diesel::sql_query("SELECT id, event_id, routing_key, payload FROM outbox ORDER BY id LIMIT ?")
+            diesel::sql_query("SELECT id, event_id, routing_key, payload, traceparent FROM outbox ORDER BY id LIMIT ?")
                 .bind::<BigInt, _>(limit)
                 .load(&mut *conn)
                 .await?
@@ -60,7 +63,10 @@ impl SqliteStore {
         }
         let rows = rows
             .into_iter()
-            .map(|r| Ok(OutboxRow { id: r.id, event_id: uuid(&r.event_id)?, routing_key: r.routing_key, payload: r.payload }))
+            .map(|r| {
+                let event_id = uuid(&r.event_id)?;
+                Ok(OutboxRow { id: r.id, event_id, routing_key: r.routing_key, payload: r.payload, traceparent: r.traceparent })
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let confirmed = publish(rows).await;
         if !confirmed.is_empty() {

@@ -46,11 +46,11 @@ impl SqliteStore {
         Ok(found)
     }
 
-    pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber)]) -> Result<HashSet<CorrelationId>, StoreError> {
+    pub async fn complete_many(&self, done: &[(CorrelationId, OrderNumber, Option<String>)]) -> Result<HashSet<CorrelationId>, StoreError> {
         let mut moved = HashSet::with_capacity(done.len());
-        for &(id, number) in done {
-            if self.complete(id, number).await? {
-                moved.insert(id);
+        for (id, number, trace) in done {
+            if self.complete(*id, *number, trace.clone()).await? {
+                moved.insert(*id);
             }
         }
         Ok(moved)
@@ -93,13 +93,13 @@ impl SqliteStore {
         .await
     }
 
-    async fn complete(&self, id: CorrelationId, number: OrderNumber) -> Result<bool, StoreError> {
-        let event = Event::new(EventKind::Processed { order_id: number.to_string() }, id, Utc::now());
+    async fn complete(&self, id: CorrelationId, number: OrderNumber, trace: Option<String>) -> Result<bool, StoreError> {
+        let event = Event::new(EventKind::Processed { order_id: number.to_string() }, id, Utc::now()).traced(trace);
         self.finish(id, OrderStatus::Completed, Some(number.0), None, event).await
     }
 
-    pub async fn fail(&self, id: CorrelationId, reason: &str) -> Result<bool, StoreError> {
-        let event = Event::new(EventKind::Failed { reason: reason.to_owned() }, id, Utc::now());
+    pub async fn fail(&self, id: CorrelationId, reason: &str, trace: Option<String>) -> Result<bool, StoreError> {
+        let event = Event::new(EventKind::Failed { reason: reason.to_owned() }, id, Utc::now()).traced(trace);
         self.finish(id, OrderStatus::Failed, None, Some(reason.to_owned()), event).await
     }
 

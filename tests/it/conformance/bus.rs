@@ -64,10 +64,16 @@ conformance!(rabbitmq, memory;
     prefetch_bounds_unsettled_deliveries,
     a_message_that_keeps_crashing_its_consumer_is_dead_lettered_by_the_bus,
     a_batch_acked_together_stays_acked_and_never_takes_an_earlier_delivery_with_it,
+    the_trace_context_travels_beside_the_body,
 );
 
 fn event(routing_key: &str, body: &str) -> Outgoing {
-    Outgoing { event_id: uuid::Uuid::new_v4(), routing_key: routing_key.to_owned(), payload: Bytes::from(body.to_owned()) }
+    Outgoing {
+        event_id: uuid::Uuid::new_v4(),
+        routing_key: routing_key.to_owned(),
+        payload: Bytes::from(body.to_owned()),
+        traceparent: None,
+    }
 }
 
 async fn publish(bus: &dyn EventBus, events: &[Outgoing]) {
@@ -103,6 +109,18 @@ async fn events_reach_the_queues_bound_to_their_key(bus: &dyn EventBus) {
     bodies.sort();
     assert_eq!(bodies, ["f", "p"], "order.processed and order.failed go to the notification queue");
     assert!(nothing_within(&mut process, Duration::from_millis(300)).await, "nothing else went to the process queue");
+}
+
+async fn the_trace_context_travels_beside_the_body(bus: &dyn EventBus) {
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let traced = Outgoing { traceparent: Some(traceparent.into()), ..event("order.accepted", "traced") };
+    publish(bus, &[traced, event("order.accepted", "untraced")]).await;
+    let mut process = bus.consume(Queue::OrderProcess, 10).await.unwrap();
+    for (body, expected) in [(&b"traced"[..], Some(traceparent)), (&b"untraced"[..], None)] {
+        let d = next(&mut process).await;
+        assert_eq!((d.body.as_ref(), d.traceparent.as_deref()), (body, expected));
+        d.ack().await.unwrap();
+    }
 }
 
 async fn an_unroutable_key_is_refused(bus: &dyn EventBus) {

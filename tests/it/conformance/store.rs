@@ -73,6 +73,7 @@ conformance!(postgres, sqlite;
     an_unknown_order_cannot_be_processed,
     the_relay_deletes_only_confirmed_rows,
     unfinished_orders_can_be_sent_to_processing_again,
+    outcome_rows_carry_the_trace_they_were_given,
 );
 
 fn user() -> UserId {
@@ -99,7 +100,7 @@ async fn begin(s: &Store, id: CorrelationId) -> Result<Option<contoso::store::Be
 }
 
 async fn complete(s: &Store, id: CorrelationId, number: contoso::domain::OrderNumber) -> Result<bool, StoreError> {
-    Ok(s.complete_many(&[(id, number)]).await?.contains(&id))
+    Ok(s.complete_many(&[(id, number, None)]).await?.contains(&id))
 }
 
 async fn place(s: &Store, user: &UserId, items: &[(&str, i64)]) -> PlacedOrder {
@@ -218,7 +219,7 @@ async fn processing_completes_once_with_a_number_never_reused(s: &Store) {
     assert!(second.0 > number.0);
     assert!(complete(s, a, number).await.unwrap());
     assert!(!complete(s, a, second).await.unwrap(), "completing twice writes nothing");
-    assert!(!s.fail(a, "late failure").await.unwrap(), "a final order never changes");
+    assert!(!s.fail(a, "late failure", None).await.unwrap(), "a final order never changes");
     let state = s.order_state(a).await.unwrap().unwrap();
     assert_eq!((state.status, state.order_number), (OrderStatus::Completed, Some(number)));
     let after = begin(s, a).await.unwrap().unwrap();
@@ -254,9 +255,9 @@ async fn a_batch_is_processed_like_its_orders_one_by_one(s: &Store) {
     let (na, nb) = (begun[&a].order_number.unwrap(), begun[&b].order_number.unwrap());
     assert_ne!(na, nb);
     // The same order twice in one batch completes once, with one outbox row.
-    let moved = s.complete_many(&[(a, na), (b, nb), (a, na)]).await.unwrap();
+    let moved = s.complete_many(&[(a, na, None), (b, nb, None), (a, na, None)]).await.unwrap();
     assert_eq!(moved, [a, b].into_iter().collect());
-    assert!(s.complete_many(&[(a, na), (b, nb)]).await.unwrap().is_empty(), "completing twice writes nothing");
+    assert!(s.complete_many(&[(a, na, None), (b, nb, None)]).await.unwrap().is_empty(), "completing twice writes nothing");
     assert!(s.complete_many(&[]).await.unwrap().is_empty());
     let events = outbox(s).await;
     assert_eq!(events.len(), 2, "one order.processed per order: {events:?}");
@@ -276,8 +277,8 @@ async fn an_unavailable_product_fails_the_order_once(s: &Store) {
     let begun = begin(s, id).await.unwrap().unwrap();
     assert_eq!(begun.unavailable.as_deref(), Some("Limited edition tamper"));
     assert_eq!(begun.order_number, None, "a failing order takes no number");
-    assert!(s.fail(id, "Limited edition tamper is unavailable").await.unwrap());
-    assert!(!s.fail(id, "again").await.unwrap());
+    assert!(s.fail(id, "Limited edition tamper is unavailable", None).await.unwrap());
+    assert!(!s.fail(id, "again", None).await.unwrap());
     assert_eq!(s.order_state(id).await.unwrap().unwrap().status, OrderStatus::Failed);
     let events = outbox(s).await;
     assert_eq!(events.len(), 1);
@@ -285,11 +286,29 @@ async fn an_unavailable_product_fails_the_order_once(s: &Store) {
     assert!(events[0].payload.contains("Limited edition tamper is unavailable"));
 }
 
+async fn outcome_rows_carry_the_trace_they_were_given(s: &Store) {
+    let kim = user();
+    let (a, b, c) = (place(s, &kim, &[("mug", 1)]).await, place(s, &kim, &[("mug", 1)]).await, place(s, &kim, &[("mug", 1)]).await);
+    let (a, b, c) = (a.correlation_id, b.correlation_id, c.correlation_id);
+    let placed = outbox(s).await;
+    assert!(placed.iter().all(|r| r.traceparent.is_none()), "no trace where the request had none");
+    let begun = s.begin_processing_many(&[a, b, c]).await.unwrap();
+    let (ta, tc) = ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    let done = [(a, begun[&a].order_number.unwrap(), Some(ta.to_owned())), (b, begun[&b].order_number.unwrap(), None)];
+    s.complete_many(&done).await.unwrap();
+    assert!(s.fail(c, "x", Some(tc.to_owned())).await.unwrap());
+    let rows = outbox(s).await;
+    let trace_of = |id: CorrelationId| rows.iter().find(|r| r.payload.contains(&id.to_string())).map(|r| r.traceparent.clone());
+    assert_eq!(trace_of(a), Some(Some(ta.to_owned())));
+    assert_eq!(trace_of(b), Some(None));
+    assert_eq!(trace_of(c), Some(Some(tc.to_owned())));
+}
+
 async fn an_unknown_order_cannot_be_processed(s: &Store) {
     let id = CorrelationId::new();
     assert!(s.order_state(id).await.unwrap().is_none());
     assert!(begin(s, id).await.unwrap().is_none());
-    assert!(!s.fail(id, "x").await.unwrap());
+    assert!(!s.fail(id, "x", None).await.unwrap());
 }
 
 async fn the_relay_deletes_only_confirmed_rows(s: &Store) {

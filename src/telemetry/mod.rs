@@ -1,5 +1,8 @@
-//! Logs and metrics: the tracing subscriber (JSON by default) and the one Prometheus
-//! recorder of the process. Metric names live in `names` so dashboards have one source.
+//! Logs, traces and metrics: the tracing subscriber (JSON by default, and OTLP traces when an
+//! endpoint is set) and the one Prometheus recorder of the process. Metric names live in
+//! `names` so dashboards have one source.
+
+pub mod otel;
 
 use std::sync::OnceLock;
 
@@ -38,13 +41,54 @@ pub mod names {
 
 /// Installs the global subscriber. Safe to call more than once (tests): later calls are no-ops.
 pub fn init_logging(format: LogFormat, filter: &str) {
+    drop(init(format, filter, None));
+}
+
+/// Where traces go: the OTLP/HTTP endpoint (`http://collector:4318`) and the roles this
+/// process runs, for the resource.
+pub struct Otlp<'a> {
+    pub endpoint: &'a str,
+    pub roles: &'a str,
+}
+
+/// Flushes the spans not yet exported when the process ends.
+#[must_use]
+pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            // The exporter's HTTP client blocks; it must not do so on a runtime thread.
+            let _ = std::thread::spawn(move || provider.shutdown()).join();
+        }
+    }
+}
+
+/// Installs the global subscriber: logs, and traces to `otlp` when given.
+pub fn init(format: LogFormat, filter: &str, otlp: Option<Otlp<'_>>) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
+    let (provider, traces) = match otlp {
+        None => (None, None),
+        Some(Otlp { endpoint, roles }) => {
+            // The exporter's blocking HTTP client is built off the runtime, for the same reason.
+            let (endpoint, roles) = (endpoint.to_owned(), roles.to_owned());
+            let (provider, layer) = std::thread::spawn(move || otel::layer(&endpoint, &roles))
+                .join()
+                .map_err(|_| anyhow::anyhow!("building the OTLP exporter panicked"))??;
+            (Some(provider), Some(layer))
+        }
+    };
+    let registry = registry.with(traces);
     let res = match format {
         LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_current_span(false).with_span_list(false)).try_init(),
         LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
     };
     drop(res);
+    if provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    }
+    Ok(TelemetryGuard(provider))
 }
 
 /// The process-wide Prometheus recorder, installed on first use. Apps built in one test
