@@ -143,11 +143,11 @@ impl Authenticator {
     /// Fetches the JWKS, if one is configured, so the first request does not wait for it. A
     /// provider that cannot be reached is not fatal: requests answer 503 until it can.
     pub async fn warm(&self) {
-        if let Some(jwks) = &self.jwks {
-            match jwks.warm().await {
-                Ok(keys) => tracing::info!(keys, "signing keys fetched from --jwt-jwks-url"),
-                Err(e) => tracing::error!(error = %e, "cannot fetch the signing keys; tokens are refused with 503 until they can be"),
-            }
+        // The fetch logs its own outcome; what a failure at start means is said here.
+        if let Some(jwks) = &self.jwks
+            && jwks.warm().await.is_err()
+        {
+            tracing::error!("no signing keys yet: requests with a token answer 503 until --jwt-jwks-url can be fetched");
         }
     }
 

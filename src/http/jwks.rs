@@ -82,9 +82,8 @@ impl Jwks {
     }
 
     /// Fetches the key set now (at start, so the first request does not wait for it).
-    pub async fn warm(self: &Arc<Self>) -> Result<usize, JwksError> {
-        self.refetch(false).await?;
-        Ok(self.snapshot().len())
+    pub async fn warm(self: &Arc<Self>) -> Result<(), JwksError> {
+        self.refetch(false).await
     }
 
     fn snapshot(&self) -> Arc<KeySet> {
@@ -108,7 +107,7 @@ impl Jwks {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot refresh the JWKS; the keys fetched before stay in use");
+                tracing::warn!(error = %e, "cannot fetch the JWKS; keys fetched before, if any, stay in use");
                 Err(e)
             }
         }
