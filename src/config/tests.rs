@@ -130,3 +130,14 @@ fn an_invalid_log_level_is_refused() {
     assert!(err.starts_with("invalid --log-level (CONTOSO_LOG_LEVEL)"), "{err}");
     assert!(Settings::try_from_args(["contoso", "--role", "all", "--jwt-secret", "s", "--log-level", "info,contoso=debug"]).is_ok());
 }
+
+#[test]
+fn an_otlp_endpoint_that_is_not_http_is_refused() {
+    let mut args = base();
+    args.extend(["--role", "accept", "--otlp-endpoint", "collector:4318"]);
+    let err = Settings::try_from_args(args).unwrap_err().to_string();
+    assert!(err.starts_with("invalid --otlp-endpoint (CONTOSO_OTLP_ENDPOINT)"), "{err}");
+    let mut args = base();
+    args.extend(["--role", "accept", "--otlp-endpoint", "http://collector:4318"]);
+    assert_eq!(Settings::try_from_args(args).unwrap().otlp_endpoint.as_deref(), Some("http://collector:4318"));
+}

@@ -155,12 +155,16 @@ impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let fixed = match header.alg {
-            Algorithm::HS256 => self.hs256.as_ref().map(|(d, _)| d.clone()),
-            alg => self.public.as_ref().filter(|(_, a)| *a == alg).map(|(d, _)| d.clone()),
+            Algorithm::HS256 => self.hs256.as_ref().map(|(d, _)| d),
+            alg => self.public.as_ref().filter(|(_, a)| *a == alg).map(|(d, _)| d),
         };
+        let fetched;
         let key = match (fixed, &self.jwks) {
             (Some(key), _) => key,
-            (None, Some(jwks)) if header.alg != Algorithm::HS256 => jwks.key(header.kid.as_deref(), header.alg).await?,
+            (None, Some(jwks)) if header.alg != Algorithm::HS256 => {
+                fetched = jwks.key(header.kid.as_deref(), header.alg).await?;
+                &fetched
+            }
             _ => return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg))),
         };
         let mut validation = Validation::new(header.alg);
@@ -182,7 +186,7 @@ impl Authenticator {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        let data = decode::<Claims>(token, &key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let data = decode::<Claims>(token, key, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let user_id = UserId::parse(&data.claims.sub).map_err(AuthError::Invalid)?;
         Ok(Caller { user_id, expires_at: data.claims.exp.saturating_add(self.leeway.as_secs()) })
     }

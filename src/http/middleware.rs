@@ -26,11 +26,14 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
         method,
         %route,
         status = tracing::field::Empty,
-        otel.name = %format_args!("{method} {route}"),
+        otel.name = tracing::field::Empty,
         otel.kind = "server"
     );
-    // A caller's trace (W3C `traceparent`) continues here.
-    otel::follow(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    if otel::enabled() {
+        span.record("otel.name", format_args!("{method} {route}"));
+        // A caller's trace (W3C `traceparent`) continues here.
+        otel::follow(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    }
     let res = next.call(req).instrument(span.clone()).await?;
     let res = problem_fallback(res.map_into_boxed_body());
     let status = res.status().as_u16();

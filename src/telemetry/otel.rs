@@ -3,7 +3,10 @@
 //! headers, the backplane envelope), so one order is one trace from the POST to each tab.
 //! Without an endpoint no span has a trace context, and nothing is carried.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use opentelemetry::{
     KeyValue,
@@ -16,6 +19,13 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const TRACEPARENT: &str = "traceparent";
+
+/// Whether spans are exported: without it nothing below does any work on a hot path.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// The exporter and the layer that feeds it, for the subscriber. Keep the provider: dropping
 /// or shutting it down flushes the spans not yet sent.
@@ -39,11 +49,15 @@ where
         .build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let tracer = provider.tracer("contoso");
+    ENABLED.store(true, Ordering::Relaxed);
     Ok((provider, tracing_opentelemetry::layer().with_tracer(tracer)))
 }
 
 /// The W3C `traceparent` of `span`, or `None` when it belongs to no trace (tracing is off).
 pub fn traceparent(span: &Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
@@ -61,7 +75,7 @@ pub fn current() -> Option<String> {
 /// Makes `span` a child of the remote span a `traceparent` names; a missing or malformed one
 /// leaves `span` where it was (a root, or a child of the current span).
 pub fn follow(span: &Span, traceparent: Option<&str>) {
-    let Some(value) = traceparent.filter(|v| v.len() <= 128) else { return };
+    let Some(value) = traceparent.filter(|v| enabled() && v.len() <= 128) else { return };
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), value.to_owned())]);
     let cx = TraceContextPropagator::new().extract(&carrier);
     if cx.span().span_context().is_valid() {
