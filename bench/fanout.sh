@@ -13,13 +13,7 @@ BACKPLANE_RATES="${2:-10000,20000,30000,40000,50000,60000,80000,100000}"
 CONSUMER_RATES="${3:-2000,4000,8000,12000}"
 cargo build --release --locked --bins --features loadgen >&2
 bench_deployment fanout
-BASE=$((20000 + RANDOM % 20000))
-URLS=""
-for i in 1 2; do
-    port=$((BASE + i))
-    start_contoso "$port" notify
-    URLS="${URLS:+$URLS,}ws://127.0.0.1:$port/hubs/order-status"
-done
+start_notify_pair
 machine_line
 common=(--hub-urls "$URLS" --jwt-secret "$SECRET" --users "$USERS" --tabs 2 --redis-url "$REDIS_URL"
         --channel-prefix "$CHANNELS" --amqp-url "$AMQP_URL" --bus-prefix "$PREFIX" --pids "$(IFS=,; echo "${BENCH_PIDS[*]}")")
