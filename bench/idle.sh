@@ -11,29 +11,12 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 HOLD="${1:-60}"
 RATE="${2:-12000}"
-# One source address reaches ~28,000 ports; several keep TIME_WAIT of earlier runs out of the way.
-SOURCES=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
 cargo build --release --locked --bins --features loadgen >&2
 bench_deployment idle
-trap 'pkill -f "contoso-loadgen idle --url ws://127.0.0.1:" || true; bench_cleanup' EXIT
+trap 'stop_idle_connections; bench_cleanup' EXIT
 machine_line
 mkdir -p bench/results
 ROWS=(); RAMP=()
-
-# open N RATE URL [ARGS...]: opens N more connections (held until the server stops) and prints
-# the achieved connects per second once they are all open.
-open_connections() {
-    local n=$1 rate=$2 url=$3; shift 3
-    local out; out=$(mktemp)
-    CONTOSO_JWT_SECRET="$SECRET" ./target/release/contoso-loadgen idle --url "$url" --connections "$n" \
-        --workers $(( (n + 9499) / 9500 )) --rate "$rate" --hold 3600 --source-ips "$SOURCES" "$@" >"$out" 2>>"$BENCH_LOG" &
-    BENCH_PIDS+=("$!")
-    for _ in $(seq 1 1800); do grep -q ramped "$out" && break; sleep 0.1; done
-    local failed; failed=$(grep ramped "$out" | sed 's/.*"failed":\([0-9]*\).*/\1/')
-    [ "${failed:-1}" = 0 ] || echo "warning: $failed connections failed ($url)" >&2
-    grep ramped "$out" | sed 's/.*"connects_per_s":\([0-9.]*\).*/\1/'
-    rm -f "$out"
-}
 
 # measure NAME PID PORT URL [LOADGEN ARGS...]: the steps above against one running server.
 measure() {

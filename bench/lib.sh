@@ -62,3 +62,24 @@ start_notify_pair() {
         URLS="${URLS:+$URLS,}ws://127.0.0.1:$((BASE + i))/hubs/order-status"
     done
 }
+
+# One source address reaches ~28,000 ports; several keep TIME_WAIT of earlier runs out of the way.
+SOURCES=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
+
+# open_connections N RATE URL [ARGS...]: opens N more idle connections (`contoso-loadgen idle`,
+# sharded over worker processes under the open-file limit, held for an hour or until
+# stop_idle_connections) and prints the achieved connects per second once they are all open.
+open_connections() {
+    local n=$1 rate=$2 url=$3; shift 3
+    local out; out=$(mktemp)
+    CONTOSO_JWT_SECRET="$SECRET" ./target/release/contoso-loadgen idle --url "$url" --connections "$n" \
+        --workers $(( (n + 9499) / 9500 )) --rate "$rate" --hold 3600 --source-ips "$SOURCES" "$@" >"$out" 2>>"$BENCH_LOG" &
+    BENCH_PIDS+=("$!")
+    for _ in $(seq 1 1800); do grep -q ramped "$out" && break; sleep 0.1; done
+    local failed; failed=$(grep ramped "$out" | sed 's/.*"failed":\([0-9]*\).*/\1/')
+    [ "${failed:-1}" = 0 ] || echo "warning: $failed connections failed ($url)" >&2
+    grep ramped "$out" | sed 's/.*"connects_per_s":\([0-9.]*\).*/\1/'
+    rm -f "$out"
+}
+
+stop_idle_connections() { pkill -f "contoso-loadgen idle --url ws://127.0.0.1:" || true; }
