@@ -45,6 +45,27 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     wait_port 6379 redis 10
 fi
 
+# Redis Cluster: 3 masters + 3 replicas on loopback ports 7301-7306, beside the single Redis.
+# Idempotent: running nodes are kept; a cluster whose state is not ok is made again.
+CLUSTER_PORTS="7301 7302 7303 7304 7305 7306"
+cluster_ok() { redis-cli -p 7301 cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+if ! cluster_ok; then
+    log "starting a redis cluster on ports ${CLUSTER_PORTS// /,}"
+    for port in $CLUSTER_PORTS; do
+        redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+        dir="/var/lib/redis/cluster-$port"; rm -rf "$dir"; mkdir -p "$dir"
+        redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+            --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 --save "" --appendonly no \
+            --dir "$dir" --logfile "/var/log/redis/cluster-$port.log" >&2
+    done
+    for port in $CLUSTER_PORTS; do wait_port "$port" "redis cluster node" 10; done
+    # shellcheck disable=SC2046
+    redis-cli --cluster create $(for p in $CLUSTER_PORTS; do printf '127.0.0.1:%s ' "$p"; done) \
+        --cluster-replicas 1 --cluster-yes >/dev/null 2>&1
+    for _ in $(seq 1 100); do cluster_ok && break; sleep 0.1; done
+    cluster_ok || { log "the redis cluster did not reach cluster_state:ok"; exit 1; }
+fi
+
 # RabbitMQ
 if ! port_open 5672; then
     need rabbitmq-server rabbitmq-server
@@ -61,4 +82,5 @@ need chromium chromium
 
 echo "export TEST_DATABASE_URL=$DB_URL"
 echo "export TEST_REDIS_URL=redis://127.0.0.1:6379/0"
+echo "export TEST_REDIS_CLUSTER_URLS=redis://127.0.0.1:7301,redis://127.0.0.1:7302,redis://127.0.0.1:7303"
 echo "export TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f"

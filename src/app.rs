@@ -16,7 +16,7 @@ use crate::{
     },
     bus::{EventBus, MemoryBus, RabbitBus, Topology},
     cache::{MemoryCache, NotificationLog, RedisCache, StatusCache},
-    config::Settings,
+    config::{RedisMode, Settings},
     health::{self, Readiness},
     http::{self, Authenticator, middleware::observe},
     roles::{self, Deps},
@@ -110,7 +110,8 @@ impl App {
         }
         let redis = match &settings.redis_url {
             Some(url) => {
-                Some(Arc::new(RedisCache::new(url.expose(), settings.db_pool_size, settings.retention).context("invalid --redis-url")?))
+                let cache = RedisCache::new(settings.redis_mode, url.expose(), settings.db_pool_size, settings.retention);
+                Some(Arc::new(cache.context("invalid --redis-url")?))
             }
             None => None,
         };
@@ -135,11 +136,15 @@ impl App {
                         channel: channels.internal(&format!("canary:{}", uuid::Uuid::new_v4().simple())),
                         interval,
                     });
-                    let pool = redis.pool().clone();
-                    Some(
-                        RedisBackplane::start(url.expose(), pool, vec![channels.all()], canary, shutdown.connections.clone())
-                            .context("invalid --redis-url")? as Arc<dyn Backplane>,
-                    )
+                    let (client, always, token) = (redis.client().clone(), vec![channels.all()], shutdown.connections.clone());
+                    let backplane = match settings.redis_mode {
+                        RedisMode::Standalone => RedisBackplane::start(url.expose(), client, always, canary, token),
+                        RedisMode::Cluster => {
+                            let seeds = crate::redis_client::seeds(url.expose());
+                            RedisBackplane::start_cluster(seeds, settings.backplane_pubsub, client, always, canary, token)
+                        }
+                    };
+                    Some(backplane.context("invalid --redis-url")? as Arc<dyn Backplane>)
                 }
                 (true, _, _) => Some(Arc::new(MemoryBackplane::new(Arc::new(MemoryHub::default()))) as Arc<dyn Backplane>),
             };

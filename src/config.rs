@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, builder::BoolishValueParser};
 use serde::Deserialize;
 
-pub use crate::{http::auth::JwtSettings, secret::Secret, telemetry::LogFormat};
+pub use crate::{backplane::cluster::PubSub, http::auth::JwtSettings, redis_client::RedisMode, secret::Secret, telemetry::LogFormat};
 
 /// Where `--role all` keeps its orders when no `--database-url` is given.
 pub const EMBEDDED_DATABASE_URL: &str = "sqlite://contoso.db";
@@ -40,6 +40,12 @@ pub struct RawSettings {
     /// redis://host:port/db; required except for role all [all: in-process status cache, log and backplane]
     #[arg(long, env = "CONTOSO_REDIS_URL", hide_env_values = true, help_heading = "Dependencies")]
     pub redis_url: Option<Secret>,
+    /// standalone (--redis-url is one server) or cluster (--redis-url lists seed nodes of a Redis Cluster, comma-separated) [default: standalone]
+    #[arg(long, env = "CONTOSO_REDIS_MODE", value_enum, help_heading = "Dependencies")]
+    pub redis_mode: Option<RedisMode>,
+    /// Notify: backplane pub/sub, classic (PUBLISH, what ASP.NET Core speaks) or sharded (SPUBLISH, cluster only) [default: classic standalone, sharded on a cluster]
+    #[arg(long, env = "CONTOSO_BACKPLANE_PUBSUB", value_enum, help_heading = "Notify (the hub)")]
+    pub backplane_pubsub: Option<PubSub>,
     /// amqp://user:pass@host:5672/%2f; required except for role all [all: in-process event bus]
     #[arg(long, env = "CONTOSO_AMQP_URL", hide_env_values = true, help_heading = "Dependencies")]
     pub amqp_url: Option<Secret>,
@@ -171,6 +177,8 @@ pub struct Settings {
     pub admin_listen: Option<SocketAddr>,
     pub database_url: Option<Secret>,
     pub redis_url: Option<Secret>,
+    pub redis_mode: RedisMode,
+    pub backplane_pubsub: PubSub,
     pub amqp_url: Option<Secret>,
     pub jwt: JwtSettings,
     pub channel_prefix: String,
@@ -270,6 +278,11 @@ impl Settings {
             // `all` without a database runs on an embedded SQLite file (CONTRACT §1).
             database_url: pick!(database_url).or_else(|| roles.all.then(|| Secret::new(EMBEDDED_DATABASE_URL))),
             redis_url: pick!(redis_url),
+            redis_mode: pick!(redis_mode).unwrap_or_default(),
+            backplane_pubsub: pick!(backplane_pubsub).unwrap_or(match pick!(redis_mode).unwrap_or_default() {
+                RedisMode::Standalone => PubSub::Classic,
+                RedisMode::Cluster => PubSub::Sharded,
+            }),
             amqp_url: pick!(amqp_url),
             jwt: JwtSettings {
                 secret: pick!(jwt_secret).filter(|s| !s.expose().is_empty()),
@@ -352,6 +365,7 @@ impl Settings {
                 message: "must be at least 1 second".into(),
             });
         }
+        self.check_redis()?;
         for role in self.roles.iter() {
             let name = if self.roles.all { "all" } else { role.as_str() };
             let needs: &[(&Option<Secret>, &str, &str)] = match role {
@@ -376,6 +390,29 @@ impl Settings {
                     name,
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// A seed list needs cluster mode, and sharded pub/sub needs a cluster.
+    fn check_redis(&self) -> Result<(), SettingsError> {
+        let invalid =
+            |flag: &str, env: &str, message: &str| SettingsError::Invalid { flag: flag.into(), env: env.into(), message: message.into() };
+        let seeds = self.redis_url.as_ref().map_or(0, |u| crate::redis_client::seeds(u.expose()).len());
+        if self.redis_mode == RedisMode::Standalone && seeds > 1 {
+            return Err(invalid(
+                "--redis-url",
+                "CONTOSO_REDIS_URL",
+                &format!("lists {seeds} addresses: a Redis Cluster needs --redis-mode cluster (CONTOSO_REDIS_MODE=cluster)"),
+            ));
+        }
+        if self.redis_mode == RedisMode::Cluster && self.redis_url.is_none() {
+            return Err(invalid("--redis-mode", "CONTOSO_REDIS_MODE", "cluster needs --redis-url with the cluster's seed nodes"));
+        }
+        if self.redis_mode == RedisMode::Standalone && self.backplane_pubsub == PubSub::Sharded {
+            return Err(invalid("--backplane-pubsub", "CONTOSO_BACKPLANE_PUBSUB", "sharded needs --redis-mode cluster"));
         }
         Ok(())
     }

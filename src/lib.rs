@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod hub;
 pub mod metrics_help;
+pub mod redis_client;
 pub mod roles;
 pub mod secret;
 pub mod shutdown;

@@ -3,6 +3,7 @@
 //! here, in one place; `memory` and `redis` only move bytes.
 
 pub mod canary;
+pub mod cluster;
 pub mod memory;
 pub mod redis;
 

@@ -2,7 +2,8 @@
 //! dedicated pub/sub connection per process, owned by a supervisor task that reconnects with
 //! backoff and re-subscribes every wanted channel; SUBSCRIBE/UNSUBSCRIBE requests that pile up
 //! are sent as one command, and PUBLISHes queued together go out as one pipeline on the
-//! ordinary connection pool.
+//! ordinary connection pool. A Redis Cluster uses the same struct with its own subscriber
+//! (`cluster.rs`).
 
 use std::{
     collections::HashSet,
@@ -24,6 +25,7 @@ use super::{
     Backplane, BackplaneError,
     canary::{self, CanarySettings, CanaryState, Verdict},
 };
+use crate::redis_client::RedisClient;
 
 pub mod names {
     pub const CONNECTED: &str = "contoso_backplane_connected";
@@ -35,14 +37,14 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most PUBLISHes in one pipeline.
 const MAX_PUBLISH_BATCH: usize = 512;
 
-enum Command {
+pub(super) enum Command {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
     /// Drop the pub/sub connection and make every subscription again.
     Reconnect,
 }
 
-struct PublishRequest {
+pub(super) struct PublishRequest {
     channel: String,
     payload: Bytes,
     done: oneshot::Sender<Result<(), BackplaneError>>,
@@ -57,29 +59,113 @@ pub struct RedisBackplane {
     canary: Arc<CanaryState>,
 }
 
-/// What the subscriber task owns besides the connection.
-struct Subscriber {
-    client: redis::Client,
-    wanted: HashSet<String>,
-    commands: mpsc::UnboundedReceiver<Command>,
-    inbound: mpsc::UnboundedSender<(String, Bytes)>,
-    connected: Arc<AtomicBool>,
-    gaps: tokio::sync::watch::Sender<u64>,
+/// What a subscriber task owns besides its connection.
+pub(super) struct Subscriber {
+    pub wanted: HashSet<String>,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub inbound: mpsc::UnboundedSender<(String, Bytes)>,
+    pub connected: Arc<AtomicBool>,
+    pub gaps: tokio::sync::watch::Sender<u64>,
     /// The canary channel, whose messages go to `canary` instead of `inbound`.
-    canary: Option<(String, Arc<CanaryState>)>,
+    pub canary: Option<(String, Arc<CanaryState>)>,
+}
+
+impl Subscriber {
+    /// Hands a received message on: to the canary's judge, or to the hub.
+    pub fn deliver(&self, channel: &str, payload: &[u8]) {
+        match &self.canary {
+            Some((canary, state)) if channel == canary => state.arrived(payload),
+            _ => {
+                let _ = self.inbound.send((channel.to_owned(), Bytes::copy_from_slice(payload)));
+            }
+        }
+    }
+
+    /// The connection is up with every wanted channel subscribed: confirm who waited, and
+    /// count a reconnect (messages published meanwhile were not delivered live).
+    pub fn up(&self, waiting: &mut Vec<oneshot::Sender<()>>, ever_connected: &mut bool) {
+        waiting.drain(..).for_each(|tx| {
+            let _ = tx.send(());
+        });
+        self.connected.store(true, Ordering::SeqCst);
+        metrics::gauge!(names::CONNECTED).set(1.0);
+        if *ever_connected {
+            metrics::counter!(names::RECONNECTS).increment(1);
+            self.gaps.send_modify(|n| *n += 1);
+            tracing::warn!(
+                channels = self.wanted.len(),
+                "redis backplane reconnected; messages published while it was away were not delivered live"
+            );
+        } else {
+            tracing::info!("redis backplane connected");
+        }
+        *ever_connected = true;
+    }
+
+    pub fn down(&self) {
+        self.connected.store(false, Ordering::SeqCst);
+        metrics::gauge!(names::CONNECTED).set(0.0);
+        tracing::warn!("redis backplane connection lost, reconnecting");
+    }
+
+    /// Waits out a reconnect backoff while keeping the wanted set current (nothing can be
+    /// sent now: the next connection subscribes the whole set). False when it is time to stop.
+    pub async fn wait(&mut self, backoff: Duration, waiting: &mut Vec<oneshot::Sender<()>>, token: &CancellationToken) -> bool {
+        let deadline = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return true,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => {
+                        let mut changes = Changes::default();
+                        changes.apply(&mut self.wanted, cmd);
+                        waiting.extend(changes.confirm);
+                    }
+                    None => return false,
+                },
+                () = token.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Takes a burst of commands (the first one and whatever else is queued) as one change.
+    pub fn burst(&mut self, first: Command) -> Changes {
+        let mut changes = Changes::default();
+        changes.apply(&mut self.wanted, first);
+        while let Ok(more) = self.commands.try_recv() {
+            changes.apply(&mut self.wanted, more);
+        }
+        changes
+    }
 }
 
 impl RedisBackplane {
-    /// Starts the subscriber and publisher tasks (and the canary's, when given); `always`
-    /// channels are subscribed for the whole life of the process (e.g. the hub's `:all`).
+    /// Starts the subscriber and publisher tasks (and the canary's, when given) on a single
+    /// Redis; `always` channels are subscribed for the whole life of the process (e.g. the
+    /// hub's `:all`). `publish` is the client for the PUBLISHes.
     pub fn start(
         url: &str,
-        pool: deadpool_redis::Pool,
+        publish: RedisClient,
         always: Vec<String>,
         canary: Option<CanarySettings>,
         token: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let client = redis::Client::open(url)?;
+        Ok(Self::assemble(publish, "PUBLISH", always, canary, token, |sub, token| {
+            tokio::spawn(subscriber(client, sub, token));
+        }))
+    }
+
+    /// The parts every flavour shares; `spawn_subscriber` starts the task that owns the
+    /// subscriptions, and messages are published with `publish_command`.
+    pub(super) fn assemble(
+        publish: RedisClient,
+        publish_command: &'static str,
+        always: Vec<String>,
+        canary: Option<CanarySettings>,
+        token: CancellationToken,
+        spawn_subscriber: impl FnOnce(Subscriber, CancellationToken),
+    ) -> Arc<Self> {
         let (cmd_tx, commands) = mpsc::unbounded_channel();
         let (pub_tx, pub_rx) = mpsc::channel(16 * MAX_PUBLISH_BATCH);
         let (inbound, in_rx) = mpsc::unbounded_channel();
@@ -89,14 +175,13 @@ impl RedisBackplane {
         let mut wanted: HashSet<String> = always.into_iter().collect();
         wanted.extend(canary.iter().map(|c| c.channel.clone()));
         let sub_canary = canary.as_ref().map(|c| (c.channel.clone(), state.clone()));
-        let sub = Subscriber { client, wanted, commands, inbound, connected: connected.clone(), gaps, canary: sub_canary };
-        tokio::spawn(subscriber(sub, token.clone()));
+        spawn_subscriber(Subscriber { wanted, commands, inbound, connected: connected.clone(), gaps, canary: sub_canary }, token.clone());
         if let Some(settings) = canary {
             tokio::spawn(check(settings, state.clone(), pub_tx.clone(), cmd_tx.clone(), token.clone()));
         }
-        tokio::spawn(publisher(pool, pub_rx, token));
+        tokio::spawn(publisher(publish, publish_command, pub_rx, token));
         let inbound = Mutex::new(Some(in_rx));
-        Ok(Arc::new(Self { commands: cmd_tx, publishes: pub_tx, inbound, connected, reconnections: gap_rx, canary: state }))
+        Arc::new(Self { commands: cmd_tx, publishes: pub_tx, inbound, connected, reconnections: gap_rx, canary: state })
     }
 }
 
@@ -180,8 +265,7 @@ impl Backplane for RedisBackplane {
 }
 
 /// Owns the pub/sub connection for the life of the process.
-async fn subscriber(sub: Subscriber, token: CancellationToken) {
-    let Subscriber { client, mut wanted, mut commands, inbound, connected, gaps, canary } = sub;
+async fn subscriber(client: redis::Client, mut sub: Subscriber, token: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     let mut ever_connected = false;
     // Confirmations owed to `subscribe` callers while Redis is away.
@@ -195,73 +279,34 @@ async fn subscriber(sub: Subscriber, token: CancellationToken) {
             Ok(p) => p,
             Err(err) => {
                 tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "redis backplane unreachable");
-                // Keep the wanted set current while waiting.
-                let deadline = tokio::time::Instant::now() + backoff;
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => break,
-                        cmd = commands.recv() => match cmd {
-                            Some(cmd) => {
-                                // Nothing can be sent now: the wanted set is what the reconnect subscribes.
-                                let mut changes = Changes::default();
-                                changes.apply(&mut wanted, cmd);
-                                waiting.extend(changes.confirm);
-                            }
-                            None => return,
-                        },
-                        () = token.cancelled() => return,
-                    }
+                if !sub.wait(backoff, &mut waiting, &token).await {
+                    return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        if !wanted.is_empty() {
-            let all: Vec<&String> = wanted.iter().collect();
+        if !sub.wanted.is_empty() {
+            let all: Vec<&String> = sub.wanted.iter().collect();
             if let Err(err) = answered(sink.subscribe(all)).await {
                 tracing::warn!(error = %err, "re-subscribing failed, reconnecting");
                 continue;
             }
         }
-        waiting.drain(..).for_each(|tx| {
-            let _ = tx.send(());
-        });
-        connected.store(true, Ordering::SeqCst);
-        metrics::gauge!(names::CONNECTED).set(1.0);
-        if ever_connected {
-            metrics::counter!(names::RECONNECTS).increment(1);
-            gaps.send_modify(|n| *n += 1);
-            tracing::warn!(
-                channels = wanted.len(),
-                "redis backplane reconnected; messages published while it was away were not delivered live"
-            );
-        } else {
-            tracing::info!("redis backplane connected");
-        }
-        ever_connected = true;
+        sub.up(&mut waiting, &mut ever_connected);
         backoff = Duration::from_millis(100);
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(msg) => match &canary {
-                        Some((channel, state)) if msg.get_channel_name() == channel => state.arrived(msg.get_payload_bytes()),
-                        _ => {
-                            let _ = inbound.send((msg.get_channel_name().to_owned(), Bytes::copy_from_slice(msg.get_payload_bytes())));
-                        }
-                    },
+                    Some(msg) => sub.deliver(msg.get_channel_name(), msg.get_payload_bytes()),
                     None => break,
                 },
-                cmd = commands.recv() => {
+                cmd = sub.commands.recv() => {
                     let Some(first) = cmd else { return };
                     // Only what these commands change is sent: the cost does not grow with the
                     // number of channels already subscribed.
-                    let mut changes = Changes::default();
-                    changes.apply(&mut wanted, first);
-                    while let Ok(more) = commands.try_recv() {
-                        changes.apply(&mut wanted, more);
-                    }
-                    let Changes { subscribe, unsubscribe, confirm, reconnect } = changes;
+                    let Changes { subscribe, unsubscribe, confirm, reconnect } = sub.burst(first);
                     if reconnect {
                         // The new connection subscribes the whole wanted set, these included.
                         waiting.extend(confirm);
@@ -279,9 +324,7 @@ async fn subscriber(sub: Subscriber, token: CancellationToken) {
                 () = token.cancelled() => return,
             }
         }
-        connected.store(false, Ordering::SeqCst);
-        metrics::gauge!(names::CONNECTED).set(0.0);
-        tracing::warn!("redis backplane connection lost, reconnecting");
+        sub.down();
     }
 }
 
@@ -289,7 +332,7 @@ async fn subscriber(sub: Subscriber, token: CancellationToken) {
 /// never answers; waiting forever would stop the subscriber, reconnects included.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn answered(request: impl std::future::Future<Output = redis::RedisResult<()>>) -> Result<(), String> {
+pub(super) async fn answered(request: impl std::future::Future<Output = redis::RedisResult<()>>) -> Result<(), String> {
     match tokio::time::timeout(SUBSCRIBE_TIMEOUT, request).await {
         Ok(res) => res.map_err(|e| e.to_string()),
         Err(_) => Err("no answer from redis".into()),
@@ -299,12 +342,12 @@ async fn answered(request: impl std::future::Future<Output = redis::RedisResult<
 /// What a burst of commands changes in the wanted set: channels to subscribe and to
 /// unsubscribe (a channel wanted and unwanted within the burst cancels out), and who waits.
 #[derive(Default)]
-struct Changes {
-    subscribe: HashSet<String>,
-    unsubscribe: HashSet<String>,
-    confirm: Vec<oneshot::Sender<()>>,
+pub(super) struct Changes {
+    pub subscribe: HashSet<String>,
+    pub unsubscribe: HashSet<String>,
+    pub confirm: Vec<oneshot::Sender<()>>,
     /// The connection is to be made again.
-    reconnect: bool,
+    pub reconnect: bool,
 }
 
 impl Changes {
@@ -327,8 +370,9 @@ impl Changes {
     }
 }
 
-/// Sends queued PUBLISHes, as many as are waiting, in one pipeline.
-async fn publisher(pool: deadpool_redis::Pool, mut rx: mpsc::Receiver<PublishRequest>, token: CancellationToken) {
+/// Sends queued PUBLISHes (or SPUBLISHes), as many as are waiting, together: one pipeline on a
+/// single Redis, each to its shard at once on a cluster.
+async fn publisher(client: RedisClient, command: &'static str, mut rx: mpsc::Receiver<PublishRequest>, token: CancellationToken) {
     loop {
         let first = tokio::select! {
             req = rx.recv() => match req { Some(r) => r, None => return },
@@ -342,18 +386,18 @@ async fn publisher(pool: deadpool_redis::Pool, mut rx: mpsc::Receiver<PublishReq
             }
         }
         metrics::histogram!(names::PUBLISH_BATCH).record(batch.len() as f64);
-        let mut pipe = redis::pipe();
-        for req in &batch {
-            pipe.publish(&req.channel, req.payload.as_ref()).ignore();
-        }
-        let res = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-                Ok(res) => res.map_err(|e| e.to_string()),
-                Err(_) => Err("publish timed out".to_owned()),
-            }
-        }
-        .await;
+        let cmds: Vec<redis::Cmd> = batch
+            .iter()
+            .map(|req| {
+                let mut cmd = redis::cmd(command);
+                cmd.arg(&req.channel).arg(req.payload.as_ref());
+                cmd
+            })
+            .collect();
+        let res = match tokio::time::timeout(PUBLISH_TIMEOUT, client.query_all::<()>(&cmds)).await {
+            Ok(res) => res.map(drop).map_err(|e| e.to_string()),
+            Err(_) => Err("publish timed out".to_owned()),
+        };
         for req in batch {
             let _ = req.done.send(res.clone().map_err(BackplaneError::Unavailable));
         }

@@ -1,21 +1,25 @@
-//! `StatusCache` on Redis through a deadpool-redis pool. Every command is bounded by the
-//! pool's timeouts, so a Redis outage turns into a quick `CacheError`, never a hang.
+//! `StatusCache` and `NotificationLog` on Redis, a single server or a Redis Cluster. Every
+//! command is bounded, so a Redis outage turns into a quick `CacheError`, never a hang; every
+//! command and script touches keys of one cluster slot.
 
 use std::{sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
-use deadpool_redis::{Config, Pool, Runtime, Timeouts, redis};
+use deadpool_redis::redis;
 
 use serde_json::Value;
 
 use super::{
     Append, CacheError, LoggedNotification, NotificationLog, Replay, Retention, StatusCache, map_key, parse_notification_id, status_key,
 };
-use crate::domain::{CorrelationId, OrderStatus, UserId};
+use crate::{
+    domain::{CorrelationId, OrderStatus, UserId},
+    redis_client::{RedisClient, RedisClientError, RedisMode},
+};
 
 #[derive(Clone)]
 pub struct RedisCache {
-    pool: Pool,
+    redis: RedisClient,
     retention: Retention,
 }
 
@@ -24,30 +28,21 @@ fn unavailable(err: impl std::fmt::Display) -> CacheError {
 }
 
 impl RedisCache {
-    /// Builds the pool; no connection is opened until the first command.
-    pub fn new(url: &str, size: usize, retention: Retention) -> anyhow::Result<Self> {
-        let mut cfg = Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(size);
-        pool_cfg.timeouts =
-            Timeouts { wait: Some(Duration::from_secs(2)), create: Some(Duration::from_secs(2)), recycle: Some(Duration::from_secs(1)) };
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
-        Ok(Self { pool, retention })
+    /// Builds the client; no connection is opened until the first command.
+    pub fn new(mode: RedisMode, url: &str, size: usize, retention: Retention) -> anyhow::Result<Self> {
+        Ok(Self { redis: RedisClient::new(mode, url, size)?, retention })
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    async fn conn(&self) -> Result<deadpool_redis::Connection, CacheError> {
-        self.pool.get().await.map_err(unavailable)
+    /// The client, shared with the backplane's publisher.
+    pub fn client(&self) -> &RedisClient {
+        &self.redis
     }
 }
 
 /// A bound on one command's round trip, so a Redis that accepts but never answers cannot hang a request.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn bounded<T>(fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, CacheError> {
+async fn bounded<T>(fut: impl std::future::Future<Output = Result<T, RedisClientError>>) -> Result<T, CacheError> {
     match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
         Ok(res) => res.map_err(unavailable),
         Err(_) => Err(CacheError::Unavailable("command timed out".into())),
@@ -74,45 +69,42 @@ return 1
 #[async_trait]
 impl StatusCache for RedisCache {
     async fn put_new_order(&self, id: CorrelationId, user: &UserId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError> {
-        let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        pipe.set_ex(map_key(id), user.as_str(), ttl.as_secs()).ignore().set_ex(status_key(id), status.as_str(), ttl.as_secs()).ignore();
-        bounded(pipe.query_async::<()>(&mut conn)).await
+        // Two keys, two slots on a cluster: two commands (one pipeline on a single server).
+        let mut map = redis::cmd("SET");
+        map.arg(map_key(id)).arg(user.as_str()).arg("EX").arg(ttl.as_secs());
+        let mut status_cmd = redis::cmd("SET");
+        status_cmd.arg(status_key(id)).arg(status.as_str()).arg("EX").arg(ttl.as_secs());
+        bounded(self.redis.query_all::<()>(&[map, status_cmd])).await.map(drop)
     }
 
     async fn set_status(&self, id: CorrelationId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError> {
-        let mut conn = self.conn().await?;
         let mut invocation = ADVANCE_STATUS.key(status_key(id));
         invocation.arg(status.as_str()).arg(ttl.as_secs());
-        bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
+        bounded(self.redis.invoke::<i64>(&invocation)).await.map(drop)
     }
 
     async fn set_statuses(&self, updates: &[(CorrelationId, OrderStatus)], ttl: Duration) -> Result<(), CacheError> {
         if updates.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        // A pipeline does not load a missing script on its own (after SCRIPT FLUSH or a Redis
-        // restart), so it loads it first: cheap, and the pipeline stays one round trip.
-        pipe.load_script(&ADVANCE_STATUS).ignore();
-        for &(id, status) in updates {
-            let mut invocation = ADVANCE_STATUS.key(status_key(id));
-            invocation.arg(status.as_str()).arg(ttl.as_secs());
-            pipe.invoke_script(&invocation).ignore();
-        }
-        bounded(pipe.query_async::<()>(&mut conn)).await
+        let calls: Vec<_> = updates
+            .iter()
+            .map(|&(id, status)| {
+                let mut invocation = ADVANCE_STATUS.key(status_key(id));
+                invocation.arg(status.as_str()).arg(ttl.as_secs());
+                invocation
+            })
+            .collect();
+        bounded(self.redis.invoke_all::<i64>(&ADVANCE_STATUS, &calls)).await.map(drop)
     }
 
     async fn status(&self, id: CorrelationId) -> Result<Option<OrderStatus>, CacheError> {
-        let mut conn = self.conn().await?;
-        let raw: Option<String> = bounded(redis::cmd("GET").arg(status_key(id)).query_async(&mut conn)).await?;
+        let raw: Option<String> = bounded(self.redis.query(redis::cmd("GET").arg(status_key(id)))).await?;
         Ok(raw.as_deref().and_then(OrderStatus::parse))
     }
 
     async fn user_of(&self, id: CorrelationId) -> Result<Option<UserId>, CacheError> {
-        let mut conn = self.conn().await?;
-        let raw: Option<String> = bounded(redis::cmd("GET").arg(map_key(id)).query_async(&mut conn)).await?;
+        let raw: Option<String> = bounded(self.redis.query(redis::cmd("GET").arg(map_key(id)))).await?;
         Ok(raw.and_then(|r| UserId::parse(&r).ok()))
     }
 
@@ -120,19 +112,21 @@ impl StatusCache for RedisCache {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
-        // One GET per key in one pipeline, not MGET: on a cluster the keys live on many slots.
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.get(map_key(*id));
-        }
-        let raw: Vec<Option<String>> = bounded(pipe.query_async(&mut conn)).await?;
+        // One GET per key, not MGET: on a cluster the keys live on many slots.
+        let gets: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let mut get = redis::cmd("GET");
+                get.arg(map_key(*id));
+                get
+            })
+            .collect();
+        let raw: Vec<Option<String>> = bounded(self.redis.query_all(&gets)).await?;
         Ok(raw.into_iter().map(|r| r.and_then(|r| UserId::parse(&r).ok())).collect())
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
-        let mut conn = self.conn().await?;
-        bounded(redis::cmd("PING").query_async::<String>(&mut conn)).await.map(drop)
+        bounded(self.redis.ping()).await
     }
 }
 
@@ -189,9 +183,8 @@ impl RedisCache {
 #[async_trait]
 impl NotificationLog for RedisCache {
     async fn append(&self, user: &UserId, event_id: &str, target: &str, payload: &Value) -> Result<LoggedNotification, CacheError> {
-        let mut conn = self.conn().await?;
         let call = self.append_call(&Append { user, event_id, target, payload });
-        let id: String = bounded(call.invoke_async(&mut conn)).await?;
+        let id: String = bounded(self.redis.invoke(&call)).await?;
         Ok(LoggedNotification { id, target: target.to_owned(), payload: payload.clone() })
     }
 
@@ -199,14 +192,8 @@ impl NotificationLog for RedisCache {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        // As in `set_statuses`: the pipeline loads the script itself, for a Redis that forgot it.
-        pipe.load_script(&APPEND).ignore();
-        for item in items {
-            pipe.invoke_script(&self.append_call(item));
-        }
-        let ids: Vec<String> = bounded(pipe.query_async(&mut conn)).await?;
+        let calls: Vec<_> = items.iter().map(|item| self.append_call(item)).collect();
+        let ids: Vec<String> = bounded(self.redis.invoke_all(&APPEND, &calls)).await?;
         Ok(ids
             .into_iter()
             .zip(items)
@@ -216,7 +203,6 @@ impl NotificationLog for RedisCache {
 
     async fn since(&self, user: &UserId, after: Option<&str>) -> Result<Replay, CacheError> {
         let after_id = after.map(parse_notification_id).transpose()?;
-        let mut conn = self.conn().await?;
         let start = match after {
             Some(raw) => format!("({raw}"),
             None => "-".to_owned(),
@@ -224,7 +210,7 @@ impl NotificationLog for RedisCache {
         let mut call = SINCE.key(log_key(user));
         call.arg(start).arg(self.retention.max_count);
         let (exists, max_deleted, first, entries): (i64, String, String, Vec<(String, Vec<(String, String)>)>) =
-            bounded(call.invoke_async(&mut conn)).await?;
+            bounded(self.redis.invoke(&call)).await?;
         if exists == 0 {
             // Nothing retained: complete only for a client that has seen nothing yet.
             return Ok(Replay { notifications: Vec::new(), complete: after.is_none() });

@@ -141,3 +141,31 @@ fn an_otlp_endpoint_that_is_not_http_is_refused() {
     args.extend(["--role", "accept", "--otlp-endpoint", "http://collector:4318"]);
     assert_eq!(Settings::try_from_args(args).unwrap().otlp_endpoint.as_deref(), Some("http://collector:4318"));
 }
+
+#[test]
+fn redis_defaults_to_one_server_with_classic_pub_sub_and_a_cluster_to_sharded() {
+    let mut args = base();
+    args.extend(["--role", "notify"]);
+    let s = Settings::try_from_args(args.clone()).unwrap();
+    assert_eq!((s.redis_mode, s.backplane_pubsub), (RedisMode::Standalone, PubSub::Classic));
+    args.extend(["--redis-mode", "cluster"]);
+    let s = Settings::try_from_args(args.clone()).unwrap();
+    assert_eq!((s.redis_mode, s.backplane_pubsub), (RedisMode::Cluster, PubSub::Sharded));
+    args.extend(["--backplane-pubsub", "classic"]);
+    assert_eq!(Settings::try_from_args(args).unwrap().backplane_pubsub, PubSub::Classic, "classic stays possible on a cluster");
+}
+
+#[test]
+fn a_seed_list_without_cluster_mode_and_sharded_pub_sub_on_one_server_are_refused() {
+    let args = ["contoso", "--role", "notify", "--database-url", "postgres://x", "--amqp-url", "amqp://x", "--jwt-secret", "s"];
+    let seeds = [&args[..], &["--redis-url", "redis://a:6379,redis://b:6379"]].concat();
+    assert_eq!(
+        Settings::try_from_args(seeds).unwrap_err().to_string(),
+        "invalid --redis-url (CONTOSO_REDIS_URL): lists 2 addresses: a Redis Cluster needs --redis-mode cluster (CONTOSO_REDIS_MODE=cluster)"
+    );
+    let sharded = [&args[..], &["--redis-url", "redis://a:6379", "--backplane-pubsub", "sharded"]].concat();
+    assert_eq!(
+        Settings::try_from_args(sharded).unwrap_err().to_string(),
+        "invalid --backplane-pubsub (CONTOSO_BACKPLANE_PUBSUB): sharded needs --redis-mode cluster"
+    );
+}

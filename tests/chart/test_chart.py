@@ -552,6 +552,105 @@ def test_a_jwks_url_that_is_not_http_is_refused_by_the_schema(url):
         render({"config": {"CONTOSO_JWT_JWKS_URL": url, "CONTOSO_JWT_AUDIENCE": "contoso-shop"}})
 
 
+# Seed nodes of a Redis Cluster, as CONTOSO_REDIS_URL carries them in cluster mode.
+SEEDS = "redis://redis-0.redis:6379,redis://redis-1.redis:6379,redis://redis-2.redis:6379"
+
+
+@pytest.mark.parametrize(
+    ("values", "pubsub"),
+    [
+        ({"config": {"CONTOSO_REDIS_MODE": "cluster"}, "secrets": {"CONTOSO_REDIS_URL": SEEDS}}, {}),
+        (
+            {"config": {"CONTOSO_REDIS_MODE": "cluster", "CONTOSO_BACKPLANE_PUBSUB": "sharded"}, "secrets": {"CONTOSO_REDIS_URL": SEEDS}},
+            {role: "sharded" for role in ROLES},
+        ),
+        # .NET pods share the backplane: notify keeps classic on the cluster.
+        (
+            {
+                "config": {"CONTOSO_REDIS_MODE": "cluster", "CONTOSO_BACKPLANE_PUBSUB": "sharded"},
+                "roles": {"notify": {"config": {"CONTOSO_BACKPLANE_PUBSUB": "classic"}}},
+                "secrets": {"CONTOSO_REDIS_URL": SEEDS},
+            },
+            {"accept": "sharded", "process": "sharded", "notify": "classic"},
+        ),
+        # The seed list lives in an existing Secret the chart cannot read.
+        ({"config": {"CONTOSO_REDIS_MODE": "cluster"}, "secrets": {"existingSecret": "contoso-secrets"}}, {}),
+    ],
+    ids=["cluster", "cluster-sharded", "notify-classic", "existing-secret"],
+)
+def test_redis_cluster_settings_reach_every_pod(values, pubsub):
+    """Cluster mode and the pub/sub kind reach every role's pods like any other setting, and the seed list reaches them
+    through the Secret."""
+    rendered = render(values)
+    deployments = rendered.by_role("Deployment")
+    assert set(deployments) == set(ROLES)
+    secret = values["secrets"].get("existingSecret") or rendered.of_kind("Secret")[0]["metadata"]["name"]
+    for role, dep in deployments.items():
+        env = pod_env(rendered, dep)
+        assert env["CONTOSO_REDIS_MODE"] == "cluster", role
+        assert env.get("CONTOSO_BACKPLANE_PUBSUB") == pubsub.get(role), role
+        assert {"secretRef": {"name": secret}} in container(dep)["envFrom"], role
+    if not values["secrets"].get("existingSecret"):
+        (made,) = rendered.of_kind("Secret")
+        assert base64.b64decode(made["data"]["CONTOSO_REDIS_URL"]).decode() == SEEDS
+    report = helm.lint(CHART, values, strict=True)
+    assert report["errors"] == [] and report["messages"] == [], report
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"config": {"CONTOSO_BACKPLANE_PUBSUB": "sharded"}},
+        {"config": {"CONTOSO_REDIS_MODE": "standalone", "CONTOSO_BACKPLANE_PUBSUB": "sharded"}},
+        {"roles": {"notify": {"config": {"CONTOSO_BACKPLANE_PUBSUB": "sharded"}}}},
+        # A role's own standalone wins over the shared cluster in its pods.
+        {
+            "config": {"CONTOSO_REDIS_MODE": "cluster", "CONTOSO_BACKPLANE_PUBSUB": "sharded"},
+            "roles": {"notify": {"config": {"CONTOSO_REDIS_MODE": "standalone"}}},
+            "secrets": {"existingSecret": "contoso-secrets"},
+        },
+    ],
+    ids=["sharded-alone", "sharded-standalone", "notify-sharded", "role-standalone"],
+)
+def test_sharded_pubsub_without_a_redis_cluster_fails(values):
+    """SPUBLISH/SSUBSCRIBE exist on a Redis Cluster only: the binary refuses sharded with standalone at start (the pods
+    would crash-loop), so the chart refuses to render."""
+    with pytest.raises(helm.HelmError, match=r"CONTOSO_BACKPLANE_PUBSUB is sharded but CONTOSO_REDIS_MODE is standalone"):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"secrets": {"CONTOSO_REDIS_URL": SEEDS}},
+        {"config": {"CONTOSO_REDIS_MODE": "cluster"}, "roles": {"process": {"config": {"CONTOSO_REDIS_MODE": "standalone"}}}, "secrets": {"CONTOSO_REDIS_URL": SEEDS}},
+    ],
+    ids=["shared", "one-role"],
+)
+def test_a_seed_list_without_cluster_mode_fails(values):
+    """In standalone mode --redis-url is one server; the binary refuses a list at start, the chart before."""
+    with pytest.raises(helm.HelmError, match=r"CONTOSO_REDIS_URL lists several addresses .* Set config\.CONTOSO_REDIS_MODE=cluster"):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"config": {"CONTOSO_REDIS_MODE": "sentinel"}},
+        {"config": {"CONTOSO_REDIS_MODE": ""}},
+        {"roles": {"notify": {"config": {"CONTOSO_BACKPLANE_PUBSUB": "spublish"}}}},
+        {"config": {"CONTOSO_BACKPLANE_PUBSUB": ""}},
+        {"config": {"CONTOSO_REDIS_MODE": "cluster"}, "secrets": {"CONTOSO_REDIS_URL": "redis://redis-0:6379,redis-1:6379"}},
+        {"config": {"CONTOSO_REDIS_MODE": "cluster"}, "secrets": {"CONTOSO_REDIS_URL": SEEDS + ","}},
+    ],
+    ids=["mode-enum", "mode-empty", "pubsub-enum", "pubsub-empty", "seed-without-scheme", "trailing-comma"],
+)
+def test_redis_cluster_mistakes_are_refused_by_the_schema(values):
+    """Enums (an empty value would reach the binary as an invalid one: leave the key out for its default) and a seed
+    list whose every node is a redis:// or rediss:// URL."""
+    chartlib.refused_by_schema(values)
+
+
 HUB_BOUNDS = {
     "CONTOSO_MAX_CONNECTIONS": 20000,
     "CONTOSO_MAX_CONNECTIONS_PER_USER": 8,

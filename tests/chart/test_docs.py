@@ -34,6 +34,19 @@ def test_every_flag_of_config_rs_is_in_the_settings_table(operations, flag):
     assert re.search(rf"^\| `{re.escape(flag)}` \| `CONTOSO_", operations, re.M), f"{flag} has no row in the settings table"
 
 
+@pytest.mark.parametrize(
+    ("flag", "variable"), [("--redis-mode", "CONTOSO_REDIS_MODE"), ("--backplane-pubsub", "CONTOSO_BACKPLANE_PUBSUB")]
+)
+def test_settings_table_names_every_value_the_chart_offers(operations, flag, variable):
+    """The rows of the enum settings name each value the values schema allows."""
+    with helm.Chart.load(chartlib.CHART) as chart:
+        allowed = chart.schema["definitions"]["settings"]["properties"][variable]["enum"]
+    row = re.search(rf"^\| `{re.escape(flag)}` \| `{variable}` \|.*$", operations, re.M)
+    assert row, f"{flag} has no row in the settings table"
+    for value in allowed:
+        assert f"`{value}`" in row[0], f"the {flag} row does not name `{value}`"
+
+
 def test_documented_install_commands_match_the_chart(operations):
     assert "helm install contoso charts/contoso" in operations
     for role in chartlib.ROLES:

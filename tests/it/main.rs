@@ -5,6 +5,7 @@
 mod harness;
 
 mod auth;
+mod cluster;
 mod conformance;
 mod embedded;
 mod hub;

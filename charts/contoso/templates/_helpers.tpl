@@ -141,6 +141,34 @@ the contract name, as src/bus/topology.rs names it. */ -}}
 {{- printf "%s%s" (toString (default "" $prefix)) "contoso.order-process" -}}
 {{- end -}}
 
+{{- /* A setting as a role's pods see it: the role's own value (roles.<role>.config) over the shared one (config), as
+a string; empty when neither sets it. (dict "root" $ "role" "notify" "key" "CONTOSO_REDIS_MODE") */ -}}
+{{- define "contoso.roleSetting" -}}
+{{- $value := index .root.Values.config .key -}}
+{{- $own := index ((index .root.Values.roles .role).config | default dict) .key -}}
+{{- if not (kindIs "invalid" $own) -}}
+{{- $value = $own -}}
+{{- end -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- include "contoso.envValue" $value -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* A role's Redis settings, checked as the binary checks them at start (it would exit and crash-loop): sharded
+pub/sub exists on a Redis Cluster only, and a seed list (in the Secret the chart makes) needs cluster mode.
+(dict "root" $ "role" "notify") */ -}}
+{{- define "contoso.checkRedis" -}}
+{{- $mode := include "contoso.roleSetting" (dict "root" .root "role" .role "key" "CONTOSO_REDIS_MODE") | default "standalone" -}}
+{{- $pubsub := include "contoso.roleSetting" (dict "root" .root "role" .role "key" "CONTOSO_BACKPLANE_PUBSUB") -}}
+{{- if and (eq $pubsub "sharded") (ne $mode "cluster") -}}
+{{- fail (printf "roles.%s: CONTOSO_BACKPLANE_PUBSUB is sharded but CONTOSO_REDIS_MODE is %s: sharded pub/sub (SPUBLISH/SSUBSCRIBE) exists on a Redis Cluster only. Set config.CONTOSO_REDIS_MODE=cluster with the cluster's seed nodes in CONTOSO_REDIS_URL, or leave CONTOSO_BACKPLANE_PUBSUB out (classic on one server)" .role $mode) -}}
+{{- end -}}
+{{- $url := .root.Values.secrets.CONTOSO_REDIS_URL | default "" | toString -}}
+{{- if and (not .root.Values.secrets.existingSecret) (contains "," $url) (ne $mode "cluster") -}}
+{{- fail (printf "roles.%s: secrets.CONTOSO_REDIS_URL lists several addresses (seed nodes of a Redis Cluster) but CONTOSO_REDIS_MODE is %s, where --redis-url is one server. Set config.CONTOSO_REDIS_MODE=cluster" .role $mode) -}}
+{{- end -}}
+{{- end -}}
+
 {{- /* Labels of the `helm test` Pod; the NetworkPolicies let it in by them. */ -}}
 {{- define "contoso.testSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "contoso.name" . }}

@@ -1,7 +1,9 @@
-//! The hub backplane: Redis pub/sub against the in-process `MemoryBackplane`. Two nodes (two
-//! notify processes) on one backplane: a subscribed node receives every publish to the channel,
-//! its own included; unsubscribing stops it; subscribe and unsubscribe apply in call order;
-//! payloads arrive byte for byte.
+//! The hub backplane: Redis pub/sub (a single server, and sharded pub/sub on the Redis
+//! Cluster) against the in-process `MemoryBackplane`. Two nodes (two notify processes) on one
+//! backplane: a subscribed node receives every publish to the channel, its own included;
+//! unsubscribing stops it; subscribe and unsubscribe apply in call order; payloads arrive byte
+//! for byte. Outside the shared cases: a lost subscription connection is made again and
+//! reported as a gap.
 
 use std::{ops::Deref, sync::Arc, time::Duration};
 
@@ -9,9 +11,11 @@ use bytes::Bytes;
 use contoso::{
     backplane::{
         Backplane,
+        cluster::PubSub,
         memory::{MemoryBackplane, MemoryHub},
         redis::RedisBackplane,
     },
+    redis_client::{RedisClient, RedisMode, seeds},
     shutdown::Shutdown,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -52,12 +56,30 @@ fn pair(nodes: [Arc<dyn Backplane>; 2]) -> Pair {
 }
 
 async fn redis() -> Fixture {
+    running(|token| {
+        let client = RedisClient::new(RedisMode::Standalone, &env::redis_url(), 4).unwrap();
+        RedisBackplane::start(&env::redis_url(), client, Vec::new(), None, token).unwrap()
+    })
+    .await
+}
+
+async fn cluster() -> Fixture {
+    cluster_with(PubSub::Sharded).await
+}
+
+async fn cluster_with(pubsub: PubSub) -> Fixture {
+    running(|token| {
+        let urls = env::redis_cluster_urls();
+        let client = RedisClient::new(RedisMode::Cluster, &urls, 4).unwrap();
+        RedisBackplane::start_cluster(seeds(&urls), pubsub, client, Vec::new(), None, token).unwrap()
+    })
+    .await
+}
+
+/// Two nodes made by `start`, once both are connected.
+async fn running(start: impl Fn(tokio_util::sync::CancellationToken) -> Arc<RedisBackplane>) -> Fixture {
     let shutdown = Shutdown::new(std::env::temp_dir().join("contoso-conformance-no-drain"));
-    let node = || {
-        let pool = deadpool_redis::Config::from_url(env::redis_url()).create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap();
-        RedisBackplane::start(&env::redis_url(), pool, Vec::new(), None, shutdown.connections.clone()).unwrap() as Arc<dyn Backplane>
-    };
-    let nodes = [node(), node()];
+    let nodes = [0, 1].map(|_| start(shutdown.connections.clone()) as Arc<dyn Backplane>);
     for n in &nodes {
         tokio::time::timeout(Duration::from_secs(10), async {
             while n.ping().await.is_err() {
@@ -65,7 +87,7 @@ async fn redis() -> Fixture {
             }
         })
         .await
-        .expect("Redis reachable at TEST_REDIS_URL");
+        .expect("Redis reachable at TEST_REDIS_URL / TEST_REDIS_CLUSTER_URLS");
     }
     Fixture { pair: pair(nodes), shutdown: Some(shutdown) }
 }
@@ -76,7 +98,7 @@ async fn memory() -> Fixture {
     Fixture { pair: pair(nodes), shutdown: None }
 }
 
-conformance!(redis, memory;
+conformance!(redis, memory, cluster;
     a_subscribed_node_receives_every_publish_its_own_included,
     an_unsubscribed_channel_is_no_longer_delivered,
     subscribe_and_unsubscribe_apply_in_call_order,

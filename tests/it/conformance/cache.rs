@@ -7,6 +7,7 @@ use std::{ops::Deref, sync::Arc, time::Duration};
 use contoso::{
     cache::{Append, CacheError, MemoryCache, NotificationLog, RedisCache, Retention, StatusCache},
     domain::{CorrelationId, OrderStatus, UserId},
+    redis_client::RedisMode,
 };
 use serde_json::json;
 
@@ -34,14 +35,18 @@ impl Fixture {
 const RETENTION: Retention = Retention { max_count: 3, max_age: Duration::from_secs(3) };
 
 async fn redis() -> Fixture {
-    Fixture(Arc::new(RedisCache::new(&env::redis_url(), 2, RETENTION).unwrap()))
+    Fixture(Arc::new(RedisCache::new(RedisMode::Standalone, &env::redis_url(), 2, RETENTION).unwrap()))
+}
+
+async fn cluster() -> Fixture {
+    Fixture(Arc::new(RedisCache::new(RedisMode::Cluster, &env::redis_cluster_urls(), 2, RETENTION).unwrap()))
 }
 
 async fn memory() -> Fixture {
     Fixture(Arc::new(MemoryCache::new(RETENTION)))
 }
 
-conformance!(redis, memory;
+conformance!(redis, memory, cluster;
     a_new_order_maps_to_its_user_and_status,
     status_only_moves_forward,
     a_batch_of_statuses_moves_each_order_forward_only,

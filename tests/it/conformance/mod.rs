@@ -7,25 +7,30 @@ mod bus;
 mod cache;
 mod store;
 
-/// For every `case` (an `async fn case(subject: &T)` in the calling module), two tests that
-/// build their subject with `$real` / `$embedded` (each returning a fixture that derefs to `T`).
+/// For every `case` (an `async fn case(subject: &T)` in the calling module), one test per
+/// implementation, each building its subject with the named function (returning a fixture
+/// that derefs to `T`): `real` and `embedded`, and `cluster` (the Redis Cluster) when given.
 macro_rules! conformance {
     ($real:ident, $embedded:ident; $($case:ident),+ $(,)?) => {$(
         mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn real() {
-                let fixture = super::$real().await;
-                super::$case(&*fixture).await;
-                fixture.cleanup().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                let fixture = super::$embedded().await;
-                super::$case(&*fixture).await;
-                fixture.cleanup().await;
-            }
+            $crate::conformance::conformance!(@test real, $real, $case);
+            $crate::conformance::conformance!(@test embedded, $embedded, $case);
         }
     )+};
+    ($real:ident, $embedded:ident, $cluster:ident; $($case:ident),+ $(,)?) => {$(
+        mod $case {
+            $crate::conformance::conformance!(@test real, $real, $case);
+            $crate::conformance::conformance!(@test embedded, $embedded, $case);
+            $crate::conformance::conformance!(@test cluster, $cluster, $case);
+        }
+    )+};
+    (@test $name:ident, $build:ident, $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let fixture = super::$build().await;
+            super::$case(&*fixture).await;
+            fixture.cleanup().await;
+        }
+    };
 }
 pub(crate) use conformance;

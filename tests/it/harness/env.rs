@@ -8,6 +8,12 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
+/// Seed nodes of the local Redis Cluster (scripts/services.sh starts it), comma-separated.
+pub fn redis_cluster_urls() -> String {
+    std::env::var("TEST_REDIS_CLUSTER_URLS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7301,redis://127.0.0.1:7302,redis://127.0.0.1:7303".into())
+}
+
 pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod bus;
 pub mod chaos;
+pub mod cluster;
 pub mod env;
 pub mod ws;
 

@@ -1,0 +1,209 @@
+//! One handle on Redis for its ordinary commands (status cache, notification log, backplane
+//! publishes): a pool of connections to a single server, or one multiplexed connection to a
+//! Redis Cluster that sends each command to the node owning its slot and follows MOVED / ASK.
+//! Callers stay cluster-safe by giving every command and script keys of one slot.
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_redis::{
+    Config, Runtime, Timeouts,
+    redis::{
+        self, FromRedisValue,
+        cluster::{ClusterClient, ClusterClientBuilder},
+        cluster_async::ClusterConnection,
+    },
+};
+use futures_util::future::try_join_all;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+/// How `--redis-url` is read: one server, or seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Cluster,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisClientError {
+    #[error("no redis connection: {0}")]
+    Pool(String),
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis cluster state is {0}, not ok")]
+    ClusterState(String),
+}
+
+type Result<T> = std::result::Result<T, RedisClientError>;
+
+#[derive(Clone)]
+pub enum RedisClient {
+    Standalone(deadpool_redis::Pool),
+    Cluster(Arc<Cluster>),
+}
+
+/// The cluster's connection, made on first use (and again after a failed attempt), so a
+/// process starts while the cluster is away and readiness says why.
+pub struct Cluster {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+/// Connect and per-command bounds of the cluster connection (the pool has its own).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The seed nodes of a comma-separated `--redis-url`.
+pub fn seeds(url: &str) -> Vec<String> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// A cluster client on `seeds`; `push` receives pub/sub messages (RESP3) when given.
+pub fn cluster_client(
+    seeds: &[String],
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> anyhow::Result<ClusterClient> {
+    let mut builder =
+        ClusterClientBuilder::new(seeds.to_vec()).connection_timeout(CONNECT_TIMEOUT).response_timeout(RESPONSE_TIMEOUT).retries(4);
+    if let Some(push) = push {
+        builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
+    }
+    Ok(builder.build()?)
+}
+
+impl RedisClient {
+    /// Builds the client; no connection is opened until the first command.
+    pub fn new(mode: RedisMode, url: &str, pool_size: usize) -> anyhow::Result<Self> {
+        let seeds = seeds(url);
+        match mode {
+            RedisMode::Standalone => {
+                anyhow::ensure!(
+                    seeds.len() == 1,
+                    "--redis-url lists {} addresses: a Redis Cluster needs --redis-mode cluster",
+                    seeds.len()
+                );
+                let mut cfg = Config::from_url(url);
+                let mut pool = deadpool_redis::PoolConfig::new(pool_size);
+                pool.timeouts = Timeouts {
+                    wait: Some(Duration::from_secs(2)),
+                    create: Some(Duration::from_secs(2)),
+                    recycle: Some(Duration::from_secs(1)),
+                };
+                cfg.pool = Some(pool);
+                Ok(Self::Standalone(cfg.create_pool(Some(Runtime::Tokio1))?))
+            }
+            RedisMode::Cluster => {
+                anyhow::ensure!(!seeds.is_empty(), "--redis-url names no cluster node");
+                Ok(Self::Cluster(Arc::new(Cluster { client: cluster_client(&seeds, None)?, conn: OnceCell::new() })))
+            }
+        }
+    }
+
+    pub fn mode(&self) -> RedisMode {
+        match self {
+            Self::Standalone(_) => RedisMode::Standalone,
+            Self::Cluster(_) => RedisMode::Cluster,
+        }
+    }
+
+    async fn pooled(pool: &deadpool_redis::Pool) -> Result<deadpool_redis::Connection> {
+        pool.get().await.map_err(|e| RedisClientError::Pool(e.to_string()))
+    }
+
+    /// One command.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        match self {
+            Self::Standalone(pool) => Ok(cmd.query_async(&mut Self::pooled(pool).await?).await?),
+            Self::Cluster(c) => Ok(cmd.query_async(&mut c.conn().await?).await?),
+        }
+    }
+
+    /// One script call (loaded again where Redis forgot it).
+    pub async fn invoke<T: FromRedisValue>(&self, call: &redis::ScriptInvocation<'_>) -> Result<T> {
+        match self {
+            Self::Standalone(pool) => Ok(call.invoke_async(&mut Self::pooled(pool).await?).await?),
+            Self::Cluster(c) => Ok(call.invoke_async(&mut c.conn().await?).await?),
+        }
+    }
+
+    /// Commands whose keys may live on different slots, answered in order: one pipeline on a
+    /// single server; on a cluster each goes to its node at once (the connection pipelines
+    /// what shares a node).
+    pub async fn query_all<T: FromRedisValue>(&self, cmds: &[redis::Cmd]) -> Result<Vec<T>> {
+        match self {
+            Self::Standalone(pool) => {
+                let mut pipe = redis::pipe();
+                cmds.iter().for_each(|cmd| {
+                    pipe.add_command(cmd.clone());
+                });
+                Ok(pipe.query_async(&mut Self::pooled(pool).await?).await?)
+            }
+            Self::Cluster(c) => {
+                let conn = c.conn().await?;
+                try_join_all(cmds.iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { Ok(cmd.query_async(&mut conn).await?) }
+                }))
+                .await
+            }
+        }
+    }
+
+    /// Calls of one script, as `query_all`. A pipeline does not load a missing script on its
+    /// own (after SCRIPT FLUSH or a Redis restart), so it loads it first: cheap, and still one
+    /// round trip.
+    pub async fn invoke_all<T: FromRedisValue>(&self, script: &redis::Script, calls: &[redis::ScriptInvocation<'_>]) -> Result<Vec<T>> {
+        match self {
+            Self::Standalone(pool) => {
+                let mut pipe = redis::pipe();
+                pipe.load_script(script).ignore();
+                calls.iter().for_each(|call| {
+                    pipe.invoke_script(call);
+                });
+                Ok(pipe.query_async(&mut Self::pooled(pool).await?).await?)
+            }
+            Self::Cluster(c) => {
+                let conn = c.conn().await?;
+                try_join_all(calls.iter().map(|call| {
+                    let mut conn = conn.clone();
+                    async move { Ok(call.invoke_async(&mut conn).await?) }
+                }))
+                .await
+            }
+        }
+    }
+
+    /// Whether commands can be served now: PING (on a cluster, every master answers), and a
+    /// cluster that says its state is ok (a shard without a master is not).
+    pub async fn ping(&self) -> Result<()> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        if let Self::Cluster(_) = self {
+            let info: String = self.query(redis::cmd("CLUSTER").arg("INFO")).await?;
+            let state = info.lines().find_map(|l| l.strip_prefix("cluster_state:")).unwrap_or("unknown").trim();
+            if state != "ok" {
+                return Err(RedisClientError::ClusterState(state.to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// The shared connection (a cheap clone), connecting first when there is none yet.
+    async fn conn(&self) -> Result<ClusterConnection> {
+        let conn = self.conn.get_or_try_init(|| self.client.get_async_connection()).await.map_err(explain)?;
+        Ok(conn.clone())
+    }
+}
+
+/// A node that is not in cluster mode answers the slot query with an error that does not say
+/// which setting is wrong: say it.
+fn explain(err: redis::RedisError) -> RedisClientError {
+    if err.to_string().contains("cluster support disabled") {
+        RedisClientError::Pool(format!("{err} (--redis-mode cluster needs Redis Cluster nodes in --redis-url)"))
+    } else {
+        RedisClientError::Redis(err)
+    }
+}
