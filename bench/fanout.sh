@@ -3,7 +3,9 @@
 # process), per-user notifications at rising fixed delivery rates. First straight onto the Redis
 # backplane (fan-out alone), then as order.processed events through the notify consumer (user
 # lookup, notification log, fan-out). Last, the same backplane rates through two bare relays
-# (contoso-loadgen relay: no auth, no hub protocol), the floor. Draws bench/plots/fanout-latency.png.
+# (contoso-loadgen relay: no auth, no hub protocol), the floor. Then the backplane rates again
+# through two notify processes on the local 3-master Redis Cluster (sharded pub/sub), with each
+# master's SPUBLISH count and CPU per notification. Draws bench/plots/fanout-latency.png.
 # Usage: bench/fanout.sh [USERS] [BACKPLANE_RATES] [CONSUMER_RATES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +35,13 @@ done
 ./target/release/contoso-loadgen targeted --hub-urls "$RELAYS" --bare --jwt-secret "$SECRET" --users "$USERS" --tabs 2 \
     --redis-url "$REDIS_URL" --channel-prefix "$CHANNELS" --pids "$(IFS=,; echo "${BENCH_PIDS[*]:2:2}")" \
     --rates "$BACKPLANE_RATES" --out bench/results/fanout-relay.json
-./target/release/contoso-loadgen plot --latency bench/results/fanout-backplane.json,bench/results/fanout-consumer.json,bench/results/fanout-relay.json \
+for pid in "${BENCH_PIDS[@]:0:2}"; do kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; done
+CONTOSO_REDIS=(--redis-url "$CLUSTER_URLS" --redis-mode cluster)
+NOTIFY_FIRST=${#BENCH_PIDS[@]}
+start_notify_pair
+./target/release/contoso-loadgen targeted --hub-urls "$URLS" --jwt-secret "$SECRET" --users "$USERS" --tabs 2 \
+    --redis-url "$CLUSTER_URLS" --redis-mode cluster --channel-prefix "$CHANNELS" \
+    --pids "$(IFS=,; echo "${BENCH_PIDS[*]:$NOTIFY_FIRST:2}")" --driver backplane --rates "$BACKPLANE_RATES" \
+    --out bench/results/fanout-cluster.json
+./target/release/contoso-loadgen plot --latency bench/results/fanout-backplane.json,bench/results/fanout-consumer.json,bench/results/fanout-relay.json,bench/results/fanout-cluster.json \
     --latency-out bench/plots/fanout-latency.png

@@ -8,6 +8,11 @@ DB_ADMIN="${TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres}"
 REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/15}"
 trap_flush_redis() { redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true; }
 AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+# The local Redis Cluster scripts/services.sh starts (3 masters, 3 replicas).
+CLUSTER_URLS="${TEST_REDIS_CLUSTER_URLS:-redis://127.0.0.1:7301,redis://127.0.0.1:7302,redis://127.0.0.1:7303}"
+# The Redis settings start_contoso gives a process; a script sets it to
+# (--redis-url "$CLUSTER_URLS" --redis-mode cluster) for processes on the cluster.
+CONTOSO_REDIS=(--redis-url "$REDIS_URL")
 
 machine_line() {
     echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, kernel $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -44,7 +49,7 @@ bench_cleanup() {
 start_contoso() {
     local port=$1 role=$2; shift 2
     ./target/release/contoso --role "$role" --listen "127.0.0.1:$port" --database-url "${DB_ADMIN%/*}/$DB" \
-        --redis-url "$REDIS_URL" --amqp-url "$AMQP_URL" --jwt-secret "$SECRET" --bus-prefix "$PREFIX" \
+        "${CONTOSO_REDIS[@]}" --amqp-url "$AMQP_URL" --jwt-secret "$SECRET" --bus-prefix "$PREFIX" \
         --channel-prefix "$CHANNELS" --process-delay-ms 0 --log-level warn --drain-file "/tmp/contoso-bench-drain-$$-$port" \
         "$@" >>"$BENCH_LOG" 2>&1 &
     STARTED=$!

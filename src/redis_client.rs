@@ -179,15 +179,18 @@ impl RedisClient {
     /// cluster that says its state is ok (a shard without a master is not).
     pub async fn ping(&self) -> Result<()> {
         let _: String = self.query(&redis::cmd("PING")).await?;
-        if let Self::Cluster(_) = self {
-            let info: String = self.query(redis::cmd("CLUSTER").arg("INFO")).await?;
-            let state = info.lines().find_map(|l| l.strip_prefix("cluster_state:")).unwrap_or("unknown").trim();
-            if state != "ok" {
-                return Err(RedisClientError::ClusterState(state.to_owned()));
-            }
+        match self {
+            Self::Standalone(_) => Ok(()),
+            Self::Cluster(c) => cluster_state_ok(&mut c.conn().await?).await,
         }
-        Ok(())
     }
+}
+
+/// Whether the cluster says its state is ok (every slot served by a reachable master).
+pub async fn cluster_state_ok(conn: &mut ClusterConnection) -> Result<()> {
+    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(conn).await?;
+    let state = info.lines().find_map(|l| l.strip_prefix("cluster_state:")).unwrap_or("unknown").trim();
+    if state == "ok" { Ok(()) } else { Err(RedisClientError::ClusterState(state.to_owned())) }
 }
 
 impl Cluster {

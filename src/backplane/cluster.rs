@@ -16,7 +16,7 @@ use super::{
     canary::CanarySettings,
     redis::{Changes, RedisBackplane, Subscriber},
 };
-use crate::redis_client::{RedisClient, cluster_client};
+use crate::redis_client::{RedisClient, cluster_client, cluster_state_ok};
 
 /// Which pub/sub a cluster backplane uses. Stock ASP.NET Core nodes speak classic only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -97,6 +97,9 @@ async fn subscriber(seeds: Vec<String>, pubsub: PubSub, mut sub: Subscriber, tok
                 .map_err(|e| e.to_string())?;
             let all: Vec<String> = sub.wanted.iter().cloned().collect();
             subscribe_all(&conn, pubsub, &all, true).await?;
+            // Up (and the gap reported, so tabs replay) only once every shard has a master:
+            // during a failover a replay would read the log from a shard that cannot answer.
+            cluster_state_ok(&mut conn.clone()).await.map_err(|e| e.to_string())?;
             Ok::<_, String>(conn)
         };
         let conn = tokio::select! {

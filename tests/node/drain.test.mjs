@@ -4,8 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
-import { LogLevel } from "@microsoft/signalr";
-import { OrderStatusClient, createHubConnection } from "../../clients/order-status-client/dist/index.js";
+import { openClientTab } from "./tabs.mjs";
 import { chaosProxy, startCluster } from "./cluster.mjs";
 import { eventually, fetchWithin, hubConnection, hubConnections as connections, metric, newDeployment, placeOrder, sleep, startServer, token, uniqueUser, within } from "./harness.mjs";
 
@@ -16,36 +15,7 @@ async function stopAll() {
   opened.clear();
 }
 
-/**
- * A browser tab as the SPA builds it: the client module, every first-seen notification recorded.
- * The connection is the module's own (createHubConnection), with one more listener that records
- * each `ResumeNeeded` push, so a test can tell what the server sent from what the module did.
- * `timeline` holds the pushes, state changes and catch-ups in the order they happened.
- */
-async function openClient(url, tok) {
-  const tab = { client: null, seen: [], updates: [], catchUps: [], resumeNeeded: 0, timeline: [] };
-  const connectionFactory = async (options) => {
-    const connection = await createHubConnection(options);
-    connection.on("ResumeNeeded", () => {
-      tab.resumeNeeded += 1;
-      tab.timeline.push("ResumeNeeded");
-    });
-    return connection;
-  };
-  const client = new OrderStatusClient({ url, accessTokenFactory: () => tok, baseDelayMs: 300, maxDelayMs: 2000, logger: LogLevel.None, connectionFactory });
-  tab.client = client;
-  opened.add(client);
-  client.on("notification", (n) => tab.seen.push(n.correlationId));
-  client.on("status", (u) => tab.updates.push(u));
-  client.on("state", (state) => tab.timeline.push(state));
-  client.on("catchUp", (c) => {
-    tab.catchUps.push(c);
-    tab.timeline.push("catchUp");
-  });
-  // start() retries for ever: bound it, so a tab that cannot connect fails the test.
-  await within(client.start(), 20000, `a tab to connect to ${url}`);
-  return tab;
-}
+const openClient = (url, tok) => openClientTab(url, tok, opened);
 
 /**
  * Places an order every `everyMs` until `stop()`; resolves to the correlation ids. `placedAt`

@@ -55,6 +55,21 @@ export interface OrderStatusClientOptions {
    * de-duplication. 0 resumes exactly after the last id.
    */
   readonly resumeRewindMs?: number;
+  /**
+   * How many times in all a catch-up calls `ResumeNotifications` when the server answers with a
+   * hub error while the connection stays up (default 6; 1 disables retrying). Such errors are
+   * usually brief, e.g. the server's notification log being unreachable during a Redis
+   * failover right after it sent `ResumeNeeded`; every retry asks from the same position (what
+   * the client already had is dropped by de-duplication). Only when every attempt failed are
+   * the watched orders queried with GetCurrentStatus instead.
+   */
+  readonly resumeAttempts?: number;
+  /**
+   * Full-jitter backoff between those attempts: the wait before retry n (1-based) is uniform in
+   * [0, min(resumeRetryMaxDelayMs, resumeRetryBaseDelayMs * 2^(n-1))). Defaults 500 and 5000 ms.
+   */
+  readonly resumeRetryBaseDelayMs?: number;
+  readonly resumeRetryMaxDelayMs?: number;
 }
 
 export interface OrderStatusClientEvents {
@@ -65,7 +80,7 @@ export interface OrderStatusClientEvents {
   state: (state: ConnectionState) => void;
   /** Recoverable problems (failed connects, failed hub calls, malformed messages). */
   error: (error: Error) => void;
-  /** A catch-up after a reconnect or re-start has finished. */
+  /** A catch-up (after a reconnect, a re-start or ResumeNeeded) has finished, retries included. */
   catchUp: (outcome: CatchUpOutcome) => void;
 }
 
@@ -82,6 +97,9 @@ export class ClientStoppedError extends Error {
 const ORDER_NOT_FOUND = "order not found";
 
 export const DEFAULT_RESUME_REWIND_MS = 5_000;
+export const DEFAULT_RESUME_ATTEMPTS = 6;
+export const DEFAULT_RESUME_RETRY_BASE_DELAY_MS = 500;
+export const DEFAULT_RESUME_RETRY_MAX_DELAY_MS = 5_000;
 
 /**
  * The resume position `rewindMs` before notification id `id` (`<ms>-<seq>`, a log position);
@@ -97,6 +115,8 @@ export class OrderStatusClient {
   private readonly url: string;
   private readonly options: OrderStatusClientOptions;
   private readonly backoff: FullJitterBackoff;
+  private readonly resumeBackoff: FullJitterBackoff;
+  private readonly resumeAttempts: number;
   private readonly clock: Clock;
   private readonly connectionFactory: ConnectionFactory;
   private readonly seen: RecentIds;
@@ -117,6 +137,10 @@ export class OrderStatusClient {
   private currentState: ConnectionState = "offline";
   private lastId: string | null = null;
   private cancelWait: (() => void) | undefined;
+  /** Bumped by every catch-up and by stop(): a catch-up that sees another value was superseded. */
+  private catchUpGeneration = 0;
+  /** Ends the backoff wait of the catch-up that is retrying ResumeNotifications, if any. */
+  private cancelResumeWait: (() => void) | undefined;
 
   constructor(options: OrderStatusClientOptions) {
     this.options = options;
@@ -126,6 +150,15 @@ export class OrderStatusClient {
       ...(options.maxDelayMs !== undefined ? { maxDelayMs: options.maxDelayMs } : {}),
       ...(options.random !== undefined ? { random: options.random } : {}),
     });
+    this.resumeBackoff = new FullJitterBackoff({
+      baseDelayMs: options.resumeRetryBaseDelayMs ?? DEFAULT_RESUME_RETRY_BASE_DELAY_MS,
+      maxDelayMs: options.resumeRetryMaxDelayMs ?? DEFAULT_RESUME_RETRY_MAX_DELAY_MS,
+      ...(options.random !== undefined ? { random: options.random } : {}),
+    });
+    this.resumeAttempts = options.resumeAttempts ?? DEFAULT_RESUME_ATTEMPTS;
+    if (!Number.isInteger(this.resumeAttempts) || this.resumeAttempts < 1) {
+      throw new RangeError("resumeAttempts must be a whole number of at least 1");
+    }
     this.clock = options.clock ?? {
       setTimeout: (callback, ms) => globalThis.setTimeout(callback, ms),
       clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
@@ -162,7 +195,8 @@ export class OrderStatusClient {
 
   /**
    * Registers an order whose outcome the app is waiting for. It is queried with
-   * GetCurrentStatus when a replay was incomplete, until a terminal status is known.
+   * GetCurrentStatus when a replay was incomplete (or every resume attempt failed), until a
+   * terminal status is known.
    */
   watchOrder(correlationId: string): void {
     this.pending.add(correlationId);
@@ -186,6 +220,7 @@ export class OrderStatusClient {
   async stop(): Promise<void> {
     this.running = false;
     this.cancelWait?.();
+    this.supersedeCatchUp();
     const connection = this.connection ?? (await this.connectionPromise?.catch(() => undefined));
     try {
       await connection?.stop();
@@ -266,12 +301,17 @@ export class OrderStatusClient {
     connection.on("OrderFailed", (payload: unknown) => this.receive("FAILED", payload));
     // The server's backplane lost its connection for a while: live delivery may have a gap.
     connection.on("ResumeNeeded", () => void this.catchUp(connection));
-    connection.onreconnecting(() => this.setState("reconnecting"));
+    connection.onreconnecting(() => {
+      this.setState("reconnecting");
+      // A catch-up waiting to retry gives up now; the reconnect runs a fresh one.
+      this.cancelResumeWait?.();
+    });
     connection.onreconnected(() => {
       this.setState("connected");
       void this.catchUp(connection);
     });
     connection.onclose((error) => {
+      this.cancelResumeWait?.();
       if (error) this.emitError(error);
       if (!this.running) {
         this.setState("offline");
@@ -286,18 +326,47 @@ export class OrderStatusClient {
     });
   }
 
+  /** The connect loop's backoff wait; stop() ends it early through `cancelWait`. */
   private wait(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const handle = this.clock.setTimeout(() => {
-        this.cancelWait = undefined;
-        resolve();
-      }, ms);
-      this.cancelWait = () => {
-        this.clock.clearTimeout(handle);
-        this.cancelWait = undefined;
-        resolve();
-      };
+    const { done, cancel } = this.sleep(ms, () => {
+      if (this.cancelWait === cancel) this.cancelWait = undefined;
     });
+    this.cancelWait = cancel;
+    return done;
+  }
+
+  /** A catch-up's wait between ResumeNotifications attempts; ended early through `cancelResumeWait`. */
+  private resumeWait(ms: number): Promise<void> {
+    const { done, cancel } = this.sleep(ms, () => {
+      if (this.cancelResumeWait === cancel) this.cancelResumeWait = undefined;
+    });
+    this.cancelResumeWait = cancel;
+    return done;
+  }
+
+  /** A timer on the injected clock; `cancel` clears it and resolves at once. */
+  private sleep(ms: number, onEnd: () => void): { done: Promise<void>; cancel: () => void } {
+    let resolveDone!: () => void;
+    const done = new Promise<void>((resolve) => {
+      resolveDone = resolve;
+    });
+    const handle = this.clock.setTimeout(() => {
+      onEnd();
+      resolveDone();
+    }, ms);
+    const cancel = (): void => {
+      this.clock.clearTimeout(handle);
+      onEnd();
+      resolveDone();
+    };
+    return { done, cancel };
+  }
+
+  /** Makes any running catch-up stop at its next step (without reporting) and ends its wait. */
+  private supersedeCatchUp(): number {
+    this.catchUpGeneration++;
+    this.cancelResumeWait?.();
+    return this.catchUpGeneration;
   }
 
   private receive(status: "COMPLETED" | "FAILED", payload: unknown): void {
@@ -324,26 +393,52 @@ export class OrderStatusClient {
 
   /**
    * Asks the server to replay what this connection missed; the replay arrives through the
-   * normal handlers (and is de-duplicated there). When the server no longer has everything, or
-   * cannot resume at all, the watched orders are queried one by one instead.
+   * normal handlers (and is de-duplicated there). A hub error on a connection that stays up
+   * (e.g. the server's log unreachable during a Redis failover) is retried from the same
+   * position with full-jitter backoff, up to `resumeAttempts` calls in all. When the server no
+   * longer has everything, or every attempt failed, the watched orders are queried one by one.
+   *
+   * Only the newest catch-up runs: another one (ResumeNeeded, a reconnect) or stop() supersedes
+   * it, and a superseded catch-up stops at its next step without reporting; the newer one
+   * reports. If the connection drops, it stops and reports a failed call (result null); the
+   * reconnect runs a fresh catch-up. Each catch-up that is not superseded emits `catchUp` once.
    */
   private async catchUp(connection: HubConnectionLike): Promise<void> {
+    const generation = this.supersedeCatchUp();
+    if (!this.running) return; // a stopped client starts nothing
+    const superseded = (): boolean => generation !== this.catchUpGeneration;
     const from = rewind(this.lastId, this.options.resumeRewindMs ?? DEFAULT_RESUME_REWIND_MS);
+    const gaveUp = (attempts: number): void => this.emit("catchUp", { from, result: null, queried: [], attempts });
     let result: ResumeResult | null = null;
-    try {
-      const answer = await connection.invoke<unknown>("ResumeNotifications", from);
-      result = parseResumeResult(answer);
-      if (!result) this.emitError(new Error("ResumeNotifications returned an unexpected value."));
-    } catch (error) {
-      this.emitError(error);
-      // Dropped again mid-call: the next reconnect runs a fresh catch-up.
+    let attempts = 0;
+    for (;;) {
+      attempts++;
+      try {
+        const answer = await connection.invoke<unknown>("ResumeNotifications", from);
+        if (superseded()) return;
+        result = parseResumeResult(answer);
+        // A malformed answer is not a transient server error: fall back at once.
+        if (!result) this.emitError(new Error("ResumeNotifications returned an unexpected value."));
+        break;
+      } catch (error) {
+        if (superseded()) return;
+        this.emitError(error);
+        // Dropped again mid-call: the next reconnect runs a fresh catch-up.
+        if (connection.state !== HubConnectionState.Connected) {
+          gaveUp(attempts);
+          return;
+        }
+        if (attempts >= this.resumeAttempts) break;
+      }
+      await this.resumeWait(this.resumeBackoff.delay(attempts - 1));
+      if (superseded()) return;
       if (connection.state !== HubConnectionState.Connected) {
-        this.emit("catchUp", { from, result: null, queried: [] });
+        gaveUp(attempts);
         return;
       }
     }
     const queried = result?.complete ? [] : await this.queryPending(connection);
-    this.emit("catchUp", { from, result, queried });
+    this.emit("catchUp", { from, result, queried, attempts });
   }
 
   private async queryPending(connection: HubConnectionLike): Promise<string[]> {

@@ -61,8 +61,13 @@ export interface OrderStatusUpdate {
 export interface CatchUpOutcome {
   /** The id sent to `ResumeNotifications`. */
   readonly from: string | null;
-  /** The server's answer, or null when the call failed. */
+  /** The server's answer, or null when the call failed (every attempt, or the connection dropped). */
   readonly result: ResumeResult | null;
+  /**
+   * How many times `ResumeNotifications` was called: more than 1 when hub errors on a live
+   * connection were retried (up to the client's `resumeAttempts`).
+   */
+  readonly attempts: number;
   /** Correlation ids queried with `GetCurrentStatus` because the replay was incomplete. */
   readonly queried: readonly string[];
 }

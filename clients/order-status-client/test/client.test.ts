@@ -11,6 +11,7 @@ import {
   type ConnectionFactoryOptions,
   type ConnectionState,
   type OrderNotification,
+  type OrderStatusClientOptions,
   type OrderStatusUpdate,
 } from "../src/index.js";
 import { FakeHubConnection, ManualClock, settle } from "./fakes.js";
@@ -23,7 +24,7 @@ function failed(notificationId: string, correlationId: string, reason = "payment
   return { notificationId, correlationId, reason, status: "FAILED", occurredAt: "2026-11-27T10:00:00Z" };
 }
 
-function setup(overrides: { random?: () => number } = {}) {
+function setup(overrides: Partial<Omit<OrderStatusClientOptions, "clock" | "connectionFactory">> = {}) {
   const fake = new FakeHubConnection();
   const clock = new ManualClock();
   const factoryCalls: ConnectionFactoryOptions[] = [];
@@ -33,6 +34,7 @@ function setup(overrides: { random?: () => number } = {}) {
     random: overrides.random ?? (() => 0.5),
     baseDelayMs: 1000,
     maxDelayMs: 30_000,
+    ...overrides,
     connectionFactory: (options) => {
       factoryCalls.push(options);
       return fake;
@@ -256,7 +258,7 @@ describe("resume after reconnect", () => {
     expect(ctx.notifications.map((n) => n.notificationId)).toEqual(["5", "6", "7"]);
     expect(ctx.client.lastNotificationId).toBe("7");
     expect(ctx.fake.invocations.map((i) => i.method)).toEqual(["ResumeNotifications"]);
-    expect(ctx.catchUps).toEqual([{ from: "5", result: { replayed: 3, complete: true }, queried: [] }]);
+    expect(ctx.catchUps).toEqual([{ from: "5", result: { replayed: 3, complete: true }, queried: [], attempts: 1 }]);
   });
 
   it("resumes a little before the last log position, so a notification published out of log order is not skipped", async () => {
@@ -388,7 +390,7 @@ describe("fallback to GetCurrentStatus", () => {
     expect(ctx.client.pendingOrders).toEqual(["c-1"]);
   });
 
-  it("falls back when ResumeNotifications itself fails on a live connection", async () => {
+  it("falls back when every ResumeNotifications attempt fails on a live connection", async () => {
     const ctx = await connected();
     ctx.client.watchOrder("c-1");
     ctx.fake.invokeImpl = (method) => {
@@ -397,7 +399,16 @@ describe("fallback to GetCurrentStatus", () => {
     };
     ctx.fake.drop();
     ctx.fake.reconnect();
+    for (let i = 0; i < 5; i++) {
+      await settle();
+      expect(ctx.updates).toEqual([]);
+      ctx.clock.fireAll();
+    }
     await settle();
+    expect(ctx.fake.invocations.map((i) => i.method)).toEqual([
+      ...Array<string>(6).fill("ResumeNotifications"),
+      "GetCurrentStatus",
+    ]);
     expect(ctx.updates).toEqual([
       { correlationId: "c-1", status: "COMPLETED", orderId: "CS-1", source: "status-query" },
     ]);
@@ -471,7 +482,9 @@ describe("ResumeNeeded push", () => {
     // From the last id, moved back by the default 5 s rewind (rewind() above).
     expect(ctx.fake.invocations).toEqual([{ method: "ResumeNotifications", args: ["1764201596000-0"] }]);
     expect(ctx.notifications.map((n) => n.correlationId)).toEqual(["c-1", "c-2", "c-3", "c-4"]);
-    expect(ctx.catchUps).toEqual([{ from: "1764201596000-0", result: { replayed: 3, complete: true }, queried: [] }]);
+    expect(ctx.catchUps).toEqual([
+      { from: "1764201596000-0", result: { replayed: 3, complete: true }, queried: [], attempts: 1 },
+    ]);
     expect(ctx.client.lastNotificationId).toBe("1764201603000-0");
     // No reconnect was involved: the connection stayed up and was not rebuilt or restarted.
     expect(ctx.states).toEqual(["connected"]);
@@ -501,6 +514,218 @@ describe("ResumeNeeded push", () => {
     ]);
     expect(ctx.updates).toEqual([{ correlationId: "c-1", status: "COMPLETED", orderId: "CS-1", source: "status-query" }]);
     expect(ctx.client.pendingOrders).toEqual([]);
+  });
+});
+
+describe("retrying ResumeNotifications", () => {
+  const REDIS_DOWN =
+    "An unexpected error occurred invoking 'ResumeNotifications' on the server. HubException: redis unavailable: timed out";
+
+  /** Connected, one notification seen (resume point 1764201595000-0) and c-2 watched. */
+  async function afterFailover(overrides: Parameters<typeof setup>[0] = {}) {
+    const ctx = setup(overrides);
+    await ctx.client.start();
+    ctx.fake.push("OrderCompleted", completed("1764201600000-0", "c-1"));
+    ctx.client.watchOrder("c-2");
+    const resumes = () => ctx.fake.invocations.filter((i) => i.method === "ResumeNotifications").map((i) => i.args[0]);
+    const queries = () => ctx.fake.invocations.filter((i) => i.method === "GetCurrentStatus").map((i) => i.args[0]);
+    return { ...ctx, resumes, queries };
+  }
+
+  it("retries a hub error with jittered backoff from the same position and delivers the replay without GetCurrentStatus", async () => {
+    const ctx = await afterFailover();
+    let calls = 0;
+    ctx.fake.invokeImpl = (method) => {
+      if (method !== "ResumeNotifications") return { correlationId: "c-2", status: "PROCESSING", orderId: null };
+      if (++calls <= 2) throw new Error(REDIS_DOWN);
+      ctx.fake.push("OrderCompleted", completed("1764201600000-0", "c-1"));
+      ctx.fake.push("OrderCompleted", completed("1764201602000-0", "c-2"));
+      return { replayed: 2, complete: true };
+    };
+
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+    expect(ctx.resumes()).toEqual(["1764201595000-0"]);
+    expect(ctx.clock.delays).toEqual([250]); // random 0.5 of the 500 ms base
+    expect(ctx.catchUps).toEqual([]);
+    ctx.clock.fireAll();
+    await settle();
+    expect(ctx.resumes()).toHaveLength(2);
+    expect(ctx.clock.delays).toEqual([250, 500]);
+    ctx.clock.fireAll();
+    await settle();
+
+    expect(ctx.resumes()).toEqual(["1764201595000-0", "1764201595000-0", "1764201595000-0"]);
+    expect(ctx.queries()).toEqual([]);
+    expect(ctx.notifications.map((n) => n.correlationId)).toEqual(["c-1", "c-2"]);
+    expect(ctx.updates.every((u) => u.source === "notification")).toBe(true);
+    expect(ctx.client.pendingOrders).toEqual([]);
+    expect(ctx.errors.map((e) => e.message)).toEqual([REDIS_DOWN, REDIS_DOWN]);
+    expect(ctx.catchUps).toEqual([
+      { from: "1764201595000-0", result: { replayed: 2, complete: true }, queried: [], attempts: 3 },
+    ]);
+    expect(ctx.clock.pending).toBe(0);
+    expect(ctx.states).toEqual(["connected"]);
+  });
+
+  it("falls back to GetCurrentStatus only after all 6 attempts failed, reporting every error and one catch-up", async () => {
+    const ctx = await afterFailover();
+    ctx.fake.invokeImpl = (method) => {
+      if (method === "ResumeNotifications") throw new Error(REDIS_DOWN);
+      return { correlationId: "c-2", status: "COMPLETED", orderId: "CS-2" };
+    };
+
+    ctx.fake.push("ResumeNeeded");
+    for (let i = 0; i < 5; i++) {
+      await settle();
+      expect(ctx.queries()).toEqual([]);
+      expect(ctx.catchUps).toEqual([]);
+      ctx.clock.fireAll();
+    }
+    await settle();
+
+    expect(ctx.resumes()).toEqual(Array<string>(6).fill("1764201595000-0"));
+    // Full jitter (random 0.5) under min(5 s, 500 ms * 2^n).
+    expect(ctx.clock.delays).toEqual([250, 500, 1000, 2000, 2500]);
+    expect(ctx.queries()).toEqual(["c-2"]);
+    expect(ctx.updates.at(-1)).toEqual({ correlationId: "c-2", status: "COMPLETED", orderId: "CS-2", source: "status-query" });
+    expect(ctx.errors.map((e) => e.message)).toEqual(Array<string>(6).fill(REDIS_DOWN));
+    expect(ctx.catchUps).toEqual([{ from: "1764201595000-0", result: null, queried: ["c-2"], attempts: 6 }]);
+    expect(ctx.clock.pending).toBe(0);
+  });
+
+  it("takes the number of attempts and the backoff from the options", async () => {
+    expect(() => setup({ resumeAttempts: 0 })).toThrow(RangeError);
+    expect(() => setup({ resumeAttempts: 2.5 })).toThrow(RangeError);
+
+    const ctx = await afterFailover({ resumeAttempts: 3, resumeRetryBaseDelayMs: 100, resumeRetryMaxDelayMs: 150 });
+    ctx.fake.invokeImpl = (method) => {
+      if (method === "ResumeNotifications") throw new Error(REDIS_DOWN);
+      return { correlationId: "c-2", status: "PROCESSING", orderId: null };
+    };
+    ctx.fake.push("ResumeNeeded");
+    for (let i = 0; i < 2; i++) {
+      await settle();
+      ctx.clock.fireAll();
+    }
+    await settle();
+    expect(ctx.resumes()).toHaveLength(3);
+    expect(ctx.clock.delays).toEqual([50, 75]); // random 0.5 of 100, then of min(150, 200)
+    expect(ctx.catchUps.map((c) => [c.attempts, c.queried])).toEqual([[3, ["c-2"]]]);
+
+    // resumeAttempts: 1 is the single call of old: no retry, straight to the fallback.
+    const once = await afterFailover({ resumeAttempts: 1 });
+    once.fake.invokeImpl = ctx.fake.invokeImpl;
+    once.fake.push("ResumeNeeded");
+    await settle();
+    expect(once.clock.delays).toEqual([]);
+    expect(once.resumes()).toHaveLength(1);
+    expect(once.catchUps).toEqual([{ from: "1764201595000-0", result: null, queried: ["c-2"], attempts: 1 }]);
+  });
+
+  it("lets a ResumeNeeded that arrives during a retry wait supersede the waiting catch-up", async () => {
+    const ctx = await afterFailover();
+    let calls = 0;
+    ctx.fake.invokeImpl = (method) => {
+      if (method !== "ResumeNotifications") return { correlationId: "c-2", status: "PROCESSING", orderId: null };
+      if (++calls <= 2) throw new Error(REDIS_DOWN);
+      return { replayed: 0, complete: true };
+    };
+
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+    expect(ctx.clock.pending).toBe(1);
+    // A live notification moves the resume point, so the two catch-ups ask from different positions.
+    ctx.fake.push("OrderCompleted", completed("1764201610000-0", "c-3"));
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+    // The old wait was cancelled; only the new catch-up (which also failed once) is waiting.
+    expect(ctx.clock.pending).toBe(1);
+    expect(ctx.resumes()).toEqual(["1764201595000-0", "1764201605000-0"]);
+
+    for (let i = 0; i < 3; i++) {
+      ctx.clock.fireAll();
+      await settle();
+    }
+    expect(ctx.resumes()).toEqual(["1764201595000-0", "1764201605000-0", "1764201605000-0"]);
+    expect(ctx.queries()).toEqual([]);
+    expect(ctx.catchUps).toEqual([
+      { from: "1764201605000-0", result: { replayed: 0, complete: true }, queried: [], attempts: 2 },
+    ]);
+    expect(ctx.clock.pending).toBe(0);
+  });
+
+  it("lets a reconnect during a retry wait supersede the waiting catch-up", async () => {
+    const ctx = await afterFailover();
+    let calls = 0;
+    ctx.fake.invokeImpl = (method) => {
+      if (method !== "ResumeNotifications") return { correlationId: "c-2", status: "PROCESSING", orderId: null };
+      if (++calls === 1) throw new Error(REDIS_DOWN);
+      return { replayed: 0, complete: true };
+    };
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+    expect(ctx.clock.pending).toBe(1);
+    ctx.fake.drop();
+    ctx.fake.reconnect(); // before the dropped catch-up had a chance to run again
+    await settle();
+    ctx.clock.fireAll();
+    await settle();
+    expect(ctx.resumes()).toEqual(["1764201595000-0", "1764201595000-0"]);
+    expect(ctx.queries()).toEqual([]);
+    expect(ctx.catchUps).toEqual([
+      { from: "1764201595000-0", result: { replayed: 0, complete: true }, queried: [], attempts: 1 },
+    ]);
+    expect(ctx.clock.pending).toBe(0);
+  });
+
+  it("leaves no timer and makes no call after stop() during a retry wait", async () => {
+    const ctx = await afterFailover();
+    ctx.fake.invokeImpl = (method) => {
+      if (method === "ResumeNotifications") throw new Error(REDIS_DOWN);
+      return { correlationId: "c-2", status: "PROCESSING", orderId: null };
+    };
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+    expect(ctx.clock.pending).toBe(1);
+
+    await ctx.client.stop();
+    expect(ctx.clock.pending).toBe(0);
+    await settle();
+    ctx.clock.fireAll();
+    await settle();
+    expect(ctx.clock.pending).toBe(0);
+    expect(ctx.fake.invocations.map((i) => i.method)).toEqual(["ResumeNotifications"]);
+    expect(ctx.catchUps).toEqual([]);
+    expect(ctx.client.state).toBe("offline");
+  });
+
+  it("stops retrying when the connection drops mid-loop and resumes afresh after the reconnect", async () => {
+    const ctx = await afterFailover();
+    ctx.fake.invokeImpl = (method) => {
+      if (method === "ResumeNotifications") throw new Error(REDIS_DOWN);
+      return { correlationId: "c-2", status: "PROCESSING", orderId: null };
+    };
+    ctx.fake.push("ResumeNeeded");
+    await settle();
+    ctx.clock.fireAll(); // first retry, fails again
+    await settle();
+    expect(ctx.resumes()).toHaveLength(2);
+    expect(ctx.clock.pending).toBe(1);
+
+    ctx.fake.drop();
+    expect(ctx.clock.pending).toBe(0); // the wait ends with the connection
+    await settle();
+    expect(ctx.resumes()).toHaveLength(2);
+    expect(ctx.queries()).toEqual([]);
+    expect(ctx.catchUps).toEqual([{ from: "1764201595000-0", result: null, queried: [], attempts: 2 }]);
+
+    ctx.fake.invokeImpl = () => ({ replayed: 0, complete: true });
+    ctx.fake.reconnect();
+    await settle();
+    expect(ctx.resumes()).toEqual(Array<string>(3).fill("1764201595000-0"));
+    expect(ctx.catchUps.at(-1)).toEqual({ from: "1764201595000-0", result: { replayed: 0, complete: true }, queried: [], attempts: 1 });
+    expect(ctx.clock.pending).toBe(0);
   });
 });
 

@@ -37,6 +37,8 @@ describe.each(["json", "messagepack"] as const)("real SignalR client over %s", (
       accessTokenFactory: () => `tok${++tokens}`,
       baseDelayMs: 20,
       maxDelayMs: 80,
+      resumeRetryBaseDelayMs: 10,
+      resumeRetryMaxDelayMs: 40,
       logger: LogLevel.None, // the drops below are deliberate
     });
     const seen = {
@@ -106,11 +108,46 @@ describe.each(["json", "messagepack"] as const)("real SignalR client over %s", (
 
     expect(hub.calls).toEqual([{ target: "ResumeNotifications", args: ["1764201595000-0"] }]);
     expect(seen.notifications.map((x) => x.correlationId)).toEqual(["c-1", "c-2", "c-3"]);
-    expect(seen.catchUps).toEqual([{ from: "1764201595000-0", result: { replayed: 3, complete: true }, queried: [] }]);
+    expect(seen.catchUps).toEqual([{ from: "1764201595000-0", result: { replayed: 3, complete: true }, queried: [], attempts: 1 }]);
     expect(c.lastNotificationId).toBe("1764201600900-0");
     // The same connection throughout: no reconnect, no second upgrade.
     expect(seen.states).toEqual(["connected"]);
     expect(hub.upgrades).toHaveLength(1);
+  });
+
+  it("retries ResumeNotifications after a hub error on the live connection and delivers the replay", async () => {
+    const { c, seen } = makeClient();
+    const errors: string[] = [];
+    c.on("error", (e) => errors.push(e.message));
+    await c.start();
+    c.watchOrder("c-2");
+    const n = (notificationId: string, correlationId: string) => ({ notificationId, correlationId, orderId: `CS-${correlationId}`, status: "COMPLETED", occurredAt: "t" });
+    hub.push("OrderCompleted", n("1764201600000-0", "c-1"));
+    await waitFor(() => seen.notifications.length === 1, "first push");
+
+    // As during a Redis failover: the replay read fails once (a completion with an error, the
+    // socket stays open), then works.
+    let calls = 0;
+    hub.methods.set("ResumeNotifications", (_args, h, ws) => {
+      if (++calls === 1) throw new Error("redis unavailable: timed out");
+      h.pushTo(ws, "OrderCompleted", n("1764201600500-0", "c-2"));
+      return { replayed: 1, complete: true };
+    });
+    hub.methods.set("GetCurrentStatus", () => {
+      throw new Error("the replay should have made this query unnecessary");
+    });
+    hub.push("ResumeNeeded");
+    await waitFor(() => seen.catchUps.length === 1, "catch-up after ResumeNeeded");
+
+    expect(hub.calls).toEqual([
+      { target: "ResumeNotifications", args: ["1764201595000-0"] },
+      { target: "ResumeNotifications", args: ["1764201595000-0"] },
+    ]);
+    expect(errors).toEqual(["redis unavailable: timed out"]);
+    expect(seen.notifications.map((x) => x.correlationId)).toEqual(["c-1", "c-2"]);
+    expect(seen.catchUps).toEqual([{ from: "1764201595000-0", result: { replayed: 1, complete: true }, queried: [], attempts: 2 }]);
+    expect(c.pendingOrders).toEqual([]);
+    expect(seen.states).toEqual(["connected"]);
   });
 
   it("sends null as the resume point when nothing was received", async () => {

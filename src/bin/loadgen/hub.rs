@@ -182,8 +182,12 @@ pub fn correlation_ids(frame: &[u8]) -> Vec<&str> {
 /// Where the hub's Redis backplane lives and how its channels are named.
 #[derive(clap::Args)]
 pub struct BackplaneArgs {
+    /// The notify processes' --redis-url (a seed list with --redis-mode cluster)
     #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
     pub redis_url: String,
+    /// standalone, or cluster: publish with SPUBLISH and report each master's share
+    #[arg(long, value_enum, default_value = "standalone")]
+    pub redis_mode: contoso::redis_client::RedisMode,
     /// The notify processes' --channel-prefix
     #[arg(long, default_value = "")]
     pub channel_prefix: String,

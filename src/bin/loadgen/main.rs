@@ -8,6 +8,7 @@ mod orders;
 mod pipeline;
 mod plot;
 mod procfs;
+mod redis_nodes;
 mod relay;
 mod report;
 mod shop;

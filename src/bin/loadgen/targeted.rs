@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{
     hub::{BackplaneArgs, ClientArgs, Tab, connect_bare, connect_with, correlation_ids},
     procfs::{cpu_ticks, rss_kib},
+    redis_nodes::{self, NodeStep, Nodes},
     report::{Latency, histogram},
 };
 
@@ -142,15 +143,8 @@ struct StepResult {
     server_rss_mib_max: f64,
     slow_tabs: usize,
     redis_publish_per_notification: f64,
-}
-
-async fn publish_calls(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(redis).await?;
-    Ok(info
-        .lines()
-        .find(|l| l.starts_with("cmdstat_publish:"))
-        .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
-        .unwrap_or(0))
+    /// Per Redis master (one on a single server): its PUBLISH / SPUBLISH calls and CPU.
+    redis_nodes: Vec<NodeStep>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -183,17 +177,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         epoch: Instant::now(),
     });
 
-    let client = redis::Client::open(args.backplane.redis_url.as_str())?;
-    let mut redis = client.get_multiplexed_async_connection().await?;
+    let (redis_mode, redis_url) = (args.backplane.redis_mode, args.backplane.redis_url.as_str());
+    let (publisher, publish_command) = redis_nodes::publisher(redis_mode, redis_url)?;
+    let nodes = Nodes::discover(redis_mode, redis_url).await?;
     if let Driver::Consumer = args.driver {
         // The consumer finds each order's user through order:map:*, as accept writes it.
         for (chunk_start, chunk) in book.ids.chunks(1000).enumerate() {
-            let mut pipe = redis::pipe();
+            let mut sets = Vec::with_capacity(chunk.len());
             for (i, id) in chunk.iter().enumerate() {
                 let user = &users[(chunk_start * 1000 + i) % users.len()];
-                pipe.cmd("SET").arg(map_key(CorrelationId::parse(id).map_err(anyhow::Error::msg)?)).arg(user).arg("EX").arg(3600).ignore();
+                let mut set = redis::cmd("SET");
+                set.arg(map_key(CorrelationId::parse(id).map_err(anyhow::Error::msg)?)).arg(user).arg("EX").arg(3600);
+                sets.push(set);
             }
-            let () = pipe.query_async(&mut redis).await?;
+            publisher.query_all::<()>(&sets).await?;
         }
     }
 
@@ -244,17 +241,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut subscriptions = 0u64;
     // Subscriptions are coalesced and asynchronous: give the last ones a moment to land.
     let deadline = Instant::now() + Duration::from_secs(args.subscription_wait);
+    let user_channels: Vec<String> = users.iter().map(|u| channels.user(u)).collect();
     while subscriptions != expected_subscriptions && Instant::now() < deadline {
-        subscriptions = 0;
-        for chunk in users.chunks(500) {
-            let mut cmd = redis::cmd("PUBSUB");
-            cmd.arg("NUMSUB");
-            chunk.iter().for_each(|u| {
-                cmd.arg(channels.user(u));
-            });
-            let counts: Vec<(String, u64)> = cmd.query_async(&mut redis).await?;
-            subscriptions += counts.iter().map(|(_, n)| n).sum::<u64>();
-        }
+        subscriptions = nodes.subscribers(&user_channels).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(
@@ -278,7 +267,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let range = book.steps[step].clone();
         let notifications_per_s = rate / tabs as f64;
         let cpu_before: Option<u64> = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
-        let publish_before = publish_calls(&mut redis).await?;
+        let redis_before = nodes.counters().await?;
         let started = Instant::now();
         let mut next = range.start;
         let mut rss_max_kib = 0u64;
@@ -290,7 +279,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 rss_max_kib = rss_max_kib.max(args.pids.iter().filter_map(|p| rss_kib(*p)).sum());
             }
             let due_until = range.start + ((started.elapsed().as_secs_f64() * notifications_per_s) as usize).min(range.len());
-            let mut pipe = redis::pipe();
+            let mut publishes = Vec::new();
             for slot in next..due_until {
                 let due = started + Duration::from_secs_f64((slot - range.start) as f64 / notifications_per_s);
                 book.due_nanos[slot].store(due.duration_since(book.epoch).as_nanos() as u64, Ordering::Relaxed);
@@ -299,7 +288,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     None => {
                         let payload = json!({ "notificationId": "0-1", "correlationId": book.ids[slot], "orderId": "CS-000001", "status": "COMPLETED", "occurredAt": "2026-01-01T00:00:00.000Z" });
                         let env = envelope(&HubMessage::push("OrderCompleted", vec![payload]));
-                        pipe.cmd("PUBLISH").arg(channels.user(user)).arg(env.encode().as_ref()).ignore();
+                        let mut publish = redis::cmd(publish_command);
+                        publish.arg(channels.user(user)).arg(env.encode().as_ref());
+                        publishes.push(publish);
                     }
                     Some((channel, _)) => {
                         let id = CorrelationId::parse(&book.ids[slot]).map_err(anyhow::Error::msg)?;
@@ -317,10 +308,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             next = due_until;
-            if amqp.is_none() {
-                let mut conn = redis.clone();
+            if !publishes.is_empty() {
+                let publisher = publisher.clone();
                 tokio::spawn(async move {
-                    let _: Result<(), _> = pipe.query_async(&mut conn).await;
+                    let _ = publisher.query_all::<()>(&publishes).await;
                 });
             }
         }
@@ -340,11 +331,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let (received, duplicates) = count(range.clone());
         let cpu_after: Option<u64> = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
-        let publish_after = publish_calls(&mut redis).await?;
+        let redis_after = nodes.counters().await?;
+        let redis_nodes = nodes.step(&redis_before, &redis_after, range.len());
         let ticks_per_s = 100.0; // USER_HZ on Linux
         let result = StepResult {
             driver: match (args.bare, args.driver) {
                 (true, _) => "relay",
+                (false, Driver::Backplane) if nodes.masters().len() > 1 => "backplane on a cluster",
                 (false, Driver::Backplane) => "backplane",
                 (false, Driver::Consumer) => "consumer",
             },
@@ -362,7 +355,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .map(|(b, a)| (a - b) as f64 / ticks_per_s * 1e6 / received as f64),
             server_rss_mib_max: rss_max_kib as f64 / 1024.0,
             slow_tabs: users.len() * tabs - book.readers.iter().map(|r| *r as usize).sum::<usize>(),
-            redis_publish_per_notification: publish_after.saturating_sub(publish_before) as f64 / range.len().max(1) as f64,
+            redis_publish_per_notification: redis_nodes.iter().map(|n| n.publishes_per_notification).sum(),
+            redis_nodes,
         };
         println!(
             "{:<9} offered {:>7.0}/s  achieved {:>8.1}/s  lost {:>6}  dup {:>4}  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  cpu {:>6} µs/delivery  rss {:>6.1} MiB  PUBLISH/notification {:.2}",
@@ -378,6 +372,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             result.server_rss_mib_max,
             result.redis_publish_per_notification
         );
+        for n in &result.redis_nodes {
+            println!(
+                "          redis {:<21} {:>7} publishes ({:.3} per notification); per notification: cpu {:.1} µs, {:.2} commands, {:.0} bytes in, {:.0} bytes out",
+                n.node,
+                n.publishes,
+                n.publishes_per_notification,
+                n.cpu_us_per_notification,
+                n.commands_per_notification,
+                n.bytes_in_per_notification,
+                n.bytes_out_per_notification
+            );
+        }
         let past_knee = !within_knee(&result);
         results.push(result);
         if past_knee {
