@@ -128,3 +128,23 @@ def test_documented_admin_port_matches_the_chart(operations):
     assert f"(`adminPort`, {port}" in operations
     assert f"port-forward deploy/contoso-notify {port}:{port}" in operations
     assert "`<role>-admin`" in operations
+
+
+SCALING = REPO / "SCALING.md"
+
+
+def scaling_blocks() -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", SCALING.read_text(), flags=re.S)
+
+
+def test_scaling_md_has_chart_values_for_three_sizes():
+    assert len(scaling_blocks()) == 3
+
+
+@pytest.mark.parametrize("block", range(3))
+def test_scaling_md_chart_values_render(block):
+    values = chartlib.yaml.safe_load(scaling_blocks()[block])
+    rendered = render(values)
+    hpas = {h["metadata"]["name"]: h for h in rendered.of_kind("HorizontalPodAutoscaler")}
+    notify = next(h for name, h in hpas.items() if name.endswith("notify"))
+    assert notify["spec"]["minReplicas"] == values["roles"]["notify"]["autoscaling"]["minReplicas"]
