@@ -148,7 +148,8 @@ impl App {
                 }
                 (true, _, _) => Some(Arc::new(MemoryBackplane::new(Arc::new(MemoryHub::default()))) as Arc<dyn Backplane>),
             };
-        let topology = Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit };
+        let topology =
+            Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit, queue_type: settings.queue_type };
         let bus: Option<Arc<dyn EventBus>> = match &settings.amqp_url {
             Some(url) => Some(RabbitBus::start(url.clone(), topology, &format!("contoso-{roles_label}"), &shutdown) as Arc<dyn EventBus>),
             None if settings.roles.all => {

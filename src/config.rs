@@ -7,7 +7,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, builder::BoolishValueParser};
 use serde::Deserialize;
 
-pub use crate::{backplane::cluster::PubSub, http::auth::JwtSettings, redis_client::RedisMode, secret::Secret, telemetry::LogFormat};
+pub use crate::{
+    backplane::cluster::PubSub, bus::QueueType, http::auth::JwtSettings, redis_client::RedisMode, secret::Secret, telemetry::LogFormat,
+};
 
 /// Where `--role all` keeps its orders when no `--database-url` is given.
 pub const EMBEDDED_DATABASE_URL: &str = "sqlite://contoso.db";
@@ -115,6 +117,9 @@ pub struct RawSettings {
     /// Outbox relay poll interval in milliseconds (it also wakes at once after each commit) [default: 500]
     #[arg(long, env = "CONTOSO_OUTBOX_POLL_MS", help_heading = "Accept")]
     pub outbox_poll_ms: Option<u64>,
+    /// Kind of the work and dead-letter queues: quorum (replicated, counts deliveries) or classic (no delivery limit) [default: quorum]
+    #[arg(long, env = "CONTOSO_QUEUE_TYPE", value_enum, help_heading = "Dependencies")]
+    pub queue_type: Option<QueueType>,
     /// Deliveries of one message before it is dead-lettered (quorum queue delivery limit) [default: 10]
     #[arg(long, env = "CONTOSO_DELIVERY_LIMIT", help_heading = "Dependencies")]
     pub delivery_limit: Option<u32>,
@@ -198,6 +203,7 @@ pub struct Settings {
     pub db_pool_size: usize,
     pub outbox_poll: Duration,
     pub delivery_limit: u32,
+    pub queue_type: QueueType,
     pub http_workers: Option<usize>,
     pub request_body_timeout: Duration,
     pub hub: crate::hub::HubSettings,
@@ -326,6 +332,7 @@ impl Settings {
             db_pool_size: at_least!(db_pool_size, 16, 1),
             outbox_poll: Duration::from_millis(at_least!(outbox_poll_ms, 500, 10)),
             delivery_limit: at_least!(delivery_limit, 10, 1),
+            queue_type: pick!(queue_type).unwrap_or_default(),
             http_workers: pick!(http_workers),
             request_body_timeout: Duration::from_millis(at_least!(request_body_timeout_ms, 10_000, 10)),
             hub: crate::hub::HubSettings {

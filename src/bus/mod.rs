@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 pub use memory::MemoryBus;
 pub use rabbitmq::RabbitBus;
-pub use topology::{Queue, Topology};
+pub use topology::{Queue, QueueType, Topology};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {

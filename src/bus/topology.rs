@@ -28,12 +28,35 @@ impl Queue {
     }
 }
 
+/// The kind of the work and dead-letter queues (`--queue-type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated (Raft) and counting deliveries: a broker cluster survives the loss of a
+    /// node, and a message that keeps failing is dead-lettered at the delivery limit.
+    #[default]
+    Quorum,
+    /// One node's queue, for a broker without quorum queues. It counts no deliveries: a
+    /// message that fails for a technical reason is retried until it succeeds.
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
 /// Concrete names for one deployment (`--bus-prefix`, empty in production).
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub prefix: String,
     /// Deliveries before the broker dead-letters a message (`x-delivery-limit`).
     pub delivery_limit: u32,
+    pub queue_type: QueueType,
 }
 
 impl Topology {
@@ -68,7 +91,7 @@ mod tests {
 
     #[test]
     fn contract_names_without_prefix() {
-        let t = Topology { prefix: String::new(), delivery_limit: 10 };
+        let t = Topology { prefix: String::new(), delivery_limit: 10, queue_type: QueueType::Quorum };
         assert_eq!(t.exchange(), "contoso.orders");
         assert_eq!(t.queue(Queue::OrderProcess), "contoso.order-process");
         assert_eq!(t.queue(Queue::OrderNotification), "contoso.order-notification");

@@ -169,3 +169,12 @@ fn a_seed_list_without_cluster_mode_and_sharded_pub_sub_on_one_server_are_refuse
         "invalid --backplane-pubsub (CONTOSO_BACKPLANE_PUBSUB): sharded needs --redis-mode cluster"
     );
 }
+
+#[test]
+fn queues_are_quorum_queues_unless_classic_is_asked_for() {
+    let mut args = base();
+    args.extend(["--role", "process"]);
+    assert_eq!(Settings::try_from_args(args.clone()).unwrap().queue_type, QueueType::Quorum);
+    args.extend(["--queue-type", "classic"]);
+    assert_eq!(Settings::try_from_args(args).unwrap().queue_type, QueueType::Classic);
+}

@@ -22,7 +22,7 @@ use futures_util::{StreamExt, stream::BoxStream};
 mod settle;
 
 use self::settle::{RabbitSettle, Window, bus_err, delivery_count};
-use super::{BusError, DeadLetter, Delivery, EventBus, Outgoing, Queue, Topology};
+use super::{BusError, DeadLetter, Delivery, EventBus, Outgoing, Queue, QueueType, Topology};
 use crate::{secret::Secret, shutdown::Shutdown, telemetry::names};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -172,9 +172,11 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
     for queue in Queue::ALL {
         let name = t.queue(queue);
         let mut args = FieldTable::default();
-        // Quorum queues count deliveries and dead-letter past the limit: poison cannot loop forever.
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(t.broker_delivery_limit() as i32));
+        args.insert("x-queue-type".into(), AMQPValue::LongString(t.queue_type.as_str().into()));
+        if t.queue_type == QueueType::Quorum {
+            // Quorum queues count deliveries and dead-letter past the limit: poison cannot loop forever.
+            args.insert("x-delivery-limit".into(), AMQPValue::LongInt(t.broker_delivery_limit() as i32));
+        }
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(t.dead_letter_exchange().into()));
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(name.clone().into()));
         let opts = QueueDeclareOptions { durable: true, ..Default::default() };
@@ -186,7 +188,7 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
         }
         let dlq = t.dead_letter_queue(queue);
         let mut dl_args = FieldTable::default();
-        dl_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        dl_args.insert("x-queue-type".into(), AMQPValue::LongString(t.queue_type.as_str().into()));
         channel.queue_declare(dlq.clone().into(), opts, dl_args).await?;
         channel
             .queue_bind(dlq.into(), t.dead_letter_exchange().into(), name.into(), QueueBindOptions::default(), FieldTable::default())
@@ -321,7 +323,8 @@ impl RabbitBus {
                 let _channel = &channel;
                 std::future::ready(res.ok().map(|d| {
                     let message_id = d.properties.message_id().as_ref().map(|s| s.to_string());
-                    let count = delivery_count(&d.properties);
+                    // A classic queue counts nothing, but says whether it delivered before.
+                    let count = delivery_count(&d.properties).max(u32::from(d.redelivered));
                     let settle = RabbitSettle {
                         acker: d.acker,
                         tag: d.delivery_tag,

@@ -6,7 +6,7 @@ use std::{ops::Deref, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use contoso::{
-    bus::{BusError, Delivery, EventBus, MemoryBus, Outgoing, Queue, RabbitBus, Topology, memory::DELIVERY_LIMIT_REASON},
+    bus::{BusError, Delivery, EventBus, MemoryBus, Outgoing, Queue, QueueType, RabbitBus, Topology, memory::DELIVERY_LIMIT_REASON},
     config::Secret,
     shutdown::Shutdown,
 };
@@ -41,16 +41,20 @@ impl Fixture {
 const DELIVERY_LIMIT: u32 = 5;
 
 async fn rabbitmq() -> Fixture {
+    rabbitmq_with(QueueType::Quorum).await
+}
+
+async fn rabbitmq_with(queue_type: QueueType) -> Fixture {
     let prefix = format!("t-conf-{}-", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new(std::env::temp_dir().join("contoso-conformance-no-drain"));
-    let topology = Topology { prefix: prefix.clone(), delivery_limit: DELIVERY_LIMIT };
+    let topology = Topology { prefix: prefix.clone(), delivery_limit: DELIVERY_LIMIT, queue_type };
     let bus = RabbitBus::start(Secret::new(env::amqp_url()), topology, "contoso-conformance", &shutdown);
     tokio::time::timeout(Duration::from_secs(10), bus.connected()).await.expect("RabbitMQ reachable at TEST_AMQP_URL").unwrap();
     Fixture { bus, rabbit: Some((shutdown, prefix)) }
 }
 
 async fn memory() -> Fixture {
-    let topology = Topology { prefix: String::new(), delivery_limit: DELIVERY_LIMIT };
+    let topology = Topology { prefix: String::new(), delivery_limit: DELIVERY_LIMIT, queue_type: QueueType::Quorum };
     Fixture { bus: Arc::new(MemoryBus::new(topology.broker_delivery_limit())), rabbit: None }
 }
 
@@ -66,6 +70,44 @@ conformance!(rabbitmq, memory;
     a_batch_acked_together_stays_acked_and_never_takes_an_earlier_delivery_with_it,
     the_trace_context_travels_beside_the_body,
 );
+
+/// `--queue-type classic`: the queues are declared classic, and what does not need a delivery
+/// count behaves as on quorum queues (a requeued delivery says it was delivered before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_carry_events_requeues_and_dead_letters() {
+    // Each case on queues of its own, as the conformance macro runs them.
+    let fixture = rabbitmq_with(QueueType::Classic).await;
+    events_reach_the_queues_bound_to_their_key(&*fixture).await;
+    fixture.cleanup().await;
+    let fixture = rabbitmq_with(QueueType::Classic).await;
+    a_requeued_delivery_comes_back_counted(&*fixture).await;
+    fixture.cleanup().await;
+    let fixture = rabbitmq_with(QueueType::Classic).await;
+    a_dead_letter_keeps_its_body_and_reason(&*fixture).await;
+    fixture.cleanup().await;
+    let fixture = rabbitmq_with(QueueType::Classic).await;
+    // Declared as classic: the broker accepts the same queue declared again as classic, and
+    // refuses it as a quorum queue.
+    let prefix = &fixture.rabbit.as_ref().unwrap().1;
+    let conn = lapin::Connection::connect(&env::amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let declare = |kind: &str, channel: lapin::Channel| {
+        let mut args = lapin::types::FieldTable::default();
+        let text = |s: &str| lapin::types::AMQPValue::LongString(s.into());
+        args.insert("x-queue-type".into(), text(kind));
+        if kind == "quorum" {
+            args.insert("x-delivery-limit".into(), lapin::types::AMQPValue::LongInt(DELIVERY_LIMIT as i32 + 5));
+        }
+        args.insert("x-dead-letter-exchange".into(), text(&format!("{prefix}contoso.orders.dead-letter")));
+        args.insert("x-dead-letter-routing-key".into(), text(&format!("{prefix}contoso.order-process")));
+        let opts = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+        async move { channel.queue_declare(format!("{prefix}contoso.order-process").into(), opts, args).await }
+    };
+    declare("classic", conn.create_channel().await.unwrap()).await.expect("the same classic queue");
+    let err = declare("quorum", conn.create_channel().await.unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("PRECONDITION_FAILED"), "{err}");
+    let _ = conn.close(200, "done".into()).await;
+    fixture.cleanup().await;
+}
 
 fn event(routing_key: &str, body: &str) -> Outgoing {
     Outgoing {
@@ -194,7 +236,7 @@ async fn prefetch_bounds_unsettled_deliveries(bus: &dyn EventBus) {
 
 async fn a_message_that_keeps_crashing_its_consumer_is_dead_lettered_by_the_bus(bus: &dyn EventBus) {
     publish(bus, &[event("order.accepted", "crasher")]).await;
-    let limit = Topology { prefix: String::new(), delivery_limit: DELIVERY_LIMIT }.broker_delivery_limit();
+    let limit = Topology { prefix: String::new(), delivery_limit: DELIVERY_LIMIT, queue_type: QueueType::Quorum }.broker_delivery_limit();
     let mut deliveries = 0;
     let dead = loop {
         if let Some(dead) = bus.take_dead_letter(Queue::OrderProcess).await.unwrap() {
