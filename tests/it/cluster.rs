@@ -181,10 +181,15 @@ async fn a_killed_master_fails_over_and_the_log_and_the_backplane_follow() {
 }
 
 /// A single Redis given as a cluster: readiness fails and says which setting is wrong (the
-/// backplane's subscriber says the same in its retry warnings, on the same connection path).
+/// backplane's subscriber says the same in its retry warnings, on the same connection path);
+/// seeds that do not answer fail readiness too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_is_not_in_cluster_mode_fails_readiness_naming_the_setting() {
     let cache = RedisCache::new(RedisMode::Cluster, &env::redis_url(), 2, RETENTION).unwrap();
     let err = cache.ping().await.unwrap_err().to_string();
     assert!(err.contains("--redis-mode cluster"), "{err}");
+    // No seed answers: not ready either, saying so.
+    let nowhere = RedisCache::new(RedisMode::Cluster, "redis://127.0.0.1:1,redis://127.0.0.1:2", 2, RETENTION).unwrap();
+    let err = nowhere.ping().await.unwrap_err().to_string();
+    assert!(err.contains("Failed to create initial connections"), "{err}");
 }

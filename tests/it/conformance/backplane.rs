@@ -56,11 +56,15 @@ fn pair(nodes: [Arc<dyn Backplane>; 2]) -> Pair {
 }
 
 async fn redis() -> Fixture {
-    running(|token| {
+    running(single).await
+}
+
+/// One node on the single Redis.
+pub fn single(token: tokio_util::sync::CancellationToken) -> Arc<RedisBackplane> {
+    {
         let client = RedisClient::new(RedisMode::Standalone, &env::redis_url(), 4).unwrap();
         RedisBackplane::start(&env::redis_url(), client, Vec::new(), None, token).unwrap()
-    })
-    .await
+    }
 }
 
 async fn cluster() -> Fixture {
@@ -68,16 +72,24 @@ async fn cluster() -> Fixture {
 }
 
 async fn cluster_with(pubsub: PubSub) -> Fixture {
-    running(|token| {
-        let urls = env::redis_cluster_urls();
-        let client = RedisClient::new(RedisMode::Cluster, &urls, 4).unwrap();
-        RedisBackplane::start_cluster(seeds(&urls), pubsub, client, Vec::new(), None, token).unwrap()
-    })
-    .await
+    running(|token| sharded_with(pubsub, token)).await
+}
+
+/// One node on the shared Redis Cluster.
+pub fn sharded_with(pubsub: PubSub, token: tokio_util::sync::CancellationToken) -> Arc<RedisBackplane> {
+    let urls = env::redis_cluster_urls();
+    let client = RedisClient::new(RedisMode::Cluster, &urls, 4).unwrap();
+    RedisBackplane::start_cluster(seeds(&urls), pubsub, client, Vec::new(), None, token).unwrap()
 }
 
 /// Two nodes made by `start`, once both are connected.
 async fn running(start: impl Fn(tokio_util::sync::CancellationToken) -> Arc<RedisBackplane>) -> Fixture {
+    let (nodes, shutdown) = nodes(start).await;
+    Fixture { pair: pair(nodes), shutdown: Some(shutdown) }
+}
+
+/// Two nodes made by `start`, connected, with the shutdown that stops them.
+pub async fn nodes(start: impl Fn(tokio_util::sync::CancellationToken) -> Arc<RedisBackplane>) -> ([Arc<dyn Backplane>; 2], Shutdown) {
     let shutdown = Shutdown::new(std::env::temp_dir().join("contoso-conformance-no-drain"));
     let nodes = [0, 1].map(|_| start(shutdown.connections.clone()) as Arc<dyn Backplane>);
     for n in &nodes {
@@ -89,7 +101,7 @@ async fn running(start: impl Fn(tokio_util::sync::CancellationToken) -> Arc<Redi
         .await
         .expect("Redis reachable at TEST_REDIS_URL / TEST_REDIS_CLUSTER_URLS");
     }
-    Fixture { pair: pair(nodes), shutdown: Some(shutdown) }
+    (nodes, shutdown)
 }
 
 async fn memory() -> Fixture {

@@ -2,9 +2,10 @@
 //! of each seam (PostgreSQL, Redis for the cache and the backplane, RabbitMQ) and the embedded
 //! one of `--role all` (SQLite, memory), so the two cannot drift. Each case becomes `case::real` and `case::embedded`.
 
-mod backplane;
+pub mod backplane;
 mod bus;
 mod cache;
+mod hub_lifetime;
 mod store;
 
 /// For every `case` (an `async fn case(subject: &T)` in the calling module), one test per
