@@ -26,6 +26,14 @@ impl PrivateCluster {
         let dir = std::env::temp_dir().join(format!("contoso-cluster-{base}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // A node left running by an earlier run that was killed (no Drop) would take the port.
+        for port in base..base + 6 {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "shutdown", "nosave"])
+                .stderr(Stdio::null())
+                .stdout(Stdio::null())
+                .status();
+        }
         let nodes = (base..base + 6)
             .map(|port| {
                 let node_dir = dir.join(port.to_string());
