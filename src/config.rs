@@ -117,7 +117,7 @@ pub struct RawSettings {
     /// Outbox relay poll interval in milliseconds (it also wakes at once after each commit) [default: 500]
     #[arg(long, env = "CONTOSO_OUTBOX_POLL_MS", help_heading = "Accept")]
     pub outbox_poll_ms: Option<u64>,
-    /// Kind of the work and dead-letter queues: quorum (replicated, counts deliveries) or classic (no delivery limit) [default: quorum]
+    /// Kind of the work and dead-letter queues: quorum (replicated, the broker counts deliveries) or classic (one node, each process counts redeliveries) [default: quorum]
     #[arg(long, env = "CONTOSO_QUEUE_TYPE", value_enum, help_heading = "Dependencies")]
     pub queue_type: Option<QueueType>,
     /// Deliveries of one message before it is dead-lettered (quorum queue delivery limit) [default: 10]

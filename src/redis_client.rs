@@ -11,6 +11,7 @@ use deadpool_redis::{
         self, FromRedisValue,
         cluster::{ClusterClient, ClusterClientBuilder},
         cluster_async::ClusterConnection,
+        cluster_routing::Slot,
     },
 };
 use futures_util::future::try_join_all;
@@ -55,9 +56,20 @@ pub struct Cluster {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The seed nodes of a comma-separated `--redis-url`.
+/// The seed nodes of a comma-separated `--redis-url`. A comma starts a new address only before
+/// a scheme: one inside a password stays where it is.
 pub fn seeds(url: &str) -> Vec<String> {
-    url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    let mut seeds: Vec<String> = Vec::new();
+    for part in url.split(',') {
+        match seeds.last_mut() {
+            Some(last) if !part.trim_start().starts_with("redis://") && !part.trim_start().starts_with("rediss://") => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => seeds.push(part.to_owned()),
+        }
+    }
+    seeds.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
 }
 
 /// A cluster client on `seeds`; `push` receives pub/sub messages (RESP3) when given.
@@ -129,48 +141,50 @@ impl RedisClient {
     }
 
     /// Commands whose keys may live on different slots, answered in order: one pipeline on a
-    /// single server; on a cluster each goes to its node at once (the connection pipelines
-    /// what shares a node).
+    /// single server; on a cluster one pipeline per slot (the commands of a slot keep their
+    /// order: two publishes to one channel, two appends to one log), the slots at once.
     pub async fn query_all<T: FromRedisValue>(&self, cmds: &[redis::Cmd]) -> Result<Vec<T>> {
+        let pipeline = |indices: &[usize]| {
+            let mut pipe = redis::pipe();
+            indices.iter().for_each(|&i| {
+                pipe.add_command(cmds[i].clone());
+            });
+            pipe
+        };
         match self {
             Self::Standalone(pool) => {
-                let mut pipe = redis::pipe();
-                cmds.iter().for_each(|cmd| {
-                    pipe.add_command(cmd.clone());
-                });
-                Ok(pipe.query_async(&mut Self::pooled(pool).await?).await?)
+                Ok(pipeline(&(0..cmds.len()).collect::<Vec<_>>()).query_async(&mut Self::pooled(pool).await?).await?)
             }
             Self::Cluster(c) => {
                 let conn = c.conn().await?;
-                try_join_all(cmds.iter().map(|cmd| {
-                    let mut conn = conn.clone();
-                    async move { Ok(cmd.query_async(&mut conn).await?) }
-                }))
-                .await
+                by_slot(cmds.iter().map(first_key)).run(|indices| pipeline(indices), conn).await
             }
         }
     }
 
-    /// Calls of one script, as `query_all`. A pipeline does not load a missing script on its
-    /// own (after SCRIPT FLUSH or a Redis restart), so it loads it first: cheap, and still one
-    /// round trip.
-    pub async fn invoke_all<T: FromRedisValue>(&self, script: &redis::Script, calls: &[redis::ScriptInvocation<'_>]) -> Result<Vec<T>> {
+    /// Calls of one script, each with its first key, as `query_all`. A pipeline does not load a
+    /// missing script on its own (after SCRIPT FLUSH or a Redis restart), so it loads it first:
+    /// cheap, and still one round trip per pipeline.
+    pub async fn invoke_all<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        calls: &[(String, redis::ScriptInvocation<'_>)],
+    ) -> Result<Vec<T>> {
+        let pipeline = |indices: &[usize]| {
+            let mut pipe = redis::pipe();
+            pipe.load_script(script).ignore();
+            indices.iter().for_each(|&i| {
+                pipe.invoke_script(&calls[i].1);
+            });
+            pipe
+        };
         match self {
             Self::Standalone(pool) => {
-                let mut pipe = redis::pipe();
-                pipe.load_script(script).ignore();
-                calls.iter().for_each(|call| {
-                    pipe.invoke_script(call);
-                });
-                Ok(pipe.query_async(&mut Self::pooled(pool).await?).await?)
+                Ok(pipeline(&(0..calls.len()).collect::<Vec<_>>()).query_async(&mut Self::pooled(pool).await?).await?)
             }
             Self::Cluster(c) => {
                 let conn = c.conn().await?;
-                try_join_all(calls.iter().map(|call| {
-                    let mut conn = conn.clone();
-                    async move { Ok(call.invoke_async(&mut conn).await?) }
-                }))
-                .await
+                by_slot(calls.iter().map(|(key, _)| Slot::for_key(key))).run(|indices| pipeline(indices), conn).await
             }
         }
     }
@@ -183,6 +197,49 @@ impl RedisClient {
             Self::Standalone(_) => Ok(()),
             Self::Cluster(c) => cluster_state_ok(&mut c.conn().await?).await,
         }
+    }
+}
+
+/// The slot of a command's first key (its first argument after the name).
+fn first_key(cmd: &redis::Cmd) -> Slot {
+    match cmd.args_iter().nth(1) {
+        Some(redis::Arg::Simple(key)) => Slot::for_key(key),
+        _ => Slot::for_key(b""),
+    }
+}
+
+/// Positions of a batch grouped by slot, each group in batch order.
+struct Groups(Vec<Vec<usize>>);
+
+fn by_slot(slots: impl Iterator<Item = Slot>) -> Groups {
+    let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+    let mut index: std::collections::HashMap<Slot, usize> = std::collections::HashMap::new();
+    for (i, slot) in slots.enumerate() {
+        let g = *index.entry(slot).or_insert_with(|| {
+            groups.push((slot, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    Groups(groups.into_iter().map(|(_, indices)| indices).collect())
+}
+
+impl Groups {
+    /// One pipeline per group, all at once; the answers put back in batch order.
+    async fn run<T: FromRedisValue>(self, pipeline: impl Fn(&[usize]) -> redis::Pipeline, conn: ClusterConnection) -> Result<Vec<T>> {
+        let total = self.0.iter().map(Vec::len).sum();
+        let answers = try_join_all(self.0.into_iter().map(|indices| {
+            let (pipe, mut conn) = (pipeline(&indices), conn.clone());
+            async move { Ok::<_, RedisClientError>((indices, pipe.query_async::<Vec<T>>(&mut conn).await?)) }
+        }))
+        .await?;
+        let mut ordered: Vec<Option<T>> = std::iter::repeat_with(|| None).take(total).collect();
+        for (indices, values) in answers {
+            for (i, v) in indices.into_iter().zip(values) {
+                ordered[i] = Some(v);
+            }
+        }
+        ordered.into_iter().map(|v| v.ok_or_else(|| RedisClientError::Pool("a pipeline answered short".into()))).collect()
     }
 }
 
@@ -208,5 +265,23 @@ fn explain(err: redis::RedisError) -> RedisClientError {
         RedisClientError::Pool(format!("{err} (--redis-mode cluster needs Redis Cluster nodes in --redis-url)"))
     } else {
         RedisClientError::Redis(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_list_splits_at_schemes_only() {
+        assert_eq!(seeds("redis://a:1, rediss://b:2"), ["redis://a:1", "rediss://b:2"]);
+        assert_eq!(seeds("redis://:pa,ss@host:6379/0"), ["redis://:pa,ss@host:6379/0"]);
+        assert_eq!(seeds("redis://:p,w@a:1,redis://:p,w@b:2"), ["redis://:p,w@a:1", "redis://:p,w@b:2"]);
+    }
+
+    #[test]
+    fn a_batch_groups_by_slot_keeping_its_order() {
+        let slots = ["{u1}:log", "{u2}:log", "{u1}:log", "{u1}:event:x"].map(Slot::for_key);
+        assert_eq!(by_slot(slots.into_iter()).0, vec![vec![0, 2, 3], vec![1]]);
     }
 }

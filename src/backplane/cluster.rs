@@ -1,8 +1,8 @@
 //! The backplane on a Redis Cluster. Sharded pub/sub (SSUBSCRIBE / SPUBLISH, Redis 7) by
 //! default, so a notification touches only the shard that owns its channel; classic pub/sub
 //! (broadcast to every node) on request. One RESP3 cluster connection carries the
-//! subscriptions; this task keeps every wanted channel subscribed across reconnects,
-//! failovers and slots that move.
+//! subscriptions; when a node drops or a slot moves, this task subscribes every wanted channel
+//! again on a new connection (backing off while that keeps happening) and reports the gap.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -79,7 +79,15 @@ enum Lost {
     Reconnect,
     /// A node's connection dropped: what was subscribed on it may be gone.
     Node,
+    /// The server unsubscribed a wanted channel: its slot moved to another shard. The client
+    /// may also have taken that notice for the answer to another channel's pending SSUBSCRIBE,
+    /// so everything is subscribed again rather than this one channel.
+    Moved(String),
 }
+
+/// A connection that lasted this long was healthy: the next reconnect starts from the
+/// shortest backoff again. A shorter one (a flapping node) keeps backing off.
+const STABLE: Duration = Duration::from_secs(30);
 
 async fn subscriber(seeds: Vec<String>, pubsub: PubSub, mut sub: Subscriber, token: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
@@ -118,13 +126,21 @@ async fn subscriber(seeds: Vec<String>, pubsub: PubSub, mut sub: Subscriber, tok
             }
         };
         sub.up(&mut waiting, &mut ever_connected);
-        backoff = Duration::from_millis(100);
+        let since = tokio::time::Instant::now();
         match serve(&conn, pubsub, &mut sub, &mut pushes, &mut waiting, &token).await {
             None => return,
             Some(Lost::Node) => tracing::warn!("a redis cluster node's connection dropped; subscribing every channel again"),
+            Some(Lost::Moved(channel)) => {
+                tracing::warn!(channel = %channel, "redis cluster moved a subscribed channel's slot; subscribing every channel again")
+            }
             Some(Lost::Reconnect) => {}
         }
         sub.down();
+        drop(conn);
+        backoff = if since.elapsed() >= STABLE { Duration::from_millis(100) } else { (backoff * 2).min(Duration::from_secs(5)) };
+        if !sub.wait(backoff, &mut waiting, &token).await {
+            return;
+        }
     }
 }
 
@@ -143,7 +159,8 @@ async fn serve(
     loop {
         tokio::select! {
             push = pushes.recv() => {
-                let push = push?;
+                // The client's task ended with its sender: this connection is gone.
+                let Some(push) = push else { return Some(Lost::Reconnect) };
                 let channel = push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
                 match (push.kind, channel) {
                     (kind, Some(channel)) if kind == pubsub.message() => {
@@ -158,12 +175,7 @@ async fn serve(
                                 own_unsubscribes.remove(&channel);
                             }
                         } else if sub.wanted.contains(&channel) {
-                            // The slot moved to another shard: follow it there.
-                            tracing::info!(channel = %channel, "redis cluster moved a subscribed channel; subscribing it again");
-                            if subscribe_all(conn, pubsub, &[channel], false).await.is_err() {
-                                return Some(Lost::Reconnect);
-                            }
-                            sub.gaps.send_modify(|n| *n += 1);
+                            return Some(Lost::Moved(channel));
                         }
                     }
                     (PushKind::Disconnection, _) => return Some(Lost::Node),

@@ -36,8 +36,8 @@ pub enum QueueType {
     /// node, and a message that keeps failing is dead-lettered at the delivery limit.
     #[default]
     Quorum,
-    /// One node's queue, for a broker without quorum queues. It counts no deliveries: a
-    /// message that fails for a technical reason is retried until it succeeds.
+    /// One node's queue, for a broker without quorum queues. The broker counts no
+    /// deliveries: each process counts the redeliveries it sees, by message id.
     Classic,
 }
 

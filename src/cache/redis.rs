@@ -90,9 +90,10 @@ impl StatusCache for RedisCache {
         let calls: Vec<_> = updates
             .iter()
             .map(|&(id, status)| {
-                let mut invocation = ADVANCE_STATUS.key(status_key(id));
+                let key = status_key(id);
+                let mut invocation = ADVANCE_STATUS.key(&key);
                 invocation.arg(status.as_str()).arg(ttl.as_secs());
-                invocation
+                (key, invocation)
             })
             .collect();
         bounded(self.redis.invoke_all::<i64>(&ADVANCE_STATUS, &calls)).await.map(drop)
@@ -192,7 +193,7 @@ impl NotificationLog for RedisCache {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let calls: Vec<_> = items.iter().map(|item| self.append_call(item)).collect();
+        let calls: Vec<_> = items.iter().map(|item| (log_key(item.user), self.append_call(item))).collect();
         let ids: Vec<String> = bounded(self.redis.invoke_all(&APPEND, &calls)).await?;
         Ok(ids
             .into_iter()

@@ -180,9 +180,8 @@ async fn a_killed_master_fails_over_and_the_log_and_the_backplane_follow() {
     shutdown.connections.cancel();
 }
 
-/// A single Redis given as a cluster: readiness fails and says which setting is wrong (the
-/// backplane's subscriber says the same in its retry warnings, on the same connection path);
-/// seeds that do not answer fail readiness too.
+/// A single Redis given as a cluster: readiness fails and says which setting is wrong; seeds
+/// that do not answer fail readiness too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_is_not_in_cluster_mode_fails_readiness_naming_the_setting() {
     let cache = RedisCache::new(RedisMode::Cluster, &env::redis_url(), 2, RETENTION).unwrap();

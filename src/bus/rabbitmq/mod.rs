@@ -19,9 +19,13 @@ use tokio::sync::{Notify, watch};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream::BoxStream};
 
+mod redeliveries;
 mod settle;
 
-use self::settle::{RabbitSettle, Window, bus_err, delivery_count};
+use self::{
+    redeliveries::Redeliveries,
+    settle::{RabbitSettle, Window, bus_err, delivery_count},
+};
 use super::{BusError, DeadLetter, Delivery, EventBus, Outgoing, Queue, QueueType, Topology};
 use crate::{secret::Secret, shutdown::Shutdown, telemetry::names};
 
@@ -37,6 +41,8 @@ pub struct Live {
 
 pub struct RabbitBus {
     topology: Topology,
+    /// Counts for queues that keep none (`--queue-type classic`).
+    redeliveries: Arc<std::sync::Mutex<Redeliveries>>,
     live: watch::Receiver<Option<Arc<Live>>>,
     /// Publishers kick the supervisor when they see the connection fail.
     kick: Arc<Notify>,
@@ -47,7 +53,8 @@ impl RabbitBus {
     pub fn start(url: Secret, topology: Topology, name: &str, shutdown: &Shutdown) -> Arc<Self> {
         let (tx, rx) = watch::channel(None);
         let kick = Arc::new(Notify::new());
-        let bus = Arc::new(Self { topology: topology.clone(), live: rx, kick: kick.clone() });
+        let redeliveries = Arc::default();
+        let bus = Arc::new(Self { topology: topology.clone(), redeliveries, live: rx, kick: kick.clone() });
         // Closed only after the background loops finished: the relay's last drain needs it.
         let token = shutdown.connections.clone();
         let name = name.to_owned();
@@ -307,6 +314,7 @@ impl RabbitBus {
         let dlx = self.topology.dead_letter_exchange();
         let kick = self.kick.clone();
         let window = Window::default();
+        let classic = (self.topology.queue_type == QueueType::Classic).then(|| self.redeliveries.clone());
         let stream = consumer
             .take_while(move |res| {
                 if let Err(err) = res {
@@ -323,8 +331,11 @@ impl RabbitBus {
                 let _channel = &channel;
                 std::future::ready(res.ok().map(|d| {
                     let message_id = d.properties.message_id().as_ref().map(|s| s.to_string());
-                    // A classic queue counts nothing, but says whether it delivered before.
-                    let count = delivery_count(&d.properties).max(u32::from(d.redelivered));
+                    let count = match classic.as_ref() {
+                        // A classic queue counts nothing, but says whether it delivered before.
+                        Some(seen) => seen.lock().unwrap_or_else(|e| e.into_inner()).count(message_id.as_deref(), d.redelivered),
+                        None => delivery_count(&d.properties),
+                    };
                     let settle = RabbitSettle {
                         acker: d.acker,
                         tag: d.delivery_tag,

@@ -2,8 +2,9 @@
 //! Cluster) against the in-process `MemoryBackplane`. Two nodes (two notify processes) on one
 //! backplane: a subscribed node receives every publish to the channel, its own included;
 //! unsubscribing stops it; subscribe and unsubscribe apply in call order; payloads arrive byte
-//! for byte. Outside the shared cases: a lost subscription connection is made again and
-//! reported as a gap.
+//! for byte. Outside the shared cases: classic pub/sub on the cluster (for deployments that
+//! share it with ASP.NET Core nodes). A lost connection and a moved slot are in `cluster.rs`
+//! and `outages.rs`.
 
 use std::{ops::Deref, sync::Arc, time::Duration};
 
@@ -116,6 +117,15 @@ conformance!(redis, memory, cluster;
     subscribe_and_unsubscribe_apply_in_call_order,
     payloads_arrive_byte_for_byte,
 );
+
+/// `--backplane-pubsub classic` on a cluster: PUBLISH / SUBSCRIBE, as ASP.NET Core nodes speak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_pub_sub_on_a_cluster_delivers_too() {
+    let fixture = cluster_with(PubSub::Classic).await;
+    a_subscribed_node_receives_every_publish_its_own_included(&fixture).await;
+    subscribe_and_unsubscribe_apply_in_call_order(&fixture).await;
+    fixture.cleanup().await;
+}
 
 impl Pair {
     fn channel(&self, name: &str) -> String {

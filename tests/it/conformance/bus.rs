@@ -71,8 +71,8 @@ conformance!(rabbitmq, memory;
     the_trace_context_travels_beside_the_body,
 );
 
-/// `--queue-type classic`: the queues are declared classic, and what does not need a delivery
-/// count behaves as on quorum queues (a requeued delivery says it was delivered before).
+/// `--queue-type classic`: the queues are declared classic, behave as quorum queues do, and
+/// count redeliveries in the process (the broker counts none there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_queues_carry_events_requeues_and_dead_letters() {
     // Each case on queues of its own, as the conformance macro runs them.
@@ -84,6 +84,17 @@ async fn classic_queues_carry_events_requeues_and_dead_letters() {
     fixture.cleanup().await;
     let fixture = rabbitmq_with(QueueType::Classic).await;
     a_dead_letter_keeps_its_body_and_reason(&*fixture).await;
+    fixture.cleanup().await;
+    // The broker counts nothing on a classic queue: the process counts what it sees again.
+    let fixture = rabbitmq_with(QueueType::Classic).await;
+    publish(&*fixture, &[event("order.accepted", "again and again")]).await;
+    let mut stream = fixture.consume(Queue::OrderProcess, 4).await.unwrap();
+    for expected in 0..3 {
+        let delivery = next(&mut stream).await;
+        assert_eq!(delivery.delivery_count, expected);
+        delivery.requeue().await.unwrap();
+    }
+    drop(stream);
     fixture.cleanup().await;
     let fixture = rabbitmq_with(QueueType::Classic).await;
     // Declared as classic: the broker accepts the same queue declared again as classic, and

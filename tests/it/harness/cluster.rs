@@ -4,7 +4,6 @@
 
 use std::{
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU16, Ordering},
     time::Duration,
 };
 
@@ -17,24 +16,27 @@ pub struct PrivateCluster {
     dir: std::path::PathBuf,
 }
 
-/// Each cluster of this test run gets ports of its own (the cluster bus adds 10,000).
-static NEXT: AtomicU16 = AtomicU16::new(0);
+/// Ports the system has free, each with its cluster bus port (+10,000) free too.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && !ports.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
+}
 
 impl PrivateCluster {
     pub async fn start() -> Self {
-        let base = 7400 + (std::process::id() % 40) as u16 * 10 + NEXT.fetch_add(1, Ordering::Relaxed) * 400;
-        let dir = std::env::temp_dir().join(format!("contoso-cluster-{base}-{}", std::process::id()));
+        let ports = free_ports(6);
+        let dir = std::env::temp_dir().join(format!("contoso-cluster-{}-{}", ports[0], std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        // A node left running by an earlier run that was killed (no Drop) would take the port.
-        for port in base..base + 6 {
-            let _ = Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "shutdown", "nosave"])
-                .stderr(Stdio::null())
-                .stdout(Stdio::null())
-                .status();
-        }
-        let nodes = (base..base + 6)
+        let nodes = ports
+            .into_iter()
             .map(|port| {
                 let node_dir = dir.join(port.to_string());
                 std::fs::create_dir_all(&node_dir).unwrap();
