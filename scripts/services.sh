@@ -51,6 +51,8 @@ CLUSTER_PORTS="7301 7302 7303 7304 7305 7306"
 cluster_ok() { redis-cli -p 7301 cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
 if ! cluster_ok; then
     log "starting a redis cluster on ports ${CLUSTER_PORTS// /,}"
+    need redis-cli redis-tools
+    mkdir -p /var/lib/redis /var/log/redis
     for port in $CLUSTER_PORTS; do
         redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
         dir="/var/lib/redis/cluster-$port"; rm -rf "$dir"; mkdir -p "$dir"
