@@ -144,7 +144,7 @@ impl RedisClient {
     /// single server; on a cluster one pipeline per slot (the commands of a slot keep their
     /// order: two publishes to one channel, two appends to one log), the slots at once.
     pub async fn query_all<T: FromRedisValue>(&self, cmds: &[redis::Cmd]) -> Result<Vec<T>> {
-        let pipeline = |indices: &[usize]| {
+        let pipeline = |indices: &[usize], _load: bool| {
             let mut pipe = redis::pipe();
             indices.iter().for_each(|&i| {
                 pipe.add_command(cmds[i].clone());
@@ -152,39 +152,38 @@ impl RedisClient {
             pipe
         };
         match self {
-            Self::Standalone(pool) => {
-                Ok(pipeline(&(0..cmds.len()).collect::<Vec<_>>()).query_async(&mut Self::pooled(pool).await?).await?)
-            }
+            Self::Standalone(pool) => run_pipeline(&pipeline, &(0..cmds.len()).collect::<Vec<_>>(), &mut Self::pooled(pool).await?).await,
             Self::Cluster(c) => {
                 let conn = c.conn().await?;
-                by_slot(cmds.iter().map(first_key)).run(|indices| pipeline(indices), conn).await
+                by_slot(cmds.iter().map(first_key)).run(pipeline, conn).await
             }
         }
     }
 
     /// Calls of one script, each with its first key, as `query_all`. A pipeline does not load a
-    /// missing script on its own (after SCRIPT FLUSH or a Redis restart), so it loads it first:
-    /// cheap, and still one round trip per pipeline.
+    /// missing script on its own: one that Redis forgot (SCRIPT FLUSH, a restart, a new node)
+    /// answers NOSCRIPT, and the pipeline goes again with the script loaded first. Sending the
+    /// script only then keeps it off every batch.
     pub async fn invoke_all<T: FromRedisValue>(
         &self,
         script: &redis::Script,
         calls: &[(String, redis::ScriptInvocation<'_>)],
     ) -> Result<Vec<T>> {
-        let pipeline = |indices: &[usize]| {
+        let pipeline = |indices: &[usize], load: bool| {
             let mut pipe = redis::pipe();
-            pipe.load_script(script).ignore();
+            if load {
+                pipe.load_script(script).ignore();
+            }
             indices.iter().for_each(|&i| {
                 pipe.invoke_script(&calls[i].1);
             });
             pipe
         };
         match self {
-            Self::Standalone(pool) => {
-                Ok(pipeline(&(0..calls.len()).collect::<Vec<_>>()).query_async(&mut Self::pooled(pool).await?).await?)
-            }
+            Self::Standalone(pool) => run_pipeline(&pipeline, &(0..calls.len()).collect::<Vec<_>>(), &mut Self::pooled(pool).await?).await,
             Self::Cluster(c) => {
                 let conn = c.conn().await?;
-                by_slot(calls.iter().map(|(key, _)| Slot::for_key(key))).run(|indices| pipeline(indices), conn).await
+                by_slot(calls.iter().map(|(key, _)| Slot::for_key(key))).run(pipeline, conn).await
             }
         }
     }
@@ -208,6 +207,21 @@ fn first_key(cmd: &redis::Cmd) -> Slot {
     }
 }
 
+/// One pipeline of the batch's `indices`; again with its script loaded first when Redis does
+/// not know it (every call of the pipeline failed then: they are calls of that one script).
+async fn run_pipeline<T: FromRedisValue, C: redis::aio::ConnectionLike>(
+    pipeline: &impl Fn(&[usize], bool) -> redis::Pipeline,
+    indices: &[usize],
+    conn: &mut C,
+) -> Result<Vec<T>> {
+    match pipeline(indices, false).query_async(conn).await {
+        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            Ok(pipeline(indices, true).query_async(conn).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
 /// Positions of a batch grouped by slot, each group in batch order.
 struct Groups(Vec<Vec<usize>>);
 
@@ -226,11 +240,15 @@ fn by_slot(slots: impl Iterator<Item = Slot>) -> Groups {
 
 impl Groups {
     /// One pipeline per group, all at once; the answers put back in batch order.
-    async fn run<T: FromRedisValue>(self, pipeline: impl Fn(&[usize]) -> redis::Pipeline, conn: ClusterConnection) -> Result<Vec<T>> {
+    async fn run<T: FromRedisValue>(self, pipeline: impl Fn(&[usize], bool) -> redis::Pipeline, conn: ClusterConnection) -> Result<Vec<T>> {
         let total = self.0.iter().map(Vec::len).sum();
+        let pipeline = &pipeline;
         let answers = try_join_all(self.0.into_iter().map(|indices| {
-            let (pipe, mut conn) = (pipeline(&indices), conn.clone());
-            async move { Ok::<_, RedisClientError>((indices, pipe.query_async::<Vec<T>>(&mut conn).await?)) }
+            let mut conn = conn.clone();
+            async move {
+                let values = run_pipeline(pipeline, &indices, &mut conn).await?;
+                Ok::<_, RedisClientError>((indices, values))
+            }
         }))
         .await?;
         let mut ordered: Vec<Option<T>> = std::iter::repeat_with(|| None).take(total).collect();

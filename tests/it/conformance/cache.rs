@@ -219,15 +219,27 @@ async fn users_never_see_each_others_notifications(c: &dyn Cache) {
 /// that runs one, alone or in a pipeline, must load it again rather than fail with NOSCRIPT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_scripts_are_loaded_again_after_redis_forgets_them() {
-    let c = redis().await;
+    scripts_are_loaded_again(redis().await, vec![env::redis_url()]).await;
+}
+
+/// The same on the cluster, every node forgetting (as a node that joins knows no script).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scripts_are_loaded_again_after_the_nodes_forget_them() {
+    let nodes = (7301..=7306).map(|port| format!("redis://127.0.0.1:{port}")).collect();
+    scripts_are_loaded_again(cluster().await, nodes).await;
+}
+
+async fn scripts_are_loaded_again(c: Fixture, nodes: Vec<String>) {
     let (one, two) = (CorrelationId::new(), CorrelationId::new());
     let carl = user("carl");
     c.put_new_order(one, &carl, OrderStatus::Accepted, DAY).await.unwrap();
     c.put_new_order(two, &carl, OrderStatus::Accepted, DAY).await.unwrap();
     let flush = || async {
-        let client = deadpool_redis::redis::Client::open(env::redis_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let () = deadpool_redis::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+        for node in &nodes {
+            let client = deadpool_redis::redis::Client::open(node.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let () = deadpool_redis::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+        }
     };
     flush().await;
     c.set_statuses(&[(one, OrderStatus::Processing), (two, OrderStatus::Processing)], DAY).await.unwrap();
@@ -239,7 +251,11 @@ async fn redis_scripts_are_loaded_again_after_redis_forgets_them() {
     let logged = c.append(&carl, "event-1", "OrderCompleted", &json!({ "correlationId": one.to_string() })).await.unwrap();
     flush().await;
     let replay = c.since(&carl, None).await.unwrap();
-    assert_eq!(replay.notifications, vec![logged]);
+    assert_eq!(replay.notifications, vec![logged.clone()]);
+    flush().await;
+    let payload = json!({ "correlationId": two.to_string() });
+    let batch = c.append_many(&[Append { user: &carl, event_id: "event-2", target: "OrderCompleted", payload: &payload }]).await.unwrap();
+    assert_eq!(c.since(&carl, Some(&logged.id)).await.unwrap().notifications, batch);
 }
 
 async fn a_batch_of_appends_is_like_appending_one_by_one(c: &dyn Cache) {
