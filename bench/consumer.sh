@@ -21,6 +21,7 @@ if [[ "${PERF:-0}" == 1 ]]; then
     # Starts sampling once the tabs are open (the load generator needs a while to open them).
     (sleep "${PERF_DELAY:-20}"; perf record -F "${PERF_FREQ:-499}" --call-graph "${PERF_CALLGRAPH:-fp}" -p "$(IFS=,; echo "${BENCH_PIDS[*]}")" -o bench/results/consumer.perf \
         -- sleep "$SECONDS_PER_RATE" >/dev/null 2>&1) &
+    PERF_PID=$!
 fi
 common=(--hub-urls "$URLS" --jwt-secret "$SECRET" --users "$USERS" --tabs 2 --redis-url "$REDIS_URL"
         --channel-prefix "$CHANNELS" --amqp-url "$AMQP_URL" --bus-prefix "$PREFIX" --pids "$(IFS=,; echo "${BENCH_PIDS[*]}")"
@@ -29,4 +30,5 @@ common=(--hub-urls "$URLS" --jwt-secret "$SECRET" --users "$USERS" --tabs 2 --re
 # The peer in the same run: the same deliveries published straight to the backplane (the fan-out
 # alone); the difference is what the consumer costs.
 ./target/release/contoso-loadgen targeted "${common[@]}" --driver backplane --out bench/results/consumer-backplane.json
-wait
+# Only the profile is waited for: the notify processes run until the cleanup stops them.
+if [[ -n "${PERF_PID:-}" ]]; then wait "$PERF_PID"; fi
