@@ -134,9 +134,18 @@ impl RedisClient {
 
     /// One script call (loaded again where Redis forgot it).
     pub async fn invoke<T: FromRedisValue>(&self, call: &redis::ScriptInvocation<'_>) -> Result<T> {
-        match self {
-            Self::Standalone(pool) => Ok(call.invoke_async(&mut Self::pooled(pool).await?).await?),
-            Self::Cluster(c) => Ok(call.invoke_async(&mut c.conn().await?).await?),
+        // The client loads a forgotten script and calls again; Redis may forget it once more in
+        // between (a second SCRIPT FLUSH): a few rounds, not one.
+        let mut rounds = 0;
+        loop {
+            let res = match self {
+                Self::Standalone(pool) => call.invoke_async(&mut Self::pooled(pool).await?).await,
+                Self::Cluster(c) => call.invoke_async(&mut c.conn().await?).await,
+            };
+            match res {
+                Err(err) if no_script(&err) && rounds < 2 => rounds += 1,
+                other => return Ok(other?),
+            }
         }
     }
 
@@ -214,12 +223,18 @@ async fn run_pipeline<T: FromRedisValue, C: redis::aio::ConnectionLike>(
     indices: &[usize],
     conn: &mut C,
 ) -> Result<Vec<T>> {
-    match pipeline(indices, false).query_async(conn).await {
-        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            Ok(pipeline(indices, true).query_async(conn).await?)
+    let mut load = false;
+    for _ in 0..3 {
+        match pipeline(indices, load).query_async(conn).await {
+            Err(err) if no_script(&err) => load = true,
+            other => return Ok(other?),
         }
-        other => Ok(other?),
     }
+    Ok(pipeline(indices, true).query_async(conn).await?)
+}
+
+fn no_script(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 /// Positions of a batch grouped by slot, each group in batch order.
