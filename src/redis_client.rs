@@ -152,17 +152,24 @@ impl RedisClient {
     /// Commands whose keys may live on different slots, answered in order: one pipeline on a
     /// single server; on a cluster one pipeline per slot (the commands of a slot keep their
     /// order: two publishes to one channel, two appends to one log), the slots at once.
-    pub async fn query_all<T: FromRedisValue>(&self, cmds: &[redis::Cmd]) -> Result<Vec<T>> {
-        let pipeline = |indices: &[usize], _load: bool| {
-            let mut pipe = redis::pipe();
-            indices.iter().for_each(|&i| {
-                pipe.add_command(cmds[i].clone());
-            });
-            pipe
-        };
+    pub async fn query_all<T: FromRedisValue>(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<T>> {
         match self {
-            Self::Standalone(pool) => run_pipeline(&pipeline, &(0..cmds.len()).collect::<Vec<_>>(), &mut Self::pooled(pool).await?).await,
+            // The commands move into the pipeline: the publish path copies no payload.
+            Self::Standalone(pool) => {
+                let mut pipe = redis::pipe();
+                cmds.into_iter().for_each(|cmd| {
+                    pipe.add_command(cmd);
+                });
+                Ok(pipe.query_async(&mut Self::pooled(pool).await?).await?)
+            }
             Self::Cluster(c) => {
+                let pipeline = |indices: &[usize], _load: bool| {
+                    let mut pipe = redis::pipe();
+                    indices.iter().for_each(|&i| {
+                        pipe.add_command(cmds[i].clone());
+                    });
+                    pipe
+                };
                 let conn = c.conn().await?;
                 by_slot(cmds.iter().map(first_key)).run(pipeline, conn).await
             }

@@ -394,7 +394,7 @@ async fn publisher(client: RedisClient, command: &'static str, mut rx: mpsc::Rec
                 cmd
             })
             .collect();
-        let res = match tokio::time::timeout(PUBLISH_TIMEOUT, client.query_all::<()>(&cmds)).await {
+        let res = match tokio::time::timeout(PUBLISH_TIMEOUT, client.query_all::<()>(cmds)).await {
             Ok(res) => res.map(drop).map_err(|e| e.to_string()),
             Err(_) => Err("publish timed out".to_owned()),
         };

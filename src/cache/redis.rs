@@ -74,7 +74,7 @@ impl StatusCache for RedisCache {
         map.arg(map_key(id)).arg(user.as_str()).arg("EX").arg(ttl.as_secs());
         let mut status_cmd = redis::cmd("SET");
         status_cmd.arg(status_key(id)).arg(status.as_str()).arg("EX").arg(ttl.as_secs());
-        bounded(self.redis.query_all::<()>(&[map, status_cmd])).await.map(drop)
+        bounded(self.redis.query_all::<()>(vec![map, status_cmd])).await.map(drop)
     }
 
     async fn set_status(&self, id: CorrelationId, status: OrderStatus, ttl: Duration) -> Result<(), CacheError> {
@@ -122,7 +122,7 @@ impl StatusCache for RedisCache {
                 get
             })
             .collect();
-        let raw: Vec<Option<String>> = bounded(self.redis.query_all(&gets)).await?;
+        let raw: Vec<Option<String>> = bounded(self.redis.query_all(gets)).await?;
         Ok(raw.into_iter().map(|r| r.and_then(|r| UserId::parse(&r).ok())).collect())
     }
 

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { openClientTab } from "./tabs.mjs";
 import { chaosProxy, startCluster } from "./cluster.mjs";
-import { eventually, fetchWithin, hubConnection, hubConnections as connections, metric, newDeployment, placeOrder, sleep, startServer, token, uniqueUser, within } from "./harness.mjs";
+import { eventually, explained, fetchWithin, hubConnection, hubConnections as connections, metric, newDeployment, placeOrder, sleep, startServer, token, uniqueUser, within } from "./harness.mjs";
 
 /** Every client this file opens, stopped after each suite even when a test failed. */
 const opened = new Set();
@@ -43,16 +43,6 @@ function orderStream(server, tok, everyMs) {
       return within(done, 60000, "the order stream to stop");
     },
   };
-}
-
-/** `promise`, its failure message extended with `detail()` as it is when the failure happens. */
-async function explained(promise, detail) {
-  try {
-    return await promise;
-  } catch (err) {
-    err.message += `; ${detail()}`;
-    throw err;
-  }
 }
 
 async function expectEveryNotificationOnce(tabs, ids) {

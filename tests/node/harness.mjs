@@ -56,6 +56,16 @@ export async function eventually(what, check, timeoutMs = 20000) {
   }
 }
 
+/** `promise`, its failure message extended with `detail()` as it is when the failure happens. */
+export async function explained(promise, detail) {
+  try {
+    return await promise;
+  } catch (err) {
+    err.message += `; ${detail()}`;
+    throw err;
+  }
+}
+
 /** fetch with a deadline (undici's own is 300 s), so a hung server fails the request. */
 export function fetchWithin(url, init = {}, ms = 10000) {
   return fetch(url, { signal: AbortSignal.timeout(ms), ...init });

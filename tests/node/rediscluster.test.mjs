@@ -9,7 +9,7 @@ import { randomUUID } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { openClientTab } from "./tabs.mjs";
 import { startCluster } from "./cluster.mjs";
-import { eventually, fetchWithin, hubConnections as connections, newDeployment, openTab, placeOrder, sleep, token, uniqueUser, within } from "./harness.mjs";
+import { eventually, explained, fetchWithin, hubConnections as connections, newDeployment, openTab, placeOrder, sleep, token, uniqueUser, within } from "./harness.mjs";
 import { allPorts, classicSubscribers, clusterNodes, commandCalls, masterOf, redisCli, replicated, seedPorts, shardSubscribers, startPrivateCluster } from "./redis-cluster.mjs";
 
 const SHARED = process.env.TEST_REDIS_CLUSTER_URLS ?? "redis://127.0.0.1:7301,redis://127.0.0.1:7302,redis://127.0.0.1:7303";
@@ -49,16 +49,6 @@ async function expectEveryNotificationOnce(tabs, ids, timeoutMs = 30000) {
   await sleep(300);
   for (const [i, tab] of tabs.entries()) {
     assert.deepEqual([...tab.seen].sort(), [...ids].sort(), `tab ${i}: each of its user's notifications once, nothing else`);
-  }
-}
-
-/** `promise`, its failure message extended with `detail()` as it is when the failure happens. */
-async function explained(promise, detail) {
-  try {
-    return await promise;
-  } catch (err) {
-    err.message += `; ${detail()}`;
-    throw err;
   }
 }
 

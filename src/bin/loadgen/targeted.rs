@@ -190,7 +190,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 set.arg(map_key(CorrelationId::parse(id).map_err(anyhow::Error::msg)?)).arg(user).arg("EX").arg(3600);
                 sets.push(set);
             }
-            publisher.query_all::<()>(&sets).await?;
+            publisher.query_all::<()>(sets).await?;
         }
     }
 
@@ -311,7 +311,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             if !publishes.is_empty() {
                 let publisher = publisher.clone();
                 tokio::spawn(async move {
-                    let _ = publisher.query_all::<()>(&publishes).await;
+                    let _ = publisher.query_all::<()>(publishes).await;
                 });
             }
         }
