@@ -19,6 +19,7 @@ use crate::{
     config::{RedisMode, Settings},
     health::{self, Readiness},
     http::{self, Authenticator, middleware::observe},
+    hub::resume::{MemoryResumeStore, RedisResumeStore, ResumeStore},
     roles::{self, Deps},
     shutdown::Shutdown,
     store::Store,
@@ -148,6 +149,7 @@ impl App {
                 }
                 (true, _, _) => Some(Arc::new(MemoryBackplane::new(Arc::new(MemoryHub::default()))) as Arc<dyn Backplane>),
             };
+        let resume = resume_store(&settings, redis.as_deref());
         let topology =
             Topology { prefix: settings.bus_prefix.clone(), delivery_limit: settings.delivery_limit, queue_type: settings.queue_type };
         let bus: Option<Arc<dyn EventBus>> = match &settings.amqp_url {
@@ -162,7 +164,7 @@ impl App {
         let shutdown_timeout = settings.shutdown_timeout;
         let listen = settings.listen;
         let workers = settings.http_workers;
-        let deps = Deps { settings, auth: auth.clone(), store, background_store, cache, bus, notifications, backplane, db_ready };
+        let deps = Deps { settings, auth: auth.clone(), store, background_store, cache, bus, notifications, backplane, resume, db_ready };
         let roles::Endpoints { routes, upgrades } = roles::start(&deps, &shutdown, &mut readiness)?;
         let spa = if deps.settings.roles.contains(crate::config::Role::Accept) { crate::spa::find() } else { None };
         if let Some(dir) = &spa {
@@ -273,6 +275,21 @@ impl App {
 /// Applies migrations in the background, retrying with backoff while the database is away.
 /// With `requeue`, also writes `order.accepted` again for every unfinished order, before the
 /// relay and the consumers start.
+/// Where notify keeps stateful-reconnect connections: Redis, shared by every notify process,
+/// or this process's memory (`all` without Redis).
+fn resume_store(settings: &Settings, redis: Option<&RedisCache>) -> Option<Arc<dyn ResumeStore>> {
+    if !settings.roles.contains(crate::config::Role::Notify) || settings.hub.stateful_reconnect.is_none() {
+        return None;
+    }
+    Some(match redis {
+        Some(redis) => {
+            let prefix = format!("{}{}:resume:", settings.channel_prefix, settings.hub_name);
+            Arc::new(RedisResumeStore::new(redis.client().clone(), prefix))
+        }
+        None => Arc::new(MemoryResumeStore::default()),
+    })
+}
+
 fn start_migrations(store: Store, done: tokio::sync::watch::Sender<bool>, requeue: bool, shutdown: &Shutdown) {
     let token = shutdown.token.clone();
     shutdown.spawn(async move {

@@ -159,6 +159,12 @@ pub struct RawSettings {
     /// Notify: hub invocations per second per connection, in bursts of twice as many (0: no limit) [default: 10]
     #[arg(long, env = "CONTOSO_HUB_INVOCATIONS_PER_SECOND", help_heading = "Notify (the hub)")]
     pub hub_invocations_per_second: Option<u32>,
+    /// Notify: seconds a dropped stateful-reconnect connection may be resumed, on any notify process (0: stateful reconnect off) [default: 30]
+    #[arg(long, env = "CONTOSO_STATEFUL_RECONNECT_WINDOW", help_heading = "Notify (the hub)")]
+    pub stateful_reconnect_window: Option<u64>,
+    /// Notify: bytes of unacknowledged messages kept per stateful-reconnect connection; past it the connection cannot be resumed [default: 100000]
+    #[arg(long, env = "CONTOSO_STATEFUL_RECONNECT_BUFFER", help_heading = "Notify (the hub)")]
+    pub stateful_reconnect_buffer: Option<usize>,
     /// Accept: orders per second per user, in bursts of four times as many, then 429 (0: no limit) [default: 10]
     #[arg(long, env = "CONTOSO_ORDERS_PER_SECOND_PER_USER", help_heading = "Accept")]
     pub orders_per_second_per_user: Option<u32>,
@@ -346,6 +352,13 @@ impl Settings {
                 max_connections_per_user: pick!(max_connections_per_user).unwrap_or(32),
                 close_on_token_expiry: pick!(close_on_token_expiry).unwrap_or(true),
                 invocations_per_second: pick!(hub_invocations_per_second).unwrap_or(10),
+                stateful_reconnect: match pick!(stateful_reconnect_window).unwrap_or(30) {
+                    0 => None,
+                    window => Some(crate::hub::resume::Limits {
+                        window: Duration::from_secs(window),
+                        max_bytes: at_least!(stateful_reconnect_buffer, 100_000, 1024),
+                    }),
+                },
             },
             orders_per_second_per_user: pick!(orders_per_second_per_user).unwrap_or(10),
             backplane_check_interval: match pick!(backplane_check_interval_ms).unwrap_or(5_000) {

@@ -20,6 +20,9 @@ pub struct CloseRequest {
     pub allow_reconnect: bool,
     /// Metric label.
     pub reason: &'static str,
+    /// A stateful connection is handed over instead: its socket drops without a Close record,
+    /// so the client resumes it on another process (the drain).
+    pub hand_over: bool,
 }
 
 #[derive(Clone)]
@@ -31,6 +34,8 @@ struct Inner {
     id: Arc<str>,
     user_id: Arc<str>,
     protocol: Protocol,
+    /// Stateful reconnect: the connection outlives its socket.
+    stateful: bool,
     /// Pushes queued before the connection counts as too slow.
     capacity: u32,
     outbox: Mutex<Outbox>,
@@ -76,7 +81,17 @@ pub enum Outgoing {
 impl ConnectionHandle {
     pub fn new(id: Arc<str>, user_id: Arc<str>, protocol: Protocol, capacity: usize) -> Self {
         let capacity = capacity.clamp(1, u32::MAX as usize) as u32;
-        Self { inner: Arc::new(Inner { id, user_id, protocol, capacity, outbox: Mutex::new(Outbox::default()) }) }
+        Self { inner: Arc::new(Inner { id, user_id, protocol, stateful: false, capacity, outbox: Mutex::new(Outbox::default()) }) }
+    }
+
+    /// A connection with stateful reconnect.
+    pub fn stateful(id: Arc<str>, user_id: Arc<str>, protocol: Protocol, capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, u32::MAX as usize) as u32;
+        Self { inner: Arc::new(Inner { id, user_id, protocol, stateful: true, capacity, outbox: Mutex::new(Outbox::default()) }) }
+    }
+
+    pub fn is_stateful(&self) -> bool {
+        self.inner.stateful
     }
 
     pub fn id(&self) -> &Arc<str> {
@@ -115,6 +130,7 @@ impl ConnectionHandle {
                 error: Some("Connection closed with an error.".into()),
                 allow_reconnect: true,
                 reason: "queue-full",
+                hand_over: false,
             });
             return false;
         }
@@ -124,10 +140,11 @@ impl ConnectionHandle {
     }
 
     /// Queues a reply to this connection's own invocation (a completion, a replayed
-    /// notification). Never waits and never counts as slowness; `false` once closing.
+    /// notification). Never waits and never counts as slowness; `false` once closing, except
+    /// while a stateful connection is handed over (the reply is kept for its resume).
     pub fn send_reply(&self, bytes: Bytes) -> bool {
         let mut outbox = self.outbox();
-        if outbox.close.is_some() {
+        if outbox.close.as_ref().is_some_and(|c| !(c.hand_over && self.inner.stateful)) {
             return false;
         }
         outbox.queue.push_back(bytes.into());
@@ -157,6 +174,13 @@ impl ConnectionHandle {
         }
         register(&mut outbox, cx);
         Poll::Pending
+    }
+
+    /// For a stateful connection being handed over: whatever is still queued.
+    pub fn take_queued(&self) -> Vec<Frame> {
+        let mut outbox = self.outbox();
+        outbox.replies = 0;
+        Vec::from(std::mem::take(&mut outbox.queue))
     }
 
     /// For the socket loop: takes what is queued, or registers to be woken when something is.
@@ -242,8 +266,8 @@ mod tests {
     #[test]
     fn the_first_close_request_wins() {
         let c = conn(2);
-        c.close(CloseRequest { error: None, allow_reconnect: true, reason: "first" });
-        c.close(CloseRequest { error: None, allow_reconnect: false, reason: "second" });
+        c.close(CloseRequest { error: None, allow_reconnect: true, reason: "first", hand_over: false });
+        c.close(CloseRequest { error: None, allow_reconnect: false, reason: "second", hand_over: false });
         assert_eq!(c.close_request().map(|r| r.reason), Some("first"));
     }
 }

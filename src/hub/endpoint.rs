@@ -21,7 +21,8 @@ use super::{
     limits::{Refusal, Slot},
     metrics_names as m,
     negotiate::TokenSigner,
-    session,
+    resume,
+    session::{self, Mode},
 };
 use crate::{
     http::{
@@ -80,8 +81,17 @@ fn draining() -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, "this server is draining, connect to another one")
 }
 
-/// Whether a connection may open: (connection id, caller), or the answer that refuses it.
-async fn admit(ep: &HubEndpoint, headers: &HeaderMap, query: &str) -> Result<(String, Caller), Problem> {
+/// How an admitted connection starts.
+enum Start {
+    Plain,
+    /// A stateful token whose connection may exist: a resume, unless nothing is known of it.
+    Resume {
+        expired: bool,
+    },
+}
+
+/// Whether a connection may open: (connection id, caller, how it starts), or the answer that refuses it.
+async fn admit(ep: &HubEndpoint, headers: &HeaderMap, query: &str) -> Result<(String, Caller, Start), Problem> {
     if ep.shutdown.is_draining() {
         return Err(draining());
     }
@@ -89,15 +99,40 @@ async fn admit(ep: &HubEndpoint, headers: &HeaderMap, query: &str) -> Result<(St
         metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
     })?;
     let query = web::Query::<HashMap<String, String>>::from_query(query).map(|q| q.into_inner()).unwrap_or_default();
-    let connection_id = match query.get("id") {
-        // Negotiated: any process can verify the token; a bad or stale one is unknown here, as in ASP.NET.
-        Some(token) => ep
-            .signer
-            .verify(token, caller.user_id.as_str())
-            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "No Connection with that ID"))?,
-        None => super::negotiate::new_connection_id(),
+    let Some(token) = query.get("id") else { return Ok((super::negotiate::new_connection_id(), caller, Start::Plain)) };
+    // Negotiated: any process can verify the token; a bad or stale one is unknown here, as in ASP.NET.
+    let verified = ep.signer.inspect(token, caller.user_id.as_str()).ok_or_else(no_connection)?;
+    let start = match (verified.stateful && ep.ctx.resume.is_some(), verified.expired) {
+        (true, expired) => Start::Resume { expired },
+        (false, false) => Start::Plain,
+        (false, true) => return Err(no_connection()),
     };
-    Ok((connection_id, caller))
+    Ok((verified.id, caller, start))
+}
+
+fn no_connection() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "No Connection with that ID")
+}
+
+/// A stateful token's connection: taken over for a resume (waiting, bounded, for its last
+/// holder to let go), or new when nothing is known of it and the token is fresh.
+async fn resume_or_start(ep: &HubEndpoint, id: &str, user: &str, expired: bool) -> Result<Mode, Problem> {
+    let resume = ep.ctx.resume.as_ref().expect("a stateful start needs stateful reconnect on");
+    match resume.claim(id, user).await {
+        Ok(claimed) => Ok(Mode::Resume(Box::new(claimed))),
+        Err(resume::Refusal::Unknown) if !expired => Ok(Mode::Stateful),
+        Err(refusal) => {
+            metrics::counter!(m::STATEFUL_RESUMES, "outcome" => refusal.outcome()).increment(1);
+            tracing::debug!(reason = %refusal, "resume refused");
+            Err(match refusal {
+                resume::Refusal::InUse => Problem::new(StatusCode::CONFLICT, "the connection is still open"),
+                resume::Refusal::Unavailable(_) => {
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "connection state unavailable, connect again").with_retry_after(1)
+                }
+                resume::Refusal::Unknown | resume::Refusal::Overflowed => no_connection(),
+            })
+        }
+    }
 }
 
 async fn not_an_upgrade(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse {
@@ -128,9 +163,18 @@ pub fn upgrade_handler(ep: Arc<HubEndpoint>) -> UpgradeFn {
 async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Option<(session::Admitted, TcpStream, BytesMut)> {
     let started = Instant::now();
     let head = req.head();
-    let answer = admit(&ep, &head.headers, req.uri().query().unwrap_or_default())
-        .await
-        .and_then(|(id, caller)| Ok((id, caller.expires_at, reserve(&ep, caller.user_id.as_str())?)))
+    let admitted = match admit(&ep, &head.headers, req.uri().query().unwrap_or_default()).await {
+        Ok((id, caller, start)) => {
+            let mode = match start {
+                Start::Plain => Ok(Mode::Plain),
+                Start::Resume { expired } => resume_or_start(&ep, &id, caller.user_id.as_str(), expired).await,
+            };
+            mode.map(|mode| (id, caller, mode))
+        }
+        Err(problem) => Err(problem),
+    };
+    let answer = admitted
+        .and_then(|(id, caller, mode)| Ok((id, caller.expires_at, reserve(&ep, caller.user_id.as_str())?, mode)))
         .and_then(|admitted| match actix_http::ws::handshake(head) {
             Ok(mut switching) => Ok((admitted, switching.finish().drop_body())),
             Err(err) => Err(Problem::new(StatusCode::BAD_REQUEST, format!("invalid websocket upgrade: {err}"))),
@@ -142,7 +186,7 @@ async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Opti
     middleware::record(req.method().as_str(), req.path(), req.path(), status, started.elapsed());
     // The request is not needed past this point; an idle connection must not keep its headers.
     drop(req);
-    let ((id, expires_at, slot), switching) = match answer {
+    let ((id, expires_at, slot, mode), switching) = match answer {
         Ok(ok) => ok,
         Err(problem) => {
             let _ = upgrade::respond(&mut framed, problem.response()).await;
@@ -154,7 +198,7 @@ async fn upgrade(ep: Arc<HubEndpoint>, req: Request, mut framed: Framed) -> Opti
     // buffer (8 KiB) go now, not when the connection ends.
     let (io, leftover) = upgrade::into_stream(framed);
     let expires = ep.ctx.settings.close_on_token_expiry.then(|| session::instant_of(expires_at));
-    Some((session::Admitted { id: id.into(), slot, expires }, io, leftover))
+    Some((session::Admitted { id: id.into(), slot, expires, mode }, io, leftover))
 }
 
 async fn negotiate(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse {
@@ -171,10 +215,18 @@ async fn negotiate(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse
         Ok(v) => v,
         Err(error) => return HttpResponse::Ok().json(json!({ "error": error })),
     };
-    let (id, token) = ep.signer.issue(caller.user_id.as_str());
+    // Offered only when asked (an unasked offer is an error to the client) and only in version 1.
+    let stateful = version >= 1
+        && ep.ctx.resume.is_some()
+        && query.iter().any(|(k, v)| k.eq_ignore_ascii_case("useStatefulReconnect") && v.eq_ignore_ascii_case("true"));
+    let (id, token) = ep.signer.issue(caller.user_id.as_str(), stateful);
     let transports = json!([{ "transport": "WebSockets", "transferFormats": ["Text", "Binary"] }]);
     let body = if version >= 1 {
-        json!({ "negotiateVersion": 1, "connectionId": id, "connectionToken": token, "availableTransports": transports })
+        let mut body = json!({ "negotiateVersion": 1, "connectionId": id, "connectionToken": token, "availableTransports": transports });
+        if stateful {
+            body["useStatefulReconnect"] = json!(true);
+        }
+        body
     } else {
         // Version 0: the client uses the connection id as its token, so the id is the signed token.
         json!({ "negotiateVersion": 0, "connectionId": token, "availableTransports": transports })

@@ -119,6 +119,7 @@ impl HubLifetime {
                 error: Some("Connection replaced by a newer one with the same connection token.".into()),
                 allow_reconnect: false,
                 reason: "replaced",
+                hand_over: false,
             });
         }
         if let Some(confirm) = confirm
@@ -276,5 +277,6 @@ fn detach(registry: &mut Registry, conn: &ConnectionHandle) {
 }
 
 fn draining() -> CloseRequest {
-    CloseRequest { error: None, allow_reconnect: true, reason: "server-draining" }
+    // Stateful connections are handed over instead: they resume on another process.
+    CloseRequest { error: None, allow_reconnect: true, reason: "server-draining", hand_over: true }
 }

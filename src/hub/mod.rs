@@ -9,12 +9,15 @@ pub mod lifetime;
 pub mod limits;
 pub mod negotiate;
 pub mod protocol;
+pub mod resume;
 pub mod session;
 pub mod socket;
+pub mod stateful;
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use protocol::HubMessage;
 use serde_json::Value;
 
 pub use connection::{CloseRequest, ConnectionHandle};
@@ -32,6 +35,10 @@ pub mod metrics_names {
     pub const REFUSED: &str = "contoso_hub_connections_refused_total";
     pub const INVOCATIONS_LIMITED: &str = "contoso_hub_invocations_rate_limited_total";
     pub const INVOCATION_DURATION: &str = "contoso_hub_invocation_duration_seconds";
+    /// Stateful reconnect: resumes by outcome (resumed, unknown, in-use, overflowed, unavailable).
+    pub const STATEFUL_RESUMES: &str = "contoso_hub_stateful_resumes_total";
+    /// Stateful connections whose unacknowledged messages went past the buffer (no longer resumable).
+    pub const STATEFUL_OVERFLOWS: &str = "contoso_hub_stateful_overflows_total";
     pub const BACKPLANE_PUBLISHED: &str = "contoso_backplane_messages_published_total";
     pub const BACKPLANE_RECEIVED: &str = "contoso_backplane_messages_received_total";
     /// From a message's origin (for contoso, the order's acceptance) to its write to a socket.
@@ -60,6 +67,8 @@ pub struct HubSettings {
     pub close_on_token_expiry: bool,
     /// Invocations per second one connection may make, in bursts of twice as many; 0: no limit.
     pub invocations_per_second: u32,
+    /// Stateful reconnect's window and buffer; `None`: not offered.
+    pub stateful_reconnect: Option<resume::Limits>,
 }
 
 impl Default for HubSettings {
@@ -75,6 +84,7 @@ impl Default for HubSettings {
             max_connections_per_user: 32,
             close_on_token_expiry: true,
             invocations_per_second: 10,
+            stateful_reconnect: Some(resume::Limits::default()),
         }
     }
 }
@@ -125,6 +135,19 @@ impl HubError {
 pub trait Hub: Send + Sync + 'static {
     fn has_method(&self, name: &str) -> bool;
     async fn invoke(&self, caller: &Caller, method: &str, arguments: Vec<Value>) -> Result<Value, HubError>;
+
+    /// Stateful reconnect: the cursor of a message this hub pushed (an id in the hub's own
+    /// order), from which `missed` can tell what came after it. `None`: not replayable.
+    fn cursor(&self, _msg: &HubMessage) -> Option<String> {
+        None
+    }
+
+    /// Stateful reconnect: what was pushed to `caller`'s user after `cursor` (or since
+    /// `since_ms`, unix ms, when nothing with a cursor was sent), oldest first, each message
+    /// with its cursor: what a resumed connection missed while it had no socket.
+    async fn missed(&self, _caller: &Caller, _cursor: Option<&str>, _since_ms: u64) -> Result<Vec<(HubMessage, String)>, HubError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Everything a session needs, shared by all connections of one hub endpoint.
@@ -133,11 +156,21 @@ pub struct HubContext {
     pub hub: Arc<dyn Hub>,
     pub settings: HubSettings,
     pub limits: Arc<limits::ConnectionLimits>,
+    /// Stateful reconnect, when offered.
+    pub resume: Option<Arc<resume::Resume>>,
 }
 
 impl HubContext {
     pub fn new(lifetime: Arc<HubLifetime>, hub: Arc<dyn Hub>, settings: HubSettings) -> Self {
         let limits = limits::ConnectionLimits::new(settings.max_connections, settings.max_connections_per_user);
-        Self { lifetime, hub, settings, limits }
+        Self { lifetime, hub, settings, limits, resume: None }
+    }
+
+    /// Offers stateful reconnect with `resume`, and keeps its records alive while connections are open.
+    pub fn with_resume(mut self, resume: Arc<resume::Resume>) -> Self {
+        let lifetime = Arc::downgrade(&self.lifetime);
+        resume.upkeep(move || Some(lifetime.upgrade()?.snapshot().iter().filter(|c| c.is_stateful()).map(|c| c.id().clone()).collect()));
+        self.resume = Some(resume);
+        self
     }
 }

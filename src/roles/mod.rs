@@ -19,6 +19,7 @@ use crate::{
     config::{Role, Settings},
     health::Readiness,
     http::{Authenticator, upgrade::Upgrades},
+    hub::resume::ResumeStore,
     shutdown::Shutdown,
     store::Store,
 };
@@ -48,6 +49,8 @@ pub struct Deps {
     pub notifications: Option<Arc<dyn NotificationLog>>,
     /// The hub backplane (notify only).
     pub backplane: Option<Arc<dyn Backplane>>,
+    /// Where stateful-reconnect connections are kept for a resume (notify only).
+    pub resume: Option<Arc<dyn ResumeStore>>,
     /// Becomes true once migrations are applied; background loops wait for it.
     pub db_ready: tokio::sync::watch::Receiver<bool>,
 }

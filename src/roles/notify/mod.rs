@@ -20,6 +20,7 @@ use crate::{
         HubContext, HubLifetime,
         endpoint::{self, HubEndpoint},
         negotiate::TokenSigner,
+        resume::Resume,
     },
     shutdown::Shutdown,
 };
@@ -44,7 +45,11 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness, endpoi
     let settings = &deps.settings;
     let lifetime = HubLifetime::start(Channels::new(&settings.channel_prefix, &settings.hub_name), backplane);
     let hub = Arc::new(order_hub::OrderStatusHub { store: store.clone(), cache: cache.clone(), log: log.clone() });
-    let ctx = Arc::new(HubContext::new(lifetime.clone(), hub, settings.hub.clone()));
+    let mut ctx = HubContext::new(lifetime.clone(), hub, settings.hub.clone());
+    if let (Some(store), Some(limits)) = (deps.resume.clone(), settings.hub.stateful_reconnect) {
+        ctx = ctx.with_resume(Arc::new(Resume::new(store, limits)));
+    }
+    let ctx = Arc::new(ctx);
     let endpoint = web::Data::new(HubEndpoint {
         ctx,
         auth: deps.auth.clone(),

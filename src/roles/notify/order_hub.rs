@@ -56,6 +56,31 @@ impl Hub for OrderStatusHub {
             _ => Err(HubError::MethodNotFound),
         }
     }
+
+    /// A notification's cursor is its id (increasing per user, CONTRACT §5).
+    fn cursor(&self, msg: &HubMessage) -> Option<String> {
+        match msg {
+            HubMessage::Invocation { invocation_id: None, arguments, .. } => {
+                arguments.first()?.get("notificationId")?.as_str().map(str::to_owned)
+            }
+            _ => None,
+        }
+    }
+
+    /// The user's notifications after `cursor`: the log `ResumeNotifications` reads, without
+    /// the client asking. With no cursor, those logged since the connection began.
+    async fn missed(&self, caller: &Caller, cursor: Option<&str>, since_ms: u64) -> Result<Vec<(HubMessage, String)>, HubError> {
+        let user = UserId::parse(caller.user_id()).map_err(unexpected)?;
+        let from = cursor.map_or_else(|| format!("{}-{}", since_ms.saturating_sub(1), u64::MAX), str::to_owned);
+        let replay = self.log.since(&user, Some(&from)).await.map_err(unexpected)?;
+        let mut missed: Vec<(HubMessage, String)> =
+            replay.notifications.into_iter().map(|n| (HubMessage::push(n.target.clone(), vec![n.argument()]), n.id)).collect();
+        if !replay.complete && cursor.is_some() {
+            // Some fell out of the log: clients that know `ResumeNeeded` fall back to status queries.
+            missed.insert(0, (HubMessage::push(crate::hub::lifetime::RESUME_NEEDED, Vec::new()), String::new()));
+        }
+        Ok(missed)
+    }
 }
 
 fn exactly<const N: usize>(arguments: Vec<Value>) -> Result<[Value; N], HubError> {

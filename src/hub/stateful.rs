@@ -1,0 +1,261 @@
+//! One stateful-reconnect connection's accounts, for its socket loop: ids of counted messages
+//! both ways, the client's Acks, which client messages were executed, and the journal: every
+//! counted message is kept in the `ResumeStore` before it is written, so whichever process the
+//! client resumes on can send again what it did not acknowledge.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::{
+    Hub,
+    connection::Frame,
+    protocol::{HubMessage, Protocol},
+    resume::{Claimed, Resume, ResumeError, Synced, Update},
+};
+
+type SyncFuture = Pin<Box<dyn Future<Output = Result<Synced, ResumeError>> + Send>>;
+
+/// How long live messages are compared with the catch-up sent after a resume: a message
+/// published while the catch-up was read arrives both ways.
+const DEDUPE_FOR: Duration = Duration::from_secs(10);
+
+/// Why the journal cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// Another process took the connection over (or its record expired): this socket is stale.
+    Lost,
+    /// The store failed: what was sent can no longer be vouched for.
+    Failed,
+}
+
+pub struct Stateful {
+    resume: Arc<Resume>,
+    id: Arc<str>,
+    protocol: Protocol,
+    /// Whether messages are kept for a resume (not past the buffer, a record exists).
+    journaled: bool,
+    /// The last id given to a counted message sent, and the client's last Ack.
+    out_seq: u64,
+    acked: u64,
+    acked_saved: u64,
+    /// Counted client messages: the last received, the last executed, the last whose execution
+    /// is recorded (what the server acknowledges), the last acknowledged.
+    in_seq: u64,
+    in_done: u64,
+    in_saved: u64,
+    in_acked: u64,
+    /// Client messages up to this id ran before the resume: their resends are skipped.
+    skip_until: u64,
+    cursor: Option<String>,
+    /// The sync in flight: the frames it keeps, written once it is done, and the `in_done` it records.
+    pending: Option<(SyncFuture, Vec<Frame>, u64)>,
+    /// Messages the connection missed while it had no socket, sent before anything newer.
+    catch_up: Vec<Frame>,
+    /// Cursors of the catch-up, to drop the same messages arriving live, until the deadline.
+    replayed: Option<(HashSet<String>, Instant)>,
+}
+
+impl Stateful {
+    /// A new connection; `journaled`: its record was created.
+    pub fn new(resume: Arc<Resume>, id: Arc<str>, protocol: Protocol, journaled: bool) -> Self {
+        Self {
+            resume,
+            id,
+            protocol,
+            journaled,
+            out_seq: 0,
+            acked: 0,
+            acked_saved: 0,
+            in_seq: 0,
+            in_done: 0,
+            in_saved: 0,
+            in_acked: 0,
+            skip_until: 0,
+            cursor: None,
+            pending: None,
+            catch_up: Vec::new(),
+            replayed: None,
+        }
+    }
+
+    /// A resumed connection: the client's next message is `client_first`; `catch_up` (with
+    /// each message's cursor) follows the journal sent again.
+    pub fn resumed(resume: Arc<Resume>, id: Arc<str>, claimed: &Claimed, client_first: u64, catch_up: Vec<(Frame, String)>) -> Self {
+        let mut st = Self::new(resume, id, claimed.protocol, true);
+        st.out_seq = claimed.acked + claimed.journal.len() as u64;
+        (st.acked, st.acked_saved) = (claimed.acked, claimed.acked);
+        st.in_seq = client_first.saturating_sub(1);
+        (st.in_done, st.in_saved, st.skip_until) = (claimed.in_done, claimed.in_done, claimed.in_done);
+        st.cursor = claimed.cursor.clone();
+        let replayed: HashSet<String> = catch_up.iter().map(|(_, c)| c.clone()).collect();
+        st.replayed = (!replayed.is_empty()).then(|| (replayed, Instant::now() + DEDUPE_FOR));
+        st.catch_up = catch_up.into_iter().map(|(f, _)| f).collect();
+        st
+    }
+
+    /// A counted client message arrived: its id, and whether to run it (not when it is the
+    /// resend of one that ran before the drop).
+    pub fn received(&mut self) -> (u64, bool) {
+        self.in_seq += 1;
+        let run = self.in_seq > self.skip_until;
+        if !run {
+            self.in_done = self.in_done.max(self.in_seq);
+        }
+        (self.in_seq, run)
+    }
+
+    /// Client message `seq` has run (and queued its completion, if any).
+    pub fn executed(&mut self, seq: u64) {
+        self.in_done = self.in_done.max(seq);
+        if !self.journaled {
+            self.in_saved = self.in_done;
+        }
+    }
+
+    /// The client's Ack: what it holds, up to what was sent.
+    pub fn client_ack(&mut self, seq: u64) {
+        self.acked = self.acked.max(seq.min(self.out_seq));
+    }
+
+    pub fn syncing(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether a sync is due with nothing new to send: the catch-up, an Ack or an execution to record.
+    pub fn wants_sync(&self) -> bool {
+        self.journaled && (!self.catch_up.is_empty() || self.acked > self.acked_saved || self.in_done > self.in_saved)
+    }
+
+    /// Messages to send: kept first when journaled (returns nothing yet; `poll_sync` returns
+    /// them once kept), otherwise returned to be written now.
+    pub fn send(&mut self, frames: Vec<Frame>, hub: &dyn Hub) -> Option<Vec<Frame>> {
+        let frames = self.with_catch_up(frames, hub);
+        self.out_seq += frames.len() as u64;
+        if !self.journaled {
+            return Some(frames);
+        }
+        if let Some(cursor) = frames.iter().rev().find_map(|f| cursor_of(self.protocol, &f.bytes, hub)) {
+            self.cursor = Some(cursor);
+        }
+        let fut = self.sync_future(&frames, false);
+        self.pending = Some((fut, frames, self.in_done));
+        None
+    }
+
+    /// The catch-up ahead of `frames`, and `frames` without the messages the catch-up already holds.
+    fn with_catch_up(&mut self, mut frames: Vec<Frame>, hub: &dyn Hub) -> Vec<Frame> {
+        if let Some((replayed, until)) = &mut self.replayed {
+            if Instant::now() < *until {
+                frames.retain(|f| cursor_of(self.protocol, &f.bytes, hub).is_none_or(|c| !replayed.remove(&c)));
+            }
+            if replayed.is_empty() || Instant::now() >= *until {
+                self.replayed = None;
+            }
+        }
+        if self.catch_up.is_empty() {
+            return frames;
+        }
+        let mut all = std::mem::take(&mut self.catch_up);
+        all.extend(frames);
+        all
+    }
+
+    fn sync_future(&mut self, frames: &[Frame], detach: bool) -> SyncFuture {
+        let entries: Vec<Bytes> = frames.iter().map(|f| f.bytes.clone()).collect();
+        let (resume, id) = (self.resume.clone(), self.id.clone());
+        let (in_done, acked, cursor) = (self.in_done, self.acked, self.cursor.clone());
+        self.acked_saved = acked;
+        Box::pin(async move {
+            let update = Update { entries: &entries, in_done, acked, cursor: cursor.as_deref(), detach };
+            resume.store.sync(&id, &resume.instance, update, resume.limits).await
+        })
+    }
+
+    /// The sync in flight: once done, the frames it kept, to be written now.
+    pub fn poll_sync(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Frame>, Broken>> {
+        let Some((fut, _, _)) = &mut self.pending else { return Poll::Ready(Ok(Vec::new())) };
+        let res = std::task::ready!(fut.as_mut().poll(cx));
+        let (_, frames, in_done) = self.pending.take().expect("pending");
+        Poll::Ready(self.synced(res, in_done).map(|()| frames))
+    }
+
+    fn synced(&mut self, res: Result<Synced, ResumeError>, in_done: u64) -> Result<(), Broken> {
+        match res {
+            Ok(Synced::Kept) => {}
+            Ok(Synced::Overflowed) => {
+                metrics::counter!(super::metrics_names::STATEFUL_OVERFLOWS).increment(1);
+                self.journaled = false;
+            }
+            Ok(Synced::Lost) => return Err(Broken::Lost),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot keep a stateful connection's messages: closing it");
+                return Err(Broken::Failed);
+            }
+        }
+        self.in_saved = self.in_saved.max(in_done);
+        Ok(())
+    }
+
+    /// Starts a sync without new messages (the catch-up, an Ack or an execution to record).
+    pub fn start_sync(&mut self, hub: &dyn Hub) {
+        let _written_now = self.send(Vec::new(), hub);
+    }
+
+    /// The Ack the server owes the client, if any: up to the last execution recorded.
+    pub fn ack_due(&mut self) -> Option<Bytes> {
+        (self.in_saved > self.in_acked).then(|| {
+            self.in_acked = self.in_saved;
+            self.protocol.encode_to_bytes(&HubMessage::Ack { sequence_id: self.in_saved })
+        })
+    }
+
+    /// The socket is gone but the connection is not: keeps what was never written and starts
+    /// the window in which any process may resume it.
+    pub async fn hand_over(&mut self, unsent: Vec<Frame>, hub: &dyn Hub) {
+        if let Some((fut, _, in_done)) = self.pending.take()
+            && self.synced(fut.await, in_done).is_err()
+        {
+            return;
+        }
+        if !self.journaled {
+            return;
+        }
+        let frames = self.with_catch_up(unsent, hub);
+        self.out_seq += frames.len() as u64;
+        if let Some(cursor) = frames.iter().rev().find_map(|f| cursor_of(self.protocol, &f.bytes, hub)) {
+            self.cursor = Some(cursor);
+        }
+        let fut = self.sync_future(&frames, true);
+        if let Err(err) = fut.await {
+            tracing::warn!(error = %err, "cannot release a stateful connection for a resume");
+        }
+    }
+
+    /// The connection ended for good (a Close was sent): its record goes.
+    pub async fn forget(&mut self) {
+        if let Some((fut, _, _)) = self.pending.take() {
+            let _ = fut.await;
+        }
+        if let Err(err) = self.resume.store.forget(&self.id, &self.resume.instance).await {
+            tracing::debug!(error = %err, "cannot forget a stateful connection; it expires with its window");
+        }
+    }
+}
+
+/// The cursor the hub gives a message (a frame holds one record).
+fn cursor_of(protocol: Protocol, bytes: &Bytes, hub: &dyn Hub) -> Option<String> {
+    let mut buf = BytesMut::from(&bytes[..]);
+    match protocol.parse(&mut buf, usize::MAX) {
+        Ok(Some(msg)) => hub.cursor(&msg),
+        _ => None,
+    }
+}
