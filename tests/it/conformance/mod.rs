@@ -6,6 +6,7 @@ pub mod backplane;
 mod bus;
 mod cache;
 mod hub_lifetime;
+mod resume;
 mod store;
 
 /// For every `case` (an `async fn case(subject: &T)` in the calling module), one test per
