@@ -118,21 +118,26 @@ fn no_connection() -> Problem {
 /// holder to let go), or new when nothing is known of it and the token is fresh.
 async fn resume_or_start(ep: &HubEndpoint, id: &str, user: &str, expired: bool) -> Result<Mode, Problem> {
     let resume = ep.ctx.resume.as_ref().expect("a stateful start needs stateful reconnect on");
-    match resume.claim(id, user).await {
-        Ok(claimed) => Ok(Mode::Resume(Box::new(claimed))),
-        Err(resume::Refusal::Unknown) if !expired => Ok(Mode::Stateful),
-        Err(refusal) => {
-            metrics::counter!(m::STATEFUL_RESUMES, "outcome" => refusal.outcome()).increment(1);
-            tracing::debug!(reason = %refusal, "resume refused");
-            Err(match refusal {
-                resume::Refusal::InUse => Problem::new(StatusCode::CONFLICT, "the connection is still open"),
-                resume::Refusal::Unavailable(_) => {
-                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "connection state unavailable, connect again").with_retry_after(1)
-                }
-                resume::Refusal::Unknown | resume::Refusal::Overflowed => no_connection(),
-            })
+    let refused = match resume.claim(id, user).await {
+        Ok(claimed) => return Ok(Mode::Resume(Box::new(claimed))),
+        // Nothing known: a fresh token opens its connection, a token that opened one (whose
+        // record is gone: past its window, or ended) cannot open another.
+        Err(resume::Refusal::Unknown) if !expired => match resume.store.seen(id).await {
+            Ok(false) => return Ok(Mode::Stateful),
+            Ok(true) => resume::Refusal::Unknown,
+            Err(err) => resume::Refusal::Unavailable(err.to_string()),
+        },
+        Err(refusal) => refusal,
+    };
+    metrics::counter!(m::STATEFUL_RESUMES, "outcome" => refused.outcome()).increment(1);
+    tracing::debug!(reason = %refused, "resume refused");
+    Err(match refused {
+        resume::Refusal::InUse => Problem::new(StatusCode::CONFLICT, "the connection is still open"),
+        resume::Refusal::Unavailable(_) => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "connection state unavailable, connect again").with_retry_after(1)
         }
-    }
+        resume::Refusal::Unknown | resume::Refusal::Overflowed => no_connection(),
+    })
 }
 
 async fn not_an_upgrade(req: HttpRequest, ep: web::Data<HubEndpoint>) -> HttpResponse {

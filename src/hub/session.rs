@@ -180,7 +180,7 @@ impl Opening<'_> {
         let protocol = claimed.protocol;
         let Some(client_first) = first_sequence(ws, records, timer, protocol, ctx.settings.max_message_size).await else {
             // Nothing was sent: the record stays resumable for another attempt.
-            let mut st = Stateful::resumed(resume, self.id, &claimed, 1, Vec::new());
+            let mut st = Stateful::resumed(resume, self.id, &claimed, 1, Vec::new(), &*ctx.hub);
             st.hand_over(Vec::new(), &*ctx.hub).await;
             return None;
         };
@@ -197,7 +197,7 @@ impl Opening<'_> {
         };
         let mut resent = vec![Frame::from(protocol.encode_to_bytes(&HubMessage::Sequence { sequence_id: claimed.acked + 1 }))];
         resent.extend(claimed.journal.iter().cloned().map(Frame::from));
-        let st = Stateful::resumed(resume, self.id, &claimed, client_first, catch_up);
+        let st = Stateful::resumed(resume, self.id, &claimed, client_first, catch_up, &*ctx.hub);
         metrics::counter!(m::STATEFUL_RESUMES, "outcome" => "resumed").increment(1);
         tracing::debug!(resent = claimed.journal.len(), "stateful connection resumed");
         if write_all(ws, &resent, protocol).is_err() {
@@ -427,8 +427,9 @@ impl Live<'_> {
         if hand_over {
             // Pushes stop here (the catch-up of the resume covers them); replies are still kept.
             conn.close(CloseRequest { error: None, allow_reconnect: true, reason, hand_over: true });
-            self.ctx.lifetime.remove(&conn);
             self.hand_over(queued, request.is_some()).await;
+            // Registered until the record is released: a drain waits for it before the process exits.
+            self.ctx.lifetime.remove(&conn);
         } else {
             if let Some(request) = &request {
                 // Everyone else learns of it through the handle (the drain waits for it).

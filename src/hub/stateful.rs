@@ -60,7 +60,8 @@ pub struct Stateful {
     pending: Option<(SyncFuture, Vec<Frame>, u64)>,
     /// Messages the connection missed while it had no socket, sent before anything newer.
     catch_up: Vec<Frame>,
-    /// Cursors of the catch-up, to drop the same messages arriving live, until the deadline.
+    /// Cursors of what a resume sent again and of the catch-up, to drop the same messages
+    /// arriving live, until the deadline.
     replayed: Option<(HashSet<String>, Instant)>,
 }
 
@@ -88,15 +89,25 @@ impl Stateful {
     }
 
     /// A resumed connection: the client's next message is `client_first`; `catch_up` (with
-    /// each message's cursor) follows the journal sent again.
-    pub fn resumed(resume: Arc<Resume>, id: Arc<str>, claimed: &Claimed, client_first: u64, catch_up: Vec<(Frame, String)>) -> Self {
+    /// each message's cursor) follows the journal sent again. Live messages that arrive as
+    /// copies of either (published just before the last holder let go, delivered here just
+    /// after the connection registered) are dropped.
+    pub fn resumed(
+        resume: Arc<Resume>,
+        id: Arc<str>,
+        claimed: &Claimed,
+        client_first: u64,
+        catch_up: Vec<(Frame, String)>,
+        hub: &dyn Hub,
+    ) -> Self {
         let mut st = Self::new(resume, id, claimed.protocol, true);
         st.out_seq = claimed.acked + claimed.journal.len() as u64;
         (st.acked, st.acked_saved) = (claimed.acked, claimed.acked);
         st.in_seq = client_first.saturating_sub(1);
         (st.in_done, st.in_saved, st.skip_until) = (claimed.in_done, claimed.in_done, claimed.in_done);
         st.cursor = claimed.cursor.clone();
-        let replayed: HashSet<String> = catch_up.iter().map(|(_, c)| c.clone()).collect();
+        let resent = claimed.journal.iter().filter_map(|b| cursor_of(claimed.protocol, b, hub));
+        let replayed: HashSet<String> = catch_up.iter().map(|(_, c)| c.clone()).chain(resent).collect();
         st.replayed = (!replayed.is_empty()).then(|| (replayed, Instant::now() + DEDUPE_FOR));
         st.catch_up = catch_up.into_iter().map(|(f, _)| f).collect();
         st
@@ -257,5 +268,111 @@ fn cursor_of(protocol: Protocol, bytes: &Bytes, hub: &dyn Hub) -> Option<String>
     match protocol.parse(&mut buf, usize::MAX) {
         Ok(Some(msg)) => hub.cursor(&msg),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use async_trait::async_trait;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::hub::{
+        Caller, HubError,
+        resume::{Limits, MemoryResumeStore, NewRecord},
+    };
+
+    /// A hub whose pushes carry their cursor in `{"id": ...}`.
+    struct Ids;
+
+    #[async_trait]
+    impl Hub for Ids {
+        fn has_method(&self, _: &str) -> bool {
+            false
+        }
+        async fn invoke(&self, _: &Caller, _: &str, _: Vec<Value>) -> Result<Value, HubError> {
+            Err(HubError::MethodNotFound)
+        }
+        fn cursor(&self, msg: &HubMessage) -> Option<String> {
+            match msg {
+                HubMessage::Invocation { arguments, .. } => arguments.first()?.get("id")?.as_str().map(str::to_owned),
+                _ => None,
+            }
+        }
+    }
+
+    fn push(protocol: Protocol, id: &str) -> Frame {
+        Frame::from(protocol.encode_to_bytes(&HubMessage::push("N", vec![json!({ "id": id })])))
+    }
+
+    async fn connection(protocol: Protocol) -> (Arc<Resume>, Stateful) {
+        let resume = Arc::new(Resume::new(Arc::new(MemoryResumeStore::default()), Limits::default()));
+        let record = NewRecord { id: "c", user: "u", protocol, owner: &resume.instance, created_ms: 1 };
+        assert!(resume.store.create(record, resume.limits).await.unwrap());
+        (resume.clone(), Stateful::new(resume, "c".into(), protocol, true))
+    }
+
+    /// Sends `frames` and waits until they are kept; returns what may now be written.
+    async fn send(st: &mut Stateful, frames: Vec<Frame>) -> Vec<Frame> {
+        assert!(st.send(frames, &Ids).is_none(), "a journaled connection keeps before it writes");
+        std::future::poll_fn(|cx| st.poll_sync(cx)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn messages_are_kept_before_they_are_written_with_the_cursor_of_the_last_one() {
+        for protocol in Protocol::ALL {
+            let (resume, mut st) = connection(protocol).await;
+            let written = send(&mut st, vec![push(protocol, "1"), push(protocol, "2")]).await;
+            assert_eq!(written.len(), 2);
+            st.client_ack(1);
+            st.start_sync(&Ids);
+            std::future::poll_fn(|cx| st.poll_sync(cx)).await.unwrap();
+            st.hand_over(vec![push(protocol, "3")], &Ids).await;
+            let claimed = resume.claim("c", "u").await.unwrap();
+            assert_eq!(claimed.acked, 1, "{protocol:?}");
+            assert_eq!(claimed.journal, vec![push(protocol, "2").bytes, push(protocol, "3").bytes], "{protocol:?}");
+            assert_eq!(claimed.cursor.as_deref(), Some("3"), "{protocol:?}: the cursor of the last message kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_connection_skips_what_ran_and_drops_live_copies_of_its_catch_up() {
+        let protocol = Protocol::Json;
+        let (resume, mut st) = connection(protocol).await;
+        let (first, run) = st.received();
+        assert!(run);
+        st.executed(first);
+        send(&mut st, Vec::new()).await;
+        assert_eq!(st.ack_due(), Some(protocol.encode_to_bytes(&HubMessage::Ack { sequence_id: 1 })), "acknowledged once recorded");
+        assert_eq!(st.ack_due(), None);
+        st.hand_over(vec![push(protocol, "6")], &Ids).await;
+
+        let claimed = resume.claim("c", "u").await.unwrap();
+        let catch_up = vec![(push(protocol, "7"), "7".to_owned())];
+        let mut st = Stateful::resumed(resume.clone(), "c".into(), &claimed, 1, catch_up, &Ids);
+        assert_eq!(st.received(), (1, false), "the client's resend of a message that ran");
+        assert_eq!(st.received(), (2, true));
+        let written = send(&mut st, vec![push(protocol, "6"), push(protocol, "7"), push(protocol, "8")]).await;
+        let ids: Vec<Option<String>> = written.iter().map(|f| cursor_of(protocol, &f.bytes, &Ids)).collect();
+        assert_eq!(ids, vec![Some("7".into()), Some("8".into())], "the catch-up first; live copies of it and of the resent 6 dropped");
+        assert_eq!(st.out_seq, 3, "6 (sent again), 7, 8");
+    }
+
+    #[tokio::test]
+    async fn past_the_buffer_messages_are_written_without_being_kept() {
+        let protocol = Protocol::Json;
+        let resume = Arc::new(Resume::new(Arc::new(MemoryResumeStore::default()), Limits { max_bytes: 1024, ..Limits::default() }));
+        let record = NewRecord { id: "c", user: "u", protocol, owner: &resume.instance, created_ms: 1 };
+        resume.store.create(record, resume.limits).await.unwrap();
+        let mut st = Stateful::new(resume.clone(), "c".into(), protocol, true);
+        let big = Frame::from(Bytes::from(vec![b'x'; 2000]));
+        assert_eq!(send(&mut st, vec![big.clone()]).await.len(), 1, "written anyway");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(st.send(vec![big], &Ids).is_some(), "no longer kept");
+        assert!(st.poll_sync(&mut cx).is_ready());
+        st.hand_over(Vec::new(), &Ids).await;
+        assert_eq!(resume.claim("c", "u").await.unwrap_err(), crate::hub::resume::Refusal::Overflowed);
     }
 }

@@ -18,4 +18,5 @@ mod notify;
 mod orders_api;
 mod outages;
 mod processing;
+mod stateful;
 mod traces;

@@ -86,7 +86,11 @@ export async function startNginx({ notifyPorts, acceptPort }) {
       });
       if (exclusive) await eventually("the old nginx workers to exit", () => oldWorkers.every((pid) => !alive(pid)));
     },
-    /** Requests to `path` as [upstream, status] pairs, for the connections that have ended. */
+    /**
+     * Requests to `path` as [upstream, status] pairs, for the connections that have ended. A
+     * request nginx passed on to the next upstream (a 503 from a draining one) is logged with
+     * every upstream it tried ("a, b"); the pair names the last, the one that answered.
+     */
     upstreamLog(path) {
       let text = "";
       try {
@@ -96,9 +100,9 @@ export async function startNginx({ notifyPorts, acceptPort }) {
       }
       return text
         .split("\n")
-        .map((line) => line.split(" "))
-        .filter((f) => f.length >= 3 && f[2].startsWith(path))
-        .map(([upstream, status]) => [upstream, Number(status)]);
+        .map((line) => line.trim().split(" "))
+        .filter((f) => f.length >= 3 && f[f.length - 1].startsWith(path))
+        .map((f) => [f.slice(0, -2).join(" ").split(",").pop().trim(), Number(f[f.length - 2])]);
     },
     async stop() {
       // A fast stop: a graceful one (SIGQUIT) would wait for every open WebSocket.

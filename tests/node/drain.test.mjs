@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { openClientTab } from "./tabs.mjs";
 import { chaosProxy, startCluster } from "./cluster.mjs";
-import { eventually, explained, fetchWithin, hubConnection, hubConnections as connections, metric, newDeployment, placeOrder, sleep, startServer, token, uniqueUser, within } from "./harness.mjs";
+import { eventually, explained, fetchWithin, hubConnection, hubConnections as connections, metric, newDeployment, orderStream, placeOrder, sleep, startServer, token, uniqueUser, within } from "./harness.mjs";
 
 /** Every client this file opens, stopped after each suite even when a test failed. */
 const opened = new Set();
@@ -17,33 +17,6 @@ async function stopAll() {
 
 const openClient = (url, tok) => openClientTab(url, tok, opened);
 
-/**
- * Places an order every `everyMs` until `stop()`; resolves to the correlation ids. `placedAt`
- * holds when each was accepted, so a test can tell orders placed in each phase apart.
- */
-function orderStream(server, tok, everyMs) {
-  const ids = [];
-  const placedAt = [];
-  let running = true;
-  const done = (async () => {
-    while (running) {
-      const started = Date.now();
-      ids.push(await placeOrder(server, tok));
-      placedAt.push(Date.now());
-      await sleep(Math.max(0, everyMs - (Date.now() - started)));
-    }
-    return ids;
-  })();
-  return {
-    ids,
-    placedAt,
-    stop() {
-      running = false;
-      // Each placeOrder is bounded (fetch deadline, three retries); this bounds the whole.
-      return within(done, 60000, "the order stream to stop");
-    },
-  };
-}
 
 async function expectEveryNotificationOnce(tabs, ids) {
   for (const [i, tab] of tabs.entries()) {
@@ -109,7 +82,8 @@ describe("scale-in: case 4 and a killed process", () => {
     for (const tab of tabs) await tab.client.stop();
     // Every WebSocket is logged when it ends: the leaving process saw only its first tabs.
     await eventually("the access log", () => cluster.lb.upstreamLog("/hubs/").filter(([, s]) => s === 101).length >= 6 + onLeaving);
-    const toLeaving = cluster.lb.upstreamLog("/hubs/").filter(([up]) => up.includes(`:${leaving.port}`));
+    // Negotiates (200) are not connections; a connection is the 101 of its upgrade.
+    const toLeaving = cluster.lb.upstreamLog("/hubs/").filter(([up, s]) => up.endsWith(`:${leaving.port}`) && s === 101);
     assert.equal(toLeaving.length, onLeaving, "no reconnect went to the draining process");
     cluster.notifiers.splice(2, 1);
   });

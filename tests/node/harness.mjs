@@ -219,15 +219,19 @@ export async function placeOrder(server, tok, items = [{ productId: "mug", quant
   return (await res.json()).correlationId;
 }
 
-/** A HubConnection configured as the SPA configures it (CONTRACT §5). */
-export function hubConnection(hubUrl, tok, { msgpack = false, skipNegotiation = true, reconnect = [0, 200, 500, 1000, 1000, 1000, 1000, 1000, 1000, 1000], serverTimeoutMs, keepAliveMs } = {}) {
+/**
+ * A HubConnection configured as the SPA configures it (CONTRACT §5). `stateful`: negotiate and
+ * `withStatefulReconnect()` (skipNegotiation is then off).
+ */
+export function hubConnection(hubUrl, tok, { msgpack = false, skipNegotiation = true, stateful = false, reconnect = [0, 200, 500, 1000, 1000, 1000, 1000, 1000, 1000, 1000], serverTimeoutMs, keepAliveMs } = {}) {
   let builder = new signalR.HubConnectionBuilder()
     .withUrl(hubUrl, {
       transport: signalR.HttpTransportType.WebSockets,
-      skipNegotiation,
+      skipNegotiation: skipNegotiation && !stateful,
       accessTokenFactory: () => (typeof tok === "function" ? tok() : tok),
     })
     .configureLogging(signalR.LogLevel.None);
+  if (stateful) builder = builder.withStatefulReconnect();
   if (reconnect) builder = builder.withAutomaticReconnect(reconnect);
   if (msgpack) builder = builder.withHubProtocol(new MessagePackHubProtocol());
   if (serverTimeoutMs) builder = builder.withServerTimeout(serverTimeoutMs);
@@ -255,6 +259,34 @@ export async function openTab(hubUrl, tok, options = {}) {
   conn.onclose((err) => events.push({ kind: "close", error: err?.message }));
   await conn.start();
   return { conn, received, events };
+}
+
+/**
+ * Places an order every `everyMs` until `stop()`; `ids` are the correlation ids, `placedAt`
+ * when each was accepted.
+ */
+export function orderStream(server, tok, everyMs) {
+  const ids = [];
+  const placedAt = [];
+  let running = true;
+  const done = (async () => {
+    while (running) {
+      const started = Date.now();
+      ids.push(await placeOrder(server, tok));
+      placedAt.push(Date.now());
+      await sleep(Math.max(0, everyMs - (Date.now() - started)));
+    }
+    return ids;
+  })();
+  return {
+    ids,
+    placedAt,
+    after: (t) => placedAt.filter((p) => p > t).length,
+    stop() {
+      running = false;
+      return within(done, 60000, "the order stream to stop");
+    },
+  };
 }
 
 export { signalR, sleep };

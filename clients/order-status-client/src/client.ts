@@ -44,6 +44,15 @@ export interface OrderStatusClientOptions {
   readonly connectionFactory?: ConnectionFactory;
   readonly logger?: ILogger | LogLevel;
   readonly httpOptions?: Partial<IHttpConnectionOptions>;
+  /**
+   * SignalR stateful reconnect (default true): the connection negotiates and asks for it, and a
+   * dropped socket resumes the same connection, on any notify pod, without a reconnect event or
+   * a catch-up; the server replays what the tab missed. When a resume is refused (the tab was
+   * away longer than the server's window, or missed too much) SignalR starts a new connection
+   * and the client catches up with `ResumeNotifications` as without it. False: no negotiate, an
+   * ordinary reconnect and catch-up after every drop.
+   */
+  readonly statefulReconnect?: boolean;
   /** How many notification ids are remembered for de-duplication. */
   readonly dedupeCapacity?: number;
   /**
@@ -281,6 +290,7 @@ export class OrderStatusClient {
           retryPolicy: this.backoff,
           protocol: this.options.protocol ?? "json",
           logger: this.options.logger ?? quietLogger,
+          statefulReconnect: this.options.statefulReconnect ?? true,
           ...(this.options.httpOptions ? { httpOptions: this.options.httpOptions } : {}),
         }),
       ).then((connection) => {
@@ -301,6 +311,9 @@ export class OrderStatusClient {
     connection.on("OrderFailed", (payload: unknown) => this.receive("FAILED", payload));
     // The server's backplane lost its connection for a while: live delivery may have a gap.
     connection.on("ResumeNeeded", () => void this.catchUp(connection));
+    // With stateful reconnect a socket that resumed fires neither onreconnecting nor
+    // onreconnected (the server replayed what was missed); they fire only when SignalR had to
+    // start a new connection, which needs the catch-up.
     connection.onreconnecting(() => {
       this.setState("reconnecting");
       // A catch-up waiting to retry gives up now; the reconnect runs a fresh one.

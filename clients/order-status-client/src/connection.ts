@@ -30,6 +30,13 @@ export interface ConnectionFactoryOptions {
   readonly retryPolicy: IRetryPolicy;
   readonly protocol: HubProtocolName;
   readonly logger: ILogger | LogLevel;
+  /**
+   * Asks for SignalR stateful reconnect (negotiate with `useStatefulReconnect=true`, handshake
+   * version 2) so a dropped socket resumes the same connection on any notify pod, with nothing
+   * lost or repeated and no `onreconnecting`/`onreconnected`. Default true. When false the
+   * connection skips negotiate, as CONTRACT.md section 5 shows.
+   */
+  readonly statefulReconnect?: boolean;
   /** Extra transport options (e.g. headers or a WebSocket constructor in Node tests). */
   readonly httpOptions?: Partial<IHttpConnectionOptions>;
 }
@@ -52,18 +59,33 @@ export const quietLogger: ILogger = {
   },
 };
 
-/** The production factory: WebSockets only, no negotiate, token per connect, chosen protocol. */
+/**
+ * The production factory: WebSockets only, token per connect, chosen protocol, our retry policy.
+ *
+ * With `statefulReconnect` (the default) it negotiates (`POST <url>/negotiate?negotiateVersion=1
+ * &useStatefulReconnect=true`, answered by any notify pod: the connection token is signed, no
+ * sticky sessions) and enables stateful reconnect: when the socket drops, SignalR reconnects it
+ * once, at once, with the same connection token, and the server (any pod) resends what the tab
+ * had not acknowledged and what it missed meanwhile. The application sees nothing of it. If
+ * that one attempt is refused (the server's window or buffer was exceeded), SignalR's automatic
+ * reconnect starts a new connection and `onreconnected` runs the client's catch-up
+ * (`ResumeNotifications`). A server that does not offer stateful reconnect gives an ordinary
+ * connection. Without it, it skips negotiate (one request fewer per connect).
+ */
 export const createHubConnection: ConnectionFactory = async (options) => {
-  const builder = new HubConnectionBuilder()
+  const stateful = options.statefulReconnect ?? true;
+  let builder = new HubConnectionBuilder()
     .withUrl(options.url, {
       ...options.httpOptions,
-      // These three are what lets a WebSocket land on any notify pod without sticky sessions.
+      // WebSockets with a token per connect is what lets a socket land on any notify pod
+      // without sticky sessions; a negotiate is needed only for stateful reconnect.
       transport: HttpTransportType.WebSockets,
-      skipNegotiation: true,
+      skipNegotiation: !stateful,
       accessTokenFactory: options.accessTokenFactory,
     })
     .withAutomaticReconnect(options.retryPolicy)
     .configureLogging(options.logger);
+  if (stateful) builder = builder.withStatefulReconnect();
   if (options.protocol === "messagepack") {
     // Loaded on demand so a JSON-only SPA bundle does not carry the MessagePack codec.
     const { MessagePackHubProtocol } = await import("@microsoft/signalr-protocol-msgpack");

@@ -77,6 +77,14 @@ describe("connection setup", () => {
     expect(delay).not.toBeNull();
   });
 
+  it("asks the factory for stateful reconnect unless told not to", async () => {
+    const { factoryCalls } = await connected();
+    expect(factoryCalls[0]!.statefulReconnect).toBe(true);
+    const off = setup({ statefulReconnect: false });
+    await off.client.start();
+    expect(off.factoryCalls[0]!.statefulReconnect).toBe(false);
+  });
+
   it("reports offline before start and connected after", async () => {
     const ctx = setup();
     expect(ctx.client.state).toBe("offline");

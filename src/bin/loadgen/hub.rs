@@ -6,6 +6,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use contoso::hub::protocol::{HubMessage, Protocol};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig};
 
@@ -31,13 +32,20 @@ pub struct ClientArgs {
     /// Comma list of local addresses to connect from, round-robin (e.g. 127.0.0.1,127.0.0.2)
     #[arg(long, value_delimiter = ',')]
     pub source_ips: Vec<IpAddr>,
+    /// Stateful reconnect, as the official client's withStatefulReconnect(): negotiate asks for
+    /// it, the handshake is version 2, and the tab acknowledges what it receives every second
+    #[arg(long)]
+    pub stateful: bool,
 }
 
 impl Default for ClientArgs {
     fn default() -> Self {
-        Self { protocol: "json".into(), negotiate: false, source_ips: Vec::new() }
+        Self { protocol: "json".into(), negotiate: false, source_ips: Vec::new(), stateful: false }
     }
 }
+
+/// How often a stateful tab acknowledges what it received (the official client: about 1 s).
+const ACK_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a tab sends its keep-alive Ping: the official client's default interval. The hub
 /// closes a connection that sends nothing for its client timeout (30 s), from the handshake on.
@@ -49,28 +57,65 @@ pub struct Tab {
     ws: Ws,
     ping: Message,
     interval: tokio::time::Interval,
+    /// Stateful reconnect: counted messages received, the last acknowledged, the Ack timer.
+    acks: Option<Acks>,
+}
+
+struct Acks {
+    protocol: Protocol,
+    received: u64,
+    acked: u64,
+    interval: tokio::time::Interval,
 }
 
 impl Tab {
     /// `protocol`: the hub protocol's name (json, messagepack); a bare relay gets JSON Pings.
     pub fn new(ws: Ws, protocol: &str) -> Self {
         let ping = if protocol == "messagepack" {
-            Message::binary(contoso::hub::protocol::Protocol::MessagePack.encode_to_bytes(&contoso::hub::protocol::HubMessage::Ping))
+            Message::binary(Protocol::MessagePack.encode_to_bytes(&HubMessage::Ping))
         } else {
             Message::text("{\"type\":6}\u{1e}")
         };
         let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self { ws, ping, interval }
+        Self { ws, ping, interval, acks: None }
     }
 
-    /// The next message from the server; Pings go out meanwhile. `None` when the connection ends.
+    /// A tab of a stateful connection: it also acknowledges the counted messages it receives.
+    pub fn stateful(ws: Ws, protocol: &str) -> Self {
+        let mut tab = Self::new(ws, protocol);
+        let protocol = Protocol::from_name(protocol).unwrap_or(Protocol::Json);
+        let mut interval = tokio::time::interval(ACK_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tab.acks = Some(Acks { protocol, received: 0, acked: 0, interval });
+        tab
+    }
+
+    /// The next message from the server; Pings (and Acks) go out meanwhile. `None` when the connection ends.
     pub async fn next(&mut self) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
         loop {
+            let ack_tick = async {
+                match &mut self.acks {
+                    Some(acks) => acks.interval.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                msg = self.ws.next() => return msg,
+                msg = self.ws.next() => {
+                    if let (Some(acks), Some(Ok(msg))) = (&mut self.acks, &msg) {
+                        acks.count(msg);
+                    }
+                    return msg;
+                }
                 _ = self.interval.tick() => {
                     if let Err(err) = self.ws.send(self.ping.clone()).await {
+                        return Some(Err(err));
+                    }
+                }
+                _ = ack_tick => {
+                    if let Some(ack) = self.acks.as_mut().and_then(Acks::due)
+                        && let Err(err) = self.ws.send(ack).await
+                    {
                         return Some(Err(err));
                     }
                 }
@@ -94,6 +139,36 @@ impl Tab {
     }
 }
 
+impl Acks {
+    /// Counts the messages of a frame that stateful reconnect numbers.
+    fn count(&mut self, msg: &Message) {
+        let mut buf = bytes::BytesMut::from(match msg {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => &b[..],
+            _ => return,
+        });
+        while let Ok(Some(m)) = self.protocol.parse(&mut buf, usize::MAX) {
+            let counted = matches!(
+                m,
+                HubMessage::Invocation { .. }
+                    | HubMessage::StreamItem { .. }
+                    | HubMessage::Completion { .. }
+                    | HubMessage::StreamInvocation { .. }
+                    | HubMessage::CancelInvocation { .. }
+            );
+            self.received += u64::from(counted);
+        }
+    }
+
+    fn due(&mut self) -> Option<Message> {
+        (self.received > self.acked).then(|| {
+            self.acked = self.received;
+            let ack = self.protocol.encode_to_bytes(&HubMessage::Ack { sequence_id: self.acked });
+            if self.protocol.is_binary() { Message::binary(ack) } else { Message::text(String::from_utf8_lossy(&ack).into_owned()) }
+        })
+    }
+}
+
 /// Connects as a JSON client with skipNegotiation, the token in the Authorization header.
 pub async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
     connect_with(url, token, &ClientArgs::default(), 0).await
@@ -101,11 +176,13 @@ pub async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
 
 /// Connects the `n`th connection as `client` says and completes the handshake.
 pub async fn connect_with(url: &str, token: &str, client: &ClientArgs, n: usize) -> anyhow::Result<Ws> {
-    let url = if client.negotiate { format!("{url}?id={}", negotiate(url, token).await?) } else { url.to_owned() };
+    let negotiated = client.negotiate || client.stateful;
+    let url = if negotiated { format!("{url}?id={}", negotiate(url, token, client.stateful).await?) } else { url.to_owned() };
     let mut request = url.as_str().into_client_request()?;
     request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
     let mut ws = open(request, client, n).await?;
-    ws.send(Message::text(format!("{{\"protocol\":\"{}\",\"version\":1}}\u{1e}", client.protocol))).await?;
+    let version = if client.stateful { 2 } else { 1 };
+    ws.send(Message::text(format!("{{\"protocol\":\"{}\",\"version\":{version}}}\u{1e}", client.protocol))).await?;
     // The handshake reply is JSON in both protocols; a binary protocol gets it in a binary frame.
     match tokio::time::timeout(TIMEOUT, ws.next()).await? {
         Some(Ok(Message::Text(t))) if t.as_str().starts_with("{}\u{1e}") => Ok(ws),
@@ -139,13 +216,15 @@ async fn open(request: tokio_tungstenite::tungstenite::handshake::client::Reques
     })
 }
 
-/// `POST {hub}/negotiate?negotiateVersion=1`; returns the connection token.
-async fn negotiate(url: &str, token: &str) -> anyhow::Result<String> {
+/// `POST {hub}/negotiate?negotiateVersion=1` (asking for stateful reconnect when `stateful`);
+/// returns the connection token.
+async fn negotiate(url: &str, token: &str, stateful: bool) -> anyhow::Result<String> {
     let http = url.replacen("ws://", "http://", 1).replacen("wss://", "https://", 1);
-    let res =
-        reqwest::Client::new().post(format!("{http}/negotiate?negotiateVersion=1")).bearer_auth(token).timeout(TIMEOUT).send().await?;
+    let query = if stateful { "negotiateVersion=1&useStatefulReconnect=true" } else { "negotiateVersion=1" };
+    let res = reqwest::Client::new().post(format!("{http}/negotiate?{query}")).bearer_auth(token).timeout(TIMEOUT).send().await?;
     anyhow::ensure!(res.status().is_success(), "negotiate answered {}", res.status());
     let body: serde_json::Value = res.json().await?;
+    anyhow::ensure!(!stateful || body["useStatefulReconnect"] == true, "negotiate did not offer stateful reconnect: {body}");
     body["connectionToken"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("negotiate gave no connectionToken: {body}"))
 }
 

@@ -207,7 +207,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             handles.push(tokio::spawn(async move {
                 let ws = if bare { connect_bare(&url, &user, &client, k).await } else { connect_with(&url, &token, &client, k).await };
                 drop(permit);
-                let mut ws = Tab::new(ws?, &client.protocol);
+                let mut ws = if client.stateful { Tab::stateful(ws?, &client.protocol) } else { Tab::new(ws?, &client.protocol) };
                 if slow {
                     // A tab that stopped reading: the socket stays open, nothing is read.
                     ws.never_read().await;
@@ -335,11 +335,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let redis_nodes = nodes.step(&redis_before, &redis_after, range.len());
         let ticks_per_s = 100.0; // USER_HZ on Linux
         let result = StepResult {
-            driver: match (args.bare, args.driver) {
-                (true, _) => "relay",
-                (false, Driver::Backplane) if nodes.masters().len() > 1 => "backplane on a cluster",
-                (false, Driver::Backplane) => "backplane",
-                (false, Driver::Consumer) => "consumer",
+            driver: match (args.bare, args.driver, args.client.stateful) {
+                (true, _, _) => "relay",
+                (false, Driver::Backplane, _) if nodes.masters().len() > 1 => "backplane on a cluster",
+                (false, Driver::Backplane, true) => "backplane, stateful reconnect",
+                (false, Driver::Backplane, false) => "backplane",
+                (false, Driver::Consumer, true) => "consumer, stateful reconnect",
+                (false, Driver::Consumer, false) => "consumer",
             },
             offered_deliveries_per_s: *rate,
             achieved_deliveries_per_s: received as f64 / sent_for.as_secs_f64(),

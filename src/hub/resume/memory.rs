@@ -23,6 +23,8 @@ pub struct MemoryResumeStore {
 struct Inner {
     records: HashMap<String, Entry>,
     alive: HashMap<String, Instant>,
+    /// Ids of records started, until when they are remembered.
+    seen: HashMap<String, Instant>,
 }
 
 struct Entry {
@@ -65,9 +67,11 @@ impl Inner {
 impl ResumeStore for MemoryResumeStore {
     async fn create(&self, r: NewRecord<'_>, limits: Limits) -> Result<bool, ResumeError> {
         let mut inner = self.inner();
-        if inner.entry(r.id).is_some() {
+        let now = Instant::now();
+        if inner.entry(r.id).is_some() || inner.seen.get(r.id).is_some_and(|until| *until > now) {
             return Ok(false);
         }
+        inner.seen.insert(r.id.to_owned(), now + super::SEEN_FOR);
         let entry = Entry {
             user: r.user.to_owned(),
             protocol: r.protocol,
@@ -81,10 +85,14 @@ impl ResumeStore for MemoryResumeStore {
             created_ms: r.created_ms,
             bytes: 0,
             journal: VecDeque::new(),
-            expires: Instant::now() + limits.window,
+            expires: Instant::now() + limits.open_ttl(),
         };
         inner.records.insert(r.id.to_owned(), entry);
         Ok(true)
+    }
+
+    async fn seen(&self, id: &str) -> Result<bool, ResumeError> {
+        Ok(self.inner().seen.get(id).is_some_and(|until| *until > Instant::now()))
     }
 
     async fn sync(&self, id: &str, owner: &str, s: Update<'_>, limits: Limits) -> Result<Synced, ResumeError> {
@@ -112,7 +120,7 @@ impl ResumeStore for MemoryResumeStore {
             e.attached = false;
             e.detached_ms = now_ms();
         }
-        e.expires = Instant::now() + limits.window;
+        e.expires = Instant::now() + if s.detach { limits.window } else { limits.open_ttl() };
         Ok(if e.overflowed { Synced::Overflowed } else { Synced::Kept })
     }
 
@@ -139,7 +147,7 @@ impl ResumeStore for MemoryResumeStore {
         let Some(e) = inner.owned(id, from).filter(|e| !e.overflowed) else { return Ok(None) };
         e.owner = owner.to_owned();
         e.attached = true;
-        e.expires = Instant::now() + limits.window;
+        e.expires = Instant::now() + limits.open_ttl();
         Ok(Some(Claimed {
             protocol: e.protocol,
             acked: e.acked,
@@ -154,7 +162,7 @@ impl ResumeStore for MemoryResumeStore {
         let mut inner = self.inner();
         for id in ids {
             if let Some(e) = inner.entry(id) {
-                e.expires = Instant::now() + limits.window;
+                e.expires = Instant::now() + limits.open_ttl();
             }
         }
         Ok(())
@@ -166,6 +174,7 @@ impl ResumeStore for MemoryResumeStore {
         // Beats come every second: the moment to forget what expired and was never asked for again.
         inner.alive.retain(|_, until| *until > now);
         inner.records.retain(|_, e| e.expires > now);
+        inner.seen.retain(|_, until| *until > now);
         inner.alive.insert(instance.to_owned(), now + ttl);
         Ok(())
     }

@@ -27,6 +27,19 @@ pub struct Limits {
     pub max_bytes: usize,
 }
 
+impl Limits {
+    /// How often the records of open connections are refreshed.
+    pub fn refresh_every(&self) -> Duration {
+        (self.window / 3).max(BEAT_EVERY)
+    }
+
+    /// How long a record lives while its connection is open: refreshed well before it lapses,
+    /// whatever the window (the window itself starts only when the socket drops).
+    pub fn open_ttl(&self) -> Duration {
+        self.window + 3 * self.refresh_every()
+    }
+}
+
 impl Default for Limits {
     /// ASP.NET Core's buffer (100,000 bytes) and a window that covers a kill and a reconnect.
     fn default() -> Self {
@@ -89,8 +102,11 @@ pub struct Claimed {
 
 #[async_trait]
 pub trait ResumeStore: Send + Sync + 'static {
-    /// Starts a record; `false` if one with this id exists.
+    /// Starts a record; `false` if this id was used before (within `SEEN_FOR`).
     async fn create(&self, record: NewRecord<'_>, limits: Limits) -> Result<bool, ResumeError>;
+    /// Whether a record of this id was started within `SEEN_FOR`, even if it is gone since: a
+    /// connection token that opened one can only resume it, never open a new one.
+    async fn seen(&self, id: &str) -> Result<bool, ResumeError>;
     /// Applies `update` if `owner` still holds the connection.
     async fn sync(&self, id: &str, owner: &str, update: Update<'_>, limits: Limits) -> Result<Synced, ResumeError>;
     /// Ends a record for good (a Close was sent), if `owner` still holds it.
@@ -131,6 +147,9 @@ impl Refusal {
         }
     }
 }
+
+/// How long the id of a record is remembered: longer than a connection token is fresh.
+pub const SEEN_FOR: Duration = Duration::from_secs(180);
 
 /// How often a process says it is alive, and how long that lasts: a process killed without a
 /// word gives its connections up this long after its last beat.
@@ -190,7 +209,7 @@ impl Resume {
     pub fn upkeep(self: &Arc<Self>, open: impl Fn() -> Option<Vec<Arc<str>>> + Send + 'static) {
         let resume = self.clone();
         tokio::spawn(async move {
-            let refresh_every = (resume.limits.window / 3).max(BEAT_EVERY);
+            let refresh_every = resume.limits.refresh_every();
             let mut last_refresh = tokio::time::Instant::now();
             loop {
                 if let Err(err) = resume.store.beat(&resume.instance, BEAT_TTL).await {

@@ -1,5 +1,6 @@
-//! The `ResumeStore` on Redis (one server or a cluster): per connection a hash and a list that
-//! share the hash tag `{<connectionId>}`, so each script touches one slot; a beat key per process.
+//! The `ResumeStore` on Redis (one server or a cluster): per connection a hash, a list and a
+//! `seen` marker that share the hash tag `{<connectionId>}`, so each script touches one slot;
+//! a beat key per process.
 //! Hash fields: u user, p protocol, o owner, a attached, x overflowed, d detached at (ms),
 //! k client's last Ack, i last client message executed, c cursor, b journal bytes, t created (ms).
 
@@ -31,7 +32,8 @@ async fn bounded<T>(fut: impl std::future::Future<Output = Result<T, crate::redi
 static CREATE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[2], 1, 'PX', ARGV[6])
 redis.call('HSET', KEYS[1], 'u', ARGV[1], 'p', ARGV[2], 'o', ARGV[3], 'a', 1, 'x', 0, 'd', 0, 'k', 0, 'i', 0, 'b', 0, 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
@@ -126,15 +128,29 @@ impl ResumeStore for RedisResumeStore {
     async fn create(&self, r: NewRecord<'_>, limits: Limits) -> Result<bool, ResumeError> {
         let (hash, _) = self.keys(r.id);
         let mut call = CREATE.prepare_invoke();
-        call.key(&hash).arg(r.user).arg(r.protocol.name()).arg(r.owner).arg(r.created_ms).arg(ms(limits.window));
+        call.key(&hash)
+            .key(format!("{hash}:seen"))
+            .arg(r.user)
+            .arg(r.protocol.name())
+            .arg(r.owner)
+            .arg(r.created_ms)
+            .arg(ms(limits.open_ttl()))
+            .arg(ms(super::SEEN_FOR));
         bounded(self.redis.invoke::<i64>(&call)).await.map(|n| n == 1)
+    }
+
+    async fn seen(&self, id: &str) -> Result<bool, ResumeError> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(format!("{}:seen", self.keys(id).0));
+        bounded(self.redis.query::<i64>(&cmd)).await.map(|n| n == 1)
     }
 
     async fn sync(&self, id: &str, owner: &str, s: Update<'_>, limits: Limits) -> Result<Synced, ResumeError> {
         let (hash, journal) = self.keys(id);
         let mut call = SYNC.prepare_invoke();
         call.key(&hash).key(&journal).arg(owner).arg(s.in_done).arg(s.acked).arg(s.cursor.unwrap_or_default());
-        call.arg(u8::from(s.detach)).arg(now_ms()).arg(ms(limits.window)).arg(limits.max_bytes);
+        let ttl = if s.detach { limits.window } else { limits.open_ttl() };
+        call.arg(u8::from(s.detach)).arg(now_ms()).arg(ms(ttl)).arg(limits.max_bytes);
         s.entries.iter().for_each(|e| {
             call.arg(&e[..]);
         });
@@ -172,7 +188,7 @@ impl ResumeStore for RedisResumeStore {
     async fn take(&self, id: &str, from: &str, owner: &str, limits: Limits) -> Result<Option<Claimed>, ResumeError> {
         let (hash, journal) = self.keys(id);
         let mut call = TAKE.prepare_invoke();
-        call.key(&hash).key(&journal).arg(from).arg(owner).arg(ms(limits.window));
+        call.key(&hash).key(&journal).arg(from).arg(owner).arg(ms(limits.open_ttl()));
         let taken: Option<Taken> = bounded(self.redis.invoke(&call)).await?;
         let Some((protocol, acked, in_done, cursor, created_ms, entries)) = taken else { return Ok(None) };
         let protocol = Protocol::from_name(&protocol).ok_or_else(|| ResumeError::Unavailable(format!("unknown protocol {protocol:?}")))?;
@@ -193,7 +209,7 @@ impl ResumeStore for RedisResumeStore {
                 let (hash, journal) = self.keys(id);
                 [hash, journal].map(|key| {
                     let mut cmd = redis::cmd("PEXPIRE");
-                    cmd.arg(key).arg(ms(limits.window));
+                    cmd.arg(key).arg(ms(limits.open_ttl()));
                     cmd
                 })
             })

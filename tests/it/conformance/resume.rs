@@ -88,14 +88,8 @@ async fn a_released_connection_is_taken_with_its_unacknowledged_messages(store: 
     assert_eq!(store.sync(&id, "p1", update, LIMITS).await.unwrap(), Synced::Kept);
     assert!(!store.record(&id).await.unwrap().unwrap().attached);
     let claimed = store.take(&id, "p1", "p2", LIMITS).await.unwrap().expect("taken");
-    let expected = Claimed {
-        protocol: Protocol::MessagePack,
-        acked: 0,
-        journal: sent,
-        in_done: 3,
-        cursor: Some("c2".into()),
-        created_ms: 42,
-    };
+    let expected =
+        Claimed { protocol: Protocol::MessagePack, acked: 0, journal: sent, in_done: 3, cursor: Some("c2".into()), created_ms: 42 };
     assert_eq!(claimed, expected);
     let record = store.record(&id).await.unwrap().unwrap();
     assert!(record.attached);
@@ -152,25 +146,34 @@ async fn an_id_is_created_once_and_forgotten_only_by_its_holder(store: &Arc<dyn 
     assert_eq!(store.record(&id).await.unwrap().unwrap().owner, "p1");
     store.forget(&id, "p1").await.unwrap();
     assert_eq!(store.record(&id).await.unwrap(), None);
+    assert!(store.seen(&id).await.unwrap(), "the id is remembered after its record is gone");
+    assert!(!store.create(new_record(&id, &user, "p1"), LIMITS).await.unwrap(), "so its token cannot open another connection");
+    assert!(!store.seen(&self::id()).await.unwrap());
     let sent = bytes(&["x"]);
     assert_eq!(store.sync(&id, "p1", Update { entries: &sent, ..Default::default() }, LIMITS).await.unwrap(), Synced::Lost);
 }
 
 async fn a_record_lives_for_its_window_unless_refreshed(store: &Arc<dyn ResumeStore>) {
-    let short = Limits { window: Duration::from_millis(1500), max_bytes: 1000 };
-    let (kept, dropped, user) = (id(), id(), unique_user("resume"));
-    for id in [&kept, &dropped] {
+    // An open connection's record outlives several refresh periods only if refreshed; a
+    // released one lives for the window.
+    let short = Limits { window: Duration::from_millis(300), max_bytes: 1000 };
+    let (kept, released, lapsed, user) = (id(), id(), id(), unique_user("resume"));
+    for id in [&kept, &released, &lapsed] {
         store.create(new_record(id, &user, "p1"), short).await.unwrap();
         let sent = bytes(&["m"]);
         store.sync(id, "p1", Update { entries: &sent, ..Default::default() }, short).await.unwrap();
     }
+    store.sync(&released, "p1", Update { detach: true, ..Default::default() }, short).await.unwrap();
     let started = tokio::time::Instant::now();
     let ids: Vec<Arc<str>> = vec![kept.as_str().into()];
-    while started.elapsed() < Duration::from_millis(2500) {
+    while started.elapsed() < short.open_ttl() + Duration::from_millis(500) {
         store.refresh(&ids, short).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_millis(800) {
+            assert_eq!(store.record(&released).await.unwrap(), None, "a released record expires with its window");
+        }
     }
-    assert_eq!(store.record(&dropped).await.unwrap(), None, "expired");
+    assert_eq!(store.record(&lapsed).await.unwrap(), None, "an open record nobody refreshes expires");
     assert_eq!(store.take(&kept, "p1", "p2", short).await.unwrap().expect("refreshed").journal, bytes(&["m"]));
 }
 
