@@ -27,6 +27,10 @@ type SyncFuture = Pin<Box<dyn Future<Output = Result<Synced, ResumeError>> + Sen
 /// How long live messages are compared with the catch-up sent after a resume: a message
 /// published while the catch-up was read arrives both ways.
 const DEDUPE_FOR: Duration = Duration::from_secs(10);
+/// A client Ack alone is recorded at most this often; otherwise it rides with the next
+/// messages kept. Until then a resume sends a few acknowledged messages again (the client drops
+/// what it has), which costs less than one store call per Ack.
+const ACK_ALONE_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the journal cannot go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,7 @@ pub struct Stateful {
     out_seq: u64,
     acked: u64,
     acked_saved: u64,
+    acked_saved_at: Instant,
     /// Counted client messages: the last received, the last executed, the last whose execution
     /// is recorded (what the server acknowledges), the last acknowledged.
     in_seq: u64,
@@ -76,6 +81,7 @@ impl Stateful {
             out_seq: 0,
             acked: 0,
             acked_saved: 0,
+            acked_saved_at: Instant::now(),
             in_seq: 0,
             in_done: 0,
             in_saved: 0,
@@ -141,9 +147,11 @@ impl Stateful {
         self.pending.is_some()
     }
 
-    /// Whether a sync is due with nothing new to send: the catch-up, an Ack or an execution to record.
+    /// Whether a sync is due with nothing new to send: the catch-up, an execution to record, or
+    /// an Ack not recorded for a while.
     pub fn wants_sync(&self) -> bool {
-        self.journaled && (!self.catch_up.is_empty() || self.acked > self.acked_saved || self.in_done > self.in_saved)
+        let ack_due = self.acked > self.acked_saved && self.acked_saved_at.elapsed() >= ACK_ALONE_EVERY;
+        self.journaled && (!self.catch_up.is_empty() || self.in_done > self.in_saved || ack_due)
     }
 
     /// Messages to send: kept first when journaled (returns nothing yet; `poll_sync` returns
@@ -184,7 +192,9 @@ impl Stateful {
         let entries: Vec<Bytes> = frames.iter().map(|f| f.bytes.clone()).collect();
         let (resume, id) = (self.resume.clone(), self.id.clone());
         let (in_done, acked, cursor) = (self.in_done, self.acked, self.cursor.clone());
-        self.acked_saved = acked;
+        if acked > self.acked_saved {
+            (self.acked_saved, self.acked_saved_at) = (acked, Instant::now());
+        }
         Box::pin(async move {
             let update = Update { entries: &entries, in_done, acked, cursor: cursor.as_deref(), detach };
             resume.store.sync(&id, &resume.instance, update, resume.limits).await

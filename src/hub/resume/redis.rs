@@ -2,7 +2,8 @@
 //! `seen` marker that share the hash tag `{<connectionId>}`, so each script touches one slot;
 //! a beat key per process.
 //! Hash fields: u user, p protocol, o owner, a attached, x overflowed, d detached at (ms),
-//! k client's last Ack, i last client message executed, c cursor, b journal bytes, t created (ms).
+//! k client's last Ack, i last client message executed, c cursor, b journal bytes, n journal
+//! length, t created (ms).
 
 use std::{sync::Arc, sync::LazyLock, time::Duration};
 
@@ -34,7 +35,7 @@ static CREATE: LazyLock<redis::Script> = LazyLock::new(|| {
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[2], 1, 'PX', ARGV[6])
-redis.call('HSET', KEYS[1], 'u', ARGV[1], 'p', ARGV[2], 'o', ARGV[3], 'a', 1, 'x', 0, 'd', 0, 'k', 0, 'i', 0, 'b', 0, 't', ARGV[4])
+redis.call('HSET', KEYS[1], 'u', ARGV[1], 'p', ARGV[2], 'o', ARGV[3], 'a', 1, 'x', 0, 'd', 0, 'k', 0, 'i', 0, 'b', 0, 'n', 0, 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 "#,
@@ -42,36 +43,46 @@ return 1
 });
 
 /// ARGV: owner, in_done, acked, cursor ('' for none), detach (0/1), now (ms), ttl (ms), max bytes, entries...
-/// Returns 0 (lost), 1 (kept), 2 (overflowed).
+/// Returns 0 (lost), 1 (kept), 2 (overflowed). Few commands: it runs for every batch a stateful
+/// connection writes. An open record's TTL is kept by `refresh`, so only a new journal (which
+/// has none yet) and a detach set one here.
 static SYNC: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end
-local over = redis.call('HGET', KEYS[1], 'x') == '1'
+local f = redis.call('HMGET', KEYS[1], 'o', 'x', 'k', 'b', 'i', 'n')
+if f[1] ~= ARGV[1] then return 0 end
+local over = f[2] == '1'
+local acked, bytes, len = tonumber(f[3]), tonumber(f[4]), tonumber(f[6] or 0)
+local set = {}
 if not over then
-  local acked = tonumber(redis.call('HGET', KEYS[1], 'k'))
-  local bytes = tonumber(redis.call('HGET', KEYS[1], 'b'))
-  local n = math.min(tonumber(ARGV[3]) - acked, redis.call('LLEN', KEYS[2]))
+  local n = math.min(tonumber(ARGV[3]) - acked, len)
   if n > 0 then
     for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, n - 1)) do bytes = bytes - #e end
     redis.call('LTRIM', KEYS[2], n, -1)
-    acked = acked + n
+    acked, len = acked + n, len - n
   end
   for i = 9, #ARGV do bytes = bytes + #ARGV[i] end
   if bytes > tonumber(ARGV[8]) then
     over = true
     redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'x', 1)
+    set = { 'x', 1 }
   else
-    for i = 9, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-    redis.call('HSET', KEYS[1], 'k', acked, 'b', bytes)
+    if #ARGV >= 9 then
+      redis.call('RPUSH', KEYS[2], unpack(ARGV, 9))
+      if len == 0 and ARGV[5] ~= '1' then redis.call('PEXPIRE', KEYS[2], ARGV[7]) end
+      len = len + #ARGV - 8
+    end
+    set = { 'k', acked, 'b', bytes, 'n', len }
   end
 end
-if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], 'i')) then redis.call('HSET', KEYS[1], 'i', ARGV[2]) end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'c', ARGV[4]) end
-if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'a', 0, 'd', ARGV[6]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ARGV[7])
+if tonumber(ARGV[2]) > tonumber(f[5]) then table.insert(set, 'i'); table.insert(set, ARGV[2]) end
+if ARGV[4] ~= '' then table.insert(set, 'c'); table.insert(set, ARGV[4]) end
+if ARGV[5] == '1' then
+  table.insert(set, 'a'); table.insert(set, 0); table.insert(set, 'd'); table.insert(set, ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
+if ARGV[5] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
 if over then return 2 end
 return 1
 "#,
