@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-node test-frontend test-chart test-chaos chaos lint services bench-accept bench-idle bench-process bench-drain bench-fanout bench-consumer bench-crowded bench-toast bench-slow bench-protocol sweep
+.PHONY: help run test test-rust test-node test-frontend test-chart test-chaos chaos lint services bench-accept bench-idle bench-process bench-drain bench-stateful bench-fanout bench-consumer bench-crowded bench-toast bench-slow bench-protocol bench-stateful-drain sweep
 
 help:
 	@echo "make run    - the whole shop (role all) at http://localhost:8080"
@@ -74,8 +74,14 @@ bench-idle:
 bench-process:
 	@eval "$$(scripts/services.sh)" && bench/process.sh
 
+## The drain with the load generator's tabs (ResumeNotifications after a reconnect), then with
+## the official client's stateful reconnect (bench-stateful-drain).
 bench-drain:
-	@eval "$$(scripts/services.sh)" && bench/drain.sh
+	@eval "$$(scripts/services.sh)" && bench/drain.sh && CONTOSO_BIN=$(CURDIR)/target/release/contoso bench/stateful-drain.sh
+
+## Stateful reconnect on and off: server CPU, latency, Redis CPU, commands and bytes per delivery.
+bench-stateful:
+	@eval "$$(scripts/services.sh)" && bench/stateful.sh
 
 bench-fanout:
 	@eval "$$(scripts/services.sh)" && bench/fanout.sh
@@ -96,3 +102,11 @@ bench-toast:
 
 bench-slow:
 	@eval "$$(scripts/services.sh)" && bench/slow.sh
+
+## Stateful reconnect across a drain: 1,000 official clients through nginx to three notify
+## processes, one drained under 50 orders/s, with and without withStatefulReconnect()
+## (bench/stateful-drain.sh --help for the knobs; results in bench/results/stateful-drain.json).
+bench-stateful-drain:
+	scripts/build-deps.sh
+	$(CARGO) build --release --locked --bins --features loadgen
+	@eval "$$(scripts/services.sh)" && CONTOSO_BIN=$(CURDIR)/target/release/contoso bench/stateful-drain.sh
