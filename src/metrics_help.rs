@@ -40,6 +40,8 @@ const HELP: &[(&str, &str)] = &[
     (hub::QUEUE_FULL_CLOSES, "Connections closed because their send queue was full."),
     (hub::REFUSED, "WebSocket upgrades refused by a connection limit, by limit."),
     (hub::INVOCATIONS_LIMITED, "Hub invocations refused by the per-connection rate limit."),
+    (hub::STATEFUL_RESUMES, "Stateful reconnect resumes by outcome: resumed, or refused (unknown, overflowed, in-use, unavailable)."),
+    (hub::STATEFUL_OVERFLOWS, "Stateful connections whose unacknowledged messages went past the buffer: no longer resumable."),
     (hub::INVOCATION_DURATION, "Time to run a client invocation, by method, in seconds."),
     (hub::BACKPLANE_PUBLISHED, "Messages published to the backplane."),
     (hub::BACKPLANE_RECEIVED, "Messages received from the backplane."),

@@ -17,13 +17,20 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
+mod closing;
+mod invoke;
+mod opening;
+
+use invoke::{Invocation, dispatch, refuse};
+use opening::Opening;
+
 use super::{
-    Caller, CloseRequest, ConnectionHandle, HubContext, HubError,
+    CloseRequest, ConnectionHandle, HubContext,
     connection::{Frame, Outgoing},
     limits::Slot,
     metrics_names as m,
-    protocol::{Completion, HANDSHAKE_OK, HandshakeError, HubMessage, Protocol, ProtocolError, parse_handshake},
-    resume::{Claimed, NewRecord, Resume},
+    protocol::{HubMessage, Protocol, ProtocolError},
+    resume::Claimed,
     socket::{Read, WsSocket},
     stateful::{Broken, Stateful},
 };
@@ -43,8 +50,6 @@ static PINGS: LazyLock<[Bytes; 2]> = LazyLock::new(|| {
     debug_assert_eq!((Protocol::Json as usize, Protocol::MessagePack as usize), (0, 1));
     [ping(Protocol::Json), ping(Protocol::MessagePack)]
 });
-
-type Invocation = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn disconnect(reason: &'static str) {
     metrics::counter!(m::DISCONNECTS, "reason" => reason).increment(1);
@@ -115,172 +120,6 @@ pub async fn run(ctx: Arc<HubContext>, admitted: Admitted, io: TcpStream, leftov
     timer.as_mut().reset(live.next_deadline());
     let end = poll_fn(|cx| live.poll(cx, timer.as_mut())).await;
     live.end(end).await;
-}
-
-/// The start of a connection: who it is for.
-struct Opening<'a> {
-    ctx: &'a Arc<HubContext>,
-    id: Arc<str>,
-    user: Arc<str>,
-}
-
-impl Opening<'_> {
-    /// The handshake, the record of a stateful connection, the reply, the registration.
-    async fn start(
-        self,
-        ws: &mut WsSocket,
-        records: &mut BytesMut,
-        timer: Pin<&mut Sleep>,
-        stateful: bool,
-    ) -> Option<(ConnectionHandle, Option<Box<Stateful>>)> {
-        let ctx = self.ctx;
-        let protocol = match handshake(ws, records, timer, ctx.settings.max_message_size).await {
-            Ok(p) => p,
-            Err(err) => {
-                metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
-                if let Some(err) = err {
-                    let _ = ws.write_data(&err.record(), false);
-                }
-                let _ = ws.write_close();
-                let _ = tokio::time::timeout(CLOSE_GRACE, poll_fn(|cx| ws.poll_flush(cx))).await;
-                return None;
-            }
-        };
-        let stateful = match (&ctx.resume, stateful) {
-            (Some(resume), true) => Some(Box::new(Stateful::new(
-                resume.clone(),
-                self.id.clone(),
-                protocol,
-                create_record(resume, &self.id, &self.user, protocol).await,
-            ))),
-            _ => None,
-        };
-        // The reply goes out before the connection is registered, so no push can precede it.
-        ws.write_data(HANDSHAKE_OK, protocol.is_binary()).ok()?;
-        let conn = match stateful {
-            Some(_) => ConnectionHandle::stateful(self.id, self.user, protocol, ctx.settings.send_queue),
-            None => ConnectionHandle::new(self.id, self.user, protocol, ctx.settings.send_queue),
-        };
-        ctx.lifetime.add(&conn).await;
-        Some((conn, stateful))
-    }
-
-    /// A resume: the client's Sequence (its first message, no handshake), the registration,
-    /// what the connection missed while it had no socket, then the server's Sequence and the
-    /// messages the client had not acknowledged, sent again.
-    async fn resume(
-        self,
-        ws: &mut WsSocket,
-        records: &mut BytesMut,
-        timer: Pin<&mut Sleep>,
-        claimed: Claimed,
-    ) -> Option<(ConnectionHandle, Option<Box<Stateful>>)> {
-        let ctx = self.ctx;
-        let resume = ctx.resume.clone().expect("a resume is admitted only with stateful reconnect on");
-        let protocol = claimed.protocol;
-        let Some(client_first) = first_sequence(ws, records, timer, protocol, ctx.settings.max_message_size).await else {
-            // Nothing was sent: the record stays resumable for another attempt.
-            let mut st = Stateful::resumed(resume, self.id, &claimed, 1, Vec::new(), &*ctx.hub);
-            st.hand_over(Vec::new(), &*ctx.hub).await;
-            return None;
-        };
-        let conn = ConnectionHandle::stateful(self.id.clone(), self.user, protocol, ctx.settings.send_queue);
-        ctx.lifetime.add(&conn).await;
-        let caller = Caller { connection: conn.clone() };
-        let catch_up = match ctx.hub.missed(&caller, claimed.cursor.as_deref(), claimed.created_ms).await {
-            Ok(missed) => missed.into_iter().map(|(msg, cursor)| (Frame::from(protocol.encode_to_bytes(&msg)), cursor)).collect(),
-            Err(err) => {
-                // The client module replays on its own when asked; the official client cannot.
-                tracing::warn!(error = %err, "cannot read what a resumed connection missed");
-                vec![(Frame::from(protocol.encode_to_bytes(&HubMessage::push(super::lifetime::RESUME_NEEDED, Vec::new()))), String::new())]
-            }
-        };
-        let mut resent = vec![Frame::from(protocol.encode_to_bytes(&HubMessage::Sequence { sequence_id: claimed.acked + 1 }))];
-        resent.extend(claimed.journal.iter().cloned().map(Frame::from));
-        let st = Stateful::resumed(resume, self.id, &claimed, client_first, catch_up, &*ctx.hub);
-        metrics::counter!(m::STATEFUL_RESUMES, "outcome" => "resumed").increment(1);
-        tracing::debug!(resent = claimed.journal.len(), "stateful connection resumed");
-        if write_all(ws, &resent, protocol).is_err() {
-            // The socket is gone already: the connection waits for the next resume.
-            let mut st = st;
-            st.hand_over(Vec::new(), &*ctx.hub).await;
-            ctx.lifetime.remove(&conn);
-            return None;
-        }
-        Some((conn, Some(Box::new(st))))
-    }
-}
-
-/// Starts the record of a new stateful connection; `false` (the connection then cannot be
-/// resumed, but keeps the protocol's Acks) when the store fails or the id is taken.
-async fn create_record(resume: &Resume, id: &str, user: &str, protocol: Protocol) -> bool {
-    let created_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let record = NewRecord { id, user, protocol, owner: &resume.instance, created_ms };
-    match resume.store.create(record, resume.limits).await {
-        Ok(created) => created,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot keep a stateful connection's record: it cannot be resumed");
-            false
-        }
-    }
-}
-
-/// The client's first message on a resumed socket: its Sequence (the id of the first message
-/// it sends again). `None`: anything else, an error, or the handshake timeout.
-async fn first_sequence(
-    ws: &mut WsSocket,
-    records: &mut BytesMut,
-    mut timer: Pin<&mut Sleep>,
-    protocol: Protocol,
-    max: usize,
-) -> Option<u64> {
-    loop {
-        match protocol.parse(records, max) {
-            Ok(Some(HubMessage::Sequence { sequence_id })) => return Some(sequence_id),
-            Ok(None) => {}
-            Ok(Some(_)) | Err(_) => return None,
-        }
-        let read = poll_fn(|cx| match ws.poll_read(cx, records) {
-            Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
-            Poll::Ready(Ok(Read::Frames)) => Poll::Ready(Some(())),
-            Poll::Ready(Ok(Read::Closed) | Err(_)) => Poll::Ready(None),
-        });
-        read.await?;
-    }
-}
-
-/// Writes records as they are, batched like the loop's writes.
-fn write_all(ws: &mut WsSocket, frames: &[Frame], protocol: Protocol) -> std::io::Result<()> {
-    let mut batch = BytesMut::new();
-    for f in frames {
-        if !batch.is_empty() && batch.len() + f.bytes.len() > MAX_BATCH {
-            ws.write_data(&batch, protocol.is_binary())?;
-            batch.clear();
-        }
-        batch.extend_from_slice(&f.bytes);
-    }
-    if batch.is_empty() { Ok(()) } else { ws.write_data(&batch, protocol.is_binary()) }
-}
-
-/// Reads the handshake request; `Err(Some(_))` carries the error record to send. Records the
-/// client sent right behind it stay in `records`.
-async fn handshake(
-    ws: &mut WsSocket,
-    records: &mut BytesMut,
-    mut timer: Pin<&mut Sleep>,
-    max: usize,
-) -> Result<Protocol, Option<HandshakeError>> {
-    loop {
-        if let Some(req) = parse_handshake(records, max)? {
-            return Ok(req.protocol);
-        }
-        let read = poll_fn(|cx| match ws.poll_read(cx, records) {
-            Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(Some(HandshakeError::Canceled))),
-            Poll::Ready(Ok(Read::Frames)) => Poll::Ready(Ok(())),
-            Poll::Ready(Ok(Read::Closed) | Err(_)) => Poll::Ready(Err(None)),
-        });
-        read.await?;
-    }
 }
 
 /// How the loop ended: the client left, or the server closes (what was still queued, and why).
@@ -413,63 +252,6 @@ impl Live<'_> {
         }
     }
 
-    /// After the loop: a stateful connection whose socket dropped (or that a drain hands over)
-    /// waits for its resume; any other connection ends, with its Close record.
-    async fn end(mut self, end: End) {
-        let conn = self.conn.clone();
-        let (gone, lost) = (matches!(end, End::Gone), matches!(end, End::Lost));
-        let (queued, request) = match end {
-            End::Gone | End::Left | End::Lost => (Vec::new(), None),
-            End::Close(queued, request) => (queued, Some(request)),
-        };
-        let reason = request.as_ref().map_or(if lost { "resumed-elsewhere" } else { "client-closed" }, |r| r.reason);
-        let hand_over = self.stateful.is_some() && (gone || request.as_ref().is_some_and(|r| r.hand_over));
-        if hand_over {
-            // Pushes stop here (the catch-up of the resume covers them); replies are still kept.
-            conn.close(CloseRequest { error: None, allow_reconnect: true, reason, hand_over: true });
-            self.hand_over(queued, request.is_some()).await;
-            // Registered until the record is released: a drain waits for it before the process exits.
-            self.ctx.lifetime.remove(&conn);
-        } else {
-            if let Some(request) = &request {
-                // Everyone else learns of it through the handle (the drain waits for it).
-                conn.close(request.clone());
-            }
-            self.ctx.lifetime.remove(&conn);
-            if !lost {
-                self.finish(queued, request.as_ref()).await;
-                if let Some(st) = &mut self.stateful {
-                    st.forget().await;
-                }
-            }
-        }
-        disconnect(reason);
-    }
-
-    /// Keeps what a stateful connection has not written for its resume: the invocation in
-    /// flight finishes first (bounded), so a resent invocation is not run twice. `close_socket`:
-    /// the socket is still up (a drain) and gets a WebSocket Close, not a hub Close record.
-    async fn hand_over(&mut self, mut queued: Vec<Frame>, close_socket: bool) {
-        if let Some(invocation) = self.invocation.take()
-            && tokio::time::timeout(HAND_OVER_WAIT, invocation).await.is_ok()
-            && let Some(st) = &mut self.stateful
-        {
-            st.executed(self.invocation_seq);
-        }
-        queued.extend(self.conn.take_queued());
-        if let Some(st) = &mut self.stateful {
-            st.hand_over(queued, &*self.ctx.hub).await;
-        }
-        if close_socket {
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                poll_fn(|cx| self.ws.poll_flush(cx)).await?;
-                self.ws.write_close()?;
-                poll_fn(|cx| self.ws.poll_flush(cx)).await
-            })
-            .await;
-        }
-    }
-
     /// The one timer of the connection. It is not moved on every read and write: when it
     /// fires, it checks what is really due and sleeps again until the next deadline.
     fn poll_timer(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
@@ -597,24 +379,6 @@ impl Live<'_> {
         });
         limiter.check().is_err()
     }
-
-    /// Writes what was queued before the close and the Close record, then the WebSocket Close
-    /// frame; bounded, because a client that stopped reading cannot take these either.
-    async fn finish(&mut self, queued: Vec<Frame>, request: Option<&CloseRequest>) {
-        let protocol = self.conn.protocol();
-        let mut tail = queued;
-        if let Some(req) = request {
-            let close = HubMessage::Close { error: req.error.clone(), allow_reconnect: req.allow_reconnect };
-            tail.push(protocol.encode_to_bytes(&close).into());
-        }
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            poll_fn(|cx| self.ws.poll_flush(cx)).await?;
-            self.write_batches(&tail)?;
-            self.ws.write_close()?;
-            poll_fn(|cx| self.ws.poll_flush(cx)).await
-        })
-        .await;
-    }
 }
 
 /// The end-to-end latency of what was just written (handed to the kernel, or to the write
@@ -635,22 +399,6 @@ fn reconnect(reason: &'static str) -> CloseRequest {
     CloseRequest { error: Some("Connection closed with an error.".into()), allow_reconnect: true, reason, hand_over: false }
 }
 
-/// Answers an invocation over the rate limit with an error completion; the connection stays.
-/// A non-blocking invocation (no id) is dropped, as it would get no answer anyway.
-fn refuse(conn: &ConnectionHandle, msg: HubMessage) {
-    metrics::counter!(m::INVOCATIONS_LIMITED).increment(1);
-    let (Some(invocation_id), target) = (match msg {
-        HubMessage::Invocation { invocation_id, target, .. } => (invocation_id, target),
-        HubMessage::StreamInvocation { invocation_id, target, .. } => (Some(invocation_id), target),
-        _ => return,
-    }) else {
-        return;
-    };
-    let error = format!("Failed to invoke '{target}': too many invocations, retry later.");
-    let protocol = conn.protocol();
-    conn.send_reply(protocol.encode_to_bytes(&HubMessage::Completion { invocation_id, outcome: Completion::Error(error) }));
-}
-
 fn protocol_error(err: &ProtocolError) -> CloseRequest {
     match err {
         // Too large: the client may reconnect and behave (ASP.NET allows it).
@@ -667,47 +415,6 @@ fn protocol_error(err: &ProtocolError) -> CloseRequest {
             reason: "protocol-error",
             hand_over: false,
         },
-    }
-}
-
-/// Starts one message from the client: an invocation becomes the future the loop polls until
-/// it has queued its completion. Invocations run one at a time, in arrival order.
-fn dispatch(ctx: &Arc<HubContext>, conn: &ConnectionHandle, msg: HubMessage) -> Option<Invocation> {
-    let protocol = conn.protocol();
-    match msg {
-        HubMessage::Invocation { invocation_id, target, arguments, .. } => {
-            let (ctx, conn) = (ctx.clone(), conn.clone());
-            Some(Box::pin(async move {
-                let started = std::time::Instant::now();
-                let caller = Caller { connection: conn.clone() };
-                let res = ctx.hub.invoke(&caller, &target, arguments).await;
-                let label = if ctx.hub.has_method(&target) { target.to_ascii_lowercase() } else { "unknown".to_owned() };
-                metrics::histogram!(m::INVOCATION_DURATION, "method" => label).record(started.elapsed().as_secs_f64());
-                if let Err(HubError::Unexpected(why)) = &res {
-                    tracing::error!(method = %target, error = %why, "hub method failed");
-                }
-                // A non-blocking invocation (no id) never gets an answer, not even an error.
-                let Some(invocation_id) = invocation_id else { return };
-                let outcome = match res {
-                    Ok(value) => Completion::Result(value),
-                    Err(err) => Completion::Error(err.client_message(&target)),
-                };
-                conn.send_reply(protocol.encode_to_bytes(&HubMessage::Completion { invocation_id, outcome }));
-            }))
-        }
-        HubMessage::StreamInvocation { invocation_id, target, .. } => {
-            let error = if ctx.hub.has_method(&target) {
-                format!("The client attempted to invoke the non-streaming '{target}' method with a streaming invocation.")
-            } else {
-                HubError::MethodNotFound.client_message(&target)
-            };
-            conn.send_reply(protocol.encode_to_bytes(&HubMessage::Completion { invocation_id, outcome: Completion::Error(error) }));
-            None
-        }
-        // No streams and no client results here: nothing to cancel or complete.
-        HubMessage::CancelInvocation { .. } | HubMessage::Completion { .. } | HubMessage::StreamItem { .. } | HubMessage::Other(_) => None,
-        // Handled by the loop before dispatch.
-        HubMessage::Ping | HubMessage::Close { .. } | HubMessage::Ack { .. } | HubMessage::Sequence { .. } => None,
     }
 }
 
