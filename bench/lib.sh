@@ -88,3 +88,21 @@ open_connections() {
 }
 
 stop_idle_connections() { pkill -f "contoso-loadgen idle --url ws://127.0.0.1:" || true; }
+
+# thread_cpu SECONDS PID...: the CPU each kind of thread of the processes used over SECONDS, in %
+# of one core per process and thread name (tokio-rt-worker, actix-server wo, lapin-io-loop...).
+thread_cpu() {
+    local seconds=$1; shift
+    local hz; hz=$(getconf CLK_TCK)
+    snapshot() {
+        for pid in "$@"; do
+            for task in /proc/"$pid"/task/*; do
+                printf '%s:%s %s\n' "$pid" "$(tr ' ' _ <"$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")"
+            done 2>/dev/null
+        done | awk '{ticks[$1] += $2} END {for (k in ticks) print k, ticks[k]}' | sort
+    }
+    local before; before=$(snapshot "$@")
+    sleep "$seconds"
+    join <(echo "$before") <(snapshot "$@") |
+        awk -v s="$seconds" -v hz="$hz" '$3 > $2 {printf "%s %.1f%%\n", $1, 100 * ($3 - $2) / hz / s}' | sort -t' ' -k2 -nr
+}
