@@ -41,7 +41,7 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, readiness: &mut Readiness, relay_
     let bus = deps.bus.clone().context("role process needs a bus")?;
     super::add_dependency_probes(readiness, &cache, &bus);
     let processor = Arc::new(Processor { store, cache, ttl: deps.settings.status_ttl, delay: deps.settings.process_delay, relay_wake });
-    consumer::spawn(deps, shutdown, Queue::OrderProcess, "contoso.order-process", move |messages| {
+    consumer::spawn(deps, shutdown, Queue::OrderProcess, "contoso.order-process", consumer::Batching::READY, move |messages| {
         let processor = processor.clone();
         async move { processor.handle_batch(&messages).await }
     })

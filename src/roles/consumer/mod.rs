@@ -13,6 +13,10 @@ use crate::{
     telemetry::{names, otel},
 };
 
+mod batches;
+
+pub use batches::Batching;
+
 /// One delivery as a handler sees it: the body, and the span of its handling (a child of the
 /// publisher's, when the message carried a trace; disabled when tracing is off).
 pub struct Message {
@@ -58,11 +62,8 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     /// Deliveries before a technical failure is dead-lettered.
     pub delivery_limit: u32,
+    pub batching: Batching,
 }
-
-/// Batches handled at once by one consumer. Few, so that under load each batch carries what
-/// arrived meanwhile instead of each delivery becoming a batch of its own.
-const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Backoff before a failed delivery goes back: 200 ms doubling to 10 s.
 pub fn backoff(delivery_count: u32) -> Duration {
@@ -78,6 +79,7 @@ pub fn spawn<H, Fut>(
     shutdown: &crate::shutdown::Shutdown,
     queue: Queue,
     label: &'static str,
+    batching: Batching,
     handler: H,
 ) -> anyhow::Result<()>
 where
@@ -85,7 +87,7 @@ where
     Fut: Future<Output = Vec<Result<(), Failure>>> + Send,
 {
     let bus = deps.bus.clone().ok_or_else(|| anyhow::anyhow!("consuming {label} needs a bus"))?;
-    let cfg = ConsumerConfig { queue, label, prefetch: deps.settings.prefetch, delivery_limit: deps.settings.delivery_limit };
+    let cfg = ConsumerConfig { queue, label, prefetch: deps.settings.prefetch, delivery_limit: deps.settings.delivery_limit, batching };
     let token = shutdown.intake.clone();
     let mut db_ready = deps.db_ready.clone();
     shutdown.intake_tasks.spawn(async move {
@@ -129,13 +131,12 @@ where
             }
         };
         tracing::info!(queue = cfg.label, "consuming");
-        // A batch is whatever arrived while the batches before it were handled: with few in
-        // flight, batches grow with the load, and so does what one round trip carries. The
-        // broker bounds the deliveries in flight (the prefetch).
-        stream
-            .take_until(token.clone().cancelled_owned())
-            .ready_chunks(usize::from(cfg.prefetch.max(1)))
-            .for_each_concurrent(BATCHES_IN_FLIGHT, |batch| {
+        // A batch is whatever arrived while the batches before it were handled (and within the
+        // linger): with few in flight, batches grow with the load, and so does what one round
+        // trip carries. The broker bounds the deliveries in flight (the prefetch).
+        let stream = stream.take_until(token.clone().cancelled_owned());
+        batches::batches(stream, usize::from(cfg.prefetch), cfg.batching.linger)
+            .for_each_concurrent(cfg.batching.in_flight.max(1), |batch| {
                 let (bus, handler, cfg, token) = (bus.clone(), handler.clone(), cfg.clone(), token.clone());
                 async move { handle(batch, &bus, &cfg, &token, handler.as_ref()).await }
             })

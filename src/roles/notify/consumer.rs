@@ -35,8 +35,14 @@ pub fn start(deps: &Deps, shutdown: &Shutdown, notifier: Notifier) -> anyhow::Re
         let notifier = notifier.clone();
         async move { notifier.handle(&messages).await }
     };
-    consumer::spawn(deps, shutdown, Queue::OrderNotification, "contoso.order-notification", handler)
+    consumer::spawn(deps, shutdown, Queue::OrderNotification, "contoso.order-notification", BATCHING, handler)
 }
+
+/// A batch costs three Redis round trips and an ack through lapin's I/O thread whatever its
+/// size, and each is a thread wake-up: one batch at a time, waiting a millisecond for more,
+/// makes batches fuller at moderate rates (BENCHMARKS: `make bench-consumer`, about a fifth
+/// less CPU per delivery at 4,000 deliveries/s) for at most a millisecond of latency.
+const BATCHING: consumer::Batching = consumer::Batching { in_flight: 1, linger: std::time::Duration::from_millis(1) };
 
 /// A notification on its way: which delivery of the batch it came from, and what it says.
 struct Pending {
