@@ -2,7 +2,8 @@
 //! notify processes of one deployment, a connection dropped on one and resumed on the other. What
 //! the client had not acknowledged comes again after the server's Sequence, a client message
 //! that ran before the drop is not run again, and the refusals (another user, a forged token, a
-//! connection still open, past the window) answer the upgrade.
+//! connection still open, past the window) answer the upgrade; a process that cannot keep a
+//! connection's messages closes it (the client reconnects) and refuses resumes with 503.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
 
-use crate::harness::{AppOptions, TestApp, env, spawn_app, unique_user, ws::Ws};
+use crate::harness::{AppOptions, ChaosProxy, TestApp, env, eventually, spawn_app, unique_user, ws::Ws};
 
 const HUB: &str = "Contoso.OrderNotification.Hubs.OrderStatusHub";
 
@@ -183,4 +184,42 @@ async fn a_resume_is_refused_for_another_user_a_forged_token_an_open_connection_
     assert_eq!(open(&second, &id, &token).await.err(), Some(404), "past the window");
     second.stop().await;
     first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_messages_cannot_be_kept_is_closed_for_a_reconnect_and_resumes_meanwhile_get_503() {
+    let proxy = ChaosProxy::start(env::host_port(&env::redis_url())).await;
+    let app = spawn_app(AppOptions { roles: Some("notify"), redis_proxy: Some(&proxy), ..Default::default() }).await;
+    let user = unique_user("unkept");
+    let token = app.token(&user);
+    let (_, mut ws) = stateful(&app, &token).await;
+    let (dropped_id, dropped) = stateful(&app, &token).await;
+
+    // Redis goes away: the journal can no longer be written.
+    proxy.cut();
+    drop(dropped);
+    // The completion of an invocation is a counted message: it has to be journaled before it is
+    // written, cannot be, and the connection is closed instead, with leave to reconnect.
+    send(&mut ws, json!({ "type": 1, "invocationId": "1", "target": "GetCurrentStatus", "arguments": ["no-such-order"] })).await;
+    let got = records_until(&mut ws, |r| r["type"] == 7).await;
+    assert_eq!(got.last().unwrap()["allowReconnect"], true, "{got:?}");
+    assert!(!got.iter().any(|r| r["type"] == 3), "nothing is written that was not kept: {got:?}");
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("the socket closes after the Close");
+    assert!(matches!(end, None | Some(Ok(Message::Close(_))) | Some(Err(_))), "{end:?}");
+    // A resume while the store is unreachable cannot be decided: 503, the client tries again.
+    assert_eq!(open(&app, &dropped_id, &token).await.err(), Some(503));
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("contoso_hub_disconnects_total") && l.contains("reason=\"resume-store-unavailable\"")),
+        "the close is counted with its reason"
+    );
+
+    // Redis back: the process serves stateful connections again.
+    proxy.restore();
+    eventually(Duration::from_secs(30), "readiness back with Redis", || async { (app.ready_status().await.0 == 200).then_some(()) }).await;
+    let (_, mut again) = stateful(&app, &token).await;
+    send(&mut again, json!({ "type": 1, "invocationId": "2", "target": "GetCurrentStatus", "arguments": ["no-such-order"] })).await;
+    let got = records_until(&mut again, |r| r["type"] == 3).await;
+    assert_eq!(got.iter().find(|r| r["type"] == 3).unwrap()["invocationId"], "2", "{got:?}");
+    app.stop().await;
 }
