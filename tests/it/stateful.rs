@@ -3,7 +3,8 @@
 //! the client had not acknowledged comes again after the server's Sequence, a client message
 //! that ran before the drop is not run again, and the refusals (another user, a forged token, a
 //! connection still open, past the window) answer the upgrade; a process that cannot keep a
-//! connection's messages closes it (the client reconnects) and refuses resumes with 503.
+//! connection's messages closes it (the client reconnects) and refuses resumes with 503; a
+//! process cut off from Redis loses its connection to the one that took it over.
 
 use std::time::Duration;
 
@@ -222,4 +223,70 @@ async fn a_connection_whose_messages_cannot_be_kept_is_closed_for_a_reconnect_an
     let got = records_until(&mut again, |r| r["type"] == 3).await;
     assert_eq!(got.iter().find(|r| r["type"] == 3).unwrap()["invocationId"], "2", "{got:?}");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_cut_off_from_redis_loses_its_connection_to_the_process_that_took_it_over_and_lets_go_of_its_socket() {
+    let proxy = ChaosProxy::start(env::host_port(&env::redis_url())).await;
+    let prefix = format!("t-sr-{}-", uuid::Uuid::new_v4().simple());
+    let args = vec!["--channel-prefix".to_owned(), prefix.clone()];
+    let first =
+        spawn_app(AppOptions { roles: Some("notify"), redis_proxy: Some(&proxy), extra_args: args.clone(), ..Default::default() }).await;
+    let second = spawn_app(AppOptions { roles: Some("notify"), extra_args: args, share: Some(&first), ..Default::default() }).await;
+    let user = unique_user("stale");
+    let token = first.token(&user);
+    let (id, mut stale) = stateful(&first, &token).await;
+    publish(&prefix, &user, 1).await;
+    records_until(&mut stale, |r| r["arguments"][0]["i"] == 1).await;
+
+    // The first process hears nothing from Redis and cannot say it is alive; its socket to the
+    // client stays open (a partition between the two would look the same to the client).
+    proxy.stall();
+    // Once its beat has expired, the connection can be taken over elsewhere.
+    let mut resumed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match open(&second, &id, &token).await {
+                Ok(ws) => break ws,
+                Err(409) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(status) => panic!("resume refused with {status}"),
+            }
+        }
+    })
+    .await
+    .expect("the connection is taken over once the first process stops beating");
+    send(&mut resumed, json!({ "type": 9, "sequenceId": 1 })).await;
+    // Registered once its Sequence is written: what is published after that reaches it live.
+    let mut got = records_until(&mut resumed, |r| r["type"] == 9).await;
+    publish(&prefix, &user, 2).await;
+    got.extend(records_until(&mut resumed, |r| r["arguments"][0]["i"] == 2).await);
+    // The server's Sequence, then what the client never acknowledged (1) and what is new (2).
+    assert_eq!(got[0], json!({ "type": 9, "sequenceId": 1 }), "{got:?}");
+    let pushes: Vec<&Value> = got.iter().filter(|r| r["type"] == 1).map(|r| &r["arguments"][0]["i"]).collect();
+    assert_eq!(pushes, vec![&json!(1), &json!(2)], "{got:?}");
+
+    // Redis back for the first process: its next write finds the connection taken, and it lets
+    // go of the socket without writing anything more to it.
+    proxy.cut();
+    proxy.restore();
+    publish(&prefix, &user, 3).await;
+    let left = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut after = Vec::new();
+        while let Some(Ok(msg)) = stale.next().await {
+            if let Message::Text(t) = msg {
+                after.push(t.to_string());
+            }
+        }
+        after
+    })
+    .await
+    .expect("the stale socket is let go");
+    assert!(!left.iter().any(|t| t.contains("\"i\":3") || t.contains("\"type\":7")), "nothing more on the stale socket: {left:?}");
+    records_until(&mut resumed, |r| r["arguments"][0]["i"] == 3).await;
+    let metrics = first.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("contoso_hub_disconnects_total") && l.contains("reason=\"resumed-elsewhere\"")),
+        "counted as resumed elsewhere"
+    );
+    second.stop().await;
+    first.stop().await;
 }
