@@ -17,7 +17,8 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "contoso"
 SRC = REPO / "src"
-CONFIG_RS = SRC / "config.rs"
+# The settings: their merge in config.rs, their flags and variables in config/flags.rs.
+CONFIG_RS = [SRC / "config.rs", SRC / "config" / "flags.rs"]
 RELEASE = "contoso"
 NAMESPACE = "shop"
 ROLES = ("accept", "process", "notify")
@@ -236,9 +237,14 @@ def prestop(deployment: dict[str, Any]) -> tuple[str, int]:
     return match["file"], int(match["sleep"])
 
 
+def config_rs_text() -> str:
+    """The source of the settings, both files."""
+    return "\n".join(path.read_text() for path in CONFIG_RS)
+
+
 def settings_in_config_rs() -> set[str]:
-    """Every CONTOSO_* variable src/config.rs mentions."""
-    return set(re.findall(r"\bCONTOSO_[A-Z0-9_]+\b", CONFIG_RS.read_text()))
+    """Every CONTOSO_* variable src/config.rs and src/config/flags.rs mention."""
+    return set(re.findall(r"\bCONTOSO_[A-Z0-9_]+\b", config_rs_text()))
 
 
 def metrics_in_src() -> set[str]:
@@ -251,7 +257,7 @@ def metrics_in_src() -> set[str]:
 
 def flags_in_config_rs() -> set[str]:
     """The long flags of RawSettings (clap derives them from the field names)."""
-    text = CONFIG_RS.read_text()
+    text = config_rs_text()
     fields = re.findall(r"#\[arg\(long[^\]]*\)\]\s*(?:#\[[^\]]*\]\s*)*pub (\w+): Option<", text)
     return {"--" + f.replace("_", "-") for f in fields}
 
