@@ -89,20 +89,23 @@ open_connections() {
 
 stop_idle_connections() { pkill -f "contoso-loadgen idle --url ws://127.0.0.1:" || true; }
 
-# thread_cpu SECONDS PID...: the CPU each kind of thread of the processes used over SECONDS, in %
-# of one core per process and thread name (tokio-rt-worker, actix-server wo, lapin-io-loop...).
+# thread_cpu SECONDS PID...: what each kind of thread of the processes did over SECONDS, per
+# process and thread name (tokio-rt-worker, actix-server wo, lapin-io-loop...): CPU in % of one
+# core, and how often it was switched out waiting (voluntary context switches per second).
 thread_cpu() {
     local seconds=$1; shift
     local hz; hz=$(getconf CLK_TCK)
     snapshot() {
         for pid in "$@"; do
             for task in /proc/"$pid"/task/*; do
-                printf '%s:%s %s\n' "$pid" "$(tr ' ' _ <"$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")"
+                printf '%s:%s %s %s\n' "$pid" "$(tr ' ' _ <"$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")" \
+                    "$(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status")"
             done 2>/dev/null
-        done | awk '{ticks[$1] += $2} END {for (k in ticks) print k, ticks[k]}' | sort
+        done | awk '{ticks[$1] += $2; switches[$1] += $3} END {for (k in ticks) print k, ticks[k], switches[k]}' | sort
     }
     local before; before=$(snapshot "$@")
     sleep "$seconds"
     join <(echo "$before") <(snapshot "$@") |
-        awk -v s="$seconds" -v hz="$hz" '$3 > $2 {printf "%s %.1f%%\n", $1, 100 * ($3 - $2) / hz / s}' | sort -t' ' -k2 -nr
+        awk -v s="$seconds" -v hz="$hz" '$4 > $2 {printf "%s %.1f%% %.0f switches/s\n", $1, 100 * ($4 - $2) / hz / s, ($5 - $3) / s}' |
+        sort -t' ' -k2 -nr
 }
