@@ -3,7 +3,11 @@
 # process), and order.processed events published to RabbitMQ at rising fixed delivery rates
 # (notifications/s times two tabs). Each notification is a user lookup, a log append, a PUBLISH
 # and an ack before the tabs see it. Then the same rates straight onto the backplane, the peer
-# that shows what the consumer adds. During the first rate of each it prints the CPU of each
+# that shows what the consumer adds, and the same events through RabbitMQ alone (a queue of the
+# same type that the load generator consumes and acks), the broker's floor. Every rate prints
+# what each process of the host (notify, RabbitMQ, Redis, the load generator) spent per
+# notification. QUEUE_TYPE=classic runs the notify queue (and the floor's) as a classic queue
+# instead of a quorum queue. During the first rate of each it prints the CPU of each
 # notify thread (tokio workers, actix workers, lapin's I/O loop) over THREAD_SECONDS; with PERF=1,
 # `perf record` also samples both notify processes during the consumer's first rate and writes
 # bench/results/consumer.perf (see `perf report -i`); PERF_CALLGRAPH=dwarf gives whole stacks of
@@ -19,8 +23,11 @@ SECONDS_PER_RATE="${3:-10}"
 THREAD_SECONDS="${THREAD_SECONDS:-$(( SECONDS_PER_RATE > 4 ? SECONDS_PER_RATE - 3 : 1 ))}"
 cargo build --release --locked --bins --features loadgen >&2
 bench_deployment consumer
-start_notify_pair
+QUEUE_TYPE="${QUEUE_TYPE:-quorum}"
+start_notify_pair --queue-type "$QUEUE_TYPE"
 machine_line
+BROKER_PIDS=$(pgrep -d, -x beam.smp || true)
+[[ -n "$BROKER_PIDS" ]] || echo "no beam.smp process found: the broker's CPU is not measured" >&2
 # sample_first_rate LOG LABEL [PERF_OUT]: once the load generator writing LOG says the tabs are
 # open (the first rate starts right after), prints the CPU of each notify thread over
 # THREAD_SECONDS and, with PERF=1 and PERF_OUT, records a profile meanwhile. Runs in the
@@ -43,7 +50,7 @@ sample_first_rate() {
 LOGS=$(mktemp -d)
 common=(--hub-urls "$URLS" --jwt-secret "$SECRET" --users "$USERS" --tabs 2 --redis-url "$REDIS_URL"
         --channel-prefix "$CHANNELS" --amqp-url "$AMQP_URL" --bus-prefix "$PREFIX" --pids "$(IFS=,; echo "${BENCH_PIDS[*]}")"
-        --rates "$RATES" --duration "$SECONDS_PER_RATE")
+        --rates "$RATES" --duration "$SECONDS_PER_RATE" --queue-type "$QUEUE_TYPE" ${BROKER_PIDS:+--broker-pids "$BROKER_PIDS"})
 sample_first_rate "$LOGS/consumer" consumer bench/results/consumer.perf
 ./target/release/contoso-loadgen targeted "${common[@]}" --driver consumer --out bench/results/consumer.json 2> >(tee "$LOGS/consumer" >&2)
 wait "$SAMPLER_PID"
@@ -52,5 +59,8 @@ wait "$SAMPLER_PID"
 sample_first_rate "$LOGS/backplane" backplane
 ./target/release/contoso-loadgen targeted "${common[@]}" --driver backplane --out bench/results/consumer-backplane.json 2> >(tee "$LOGS/backplane" >&2)
 wait "$SAMPLER_PID"
+# The broker's floor: the same events through a queue of the same type, read by the load
+# generator itself; no tabs, no notify process in the path.
+./target/release/contoso-loadgen targeted "${common[@]}" --driver broker --out bench/results/consumer-broker.json
 rm -rf "$LOGS"
 # The notify processes run until the cleanup stops them.

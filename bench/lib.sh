@@ -57,13 +57,14 @@ start_contoso() {
     wait_ready "$port"
 }
 
-# start_notify_pair: two notify processes of the deployment on random ports BASE+1 and BASE+2;
-# their hub URLs in URLS (comma list). BASE stays set for more servers beside them.
+# start_notify_pair [ARGS...]: two notify processes of the deployment (ARGS added to each) on
+# random ports BASE+1 and BASE+2; their hub URLs in URLS (comma list). BASE stays set for more
+# servers beside them.
 start_notify_pair() {
     BASE=$((20000 + RANDOM % 20000))
     URLS=""
     for i in 1 2; do
-        start_contoso "$((BASE + i))" notify
+        start_contoso "$((BASE + i))" notify "$@"
         URLS="${URLS:+$URLS,}ws://127.0.0.1:$((BASE + i))/hubs/order-status"
     done
 }

@@ -1,6 +1,7 @@
 //! `contoso-loadgen`: the load generator of the benchmark suite. Subcommands drive one part
 //! of the system each and print a human summary plus a JSON result (see BENCHMARKS.md).
 
+mod broker;
 mod drain;
 mod hub;
 mod idle;
@@ -35,7 +36,7 @@ enum Command {
     /// Drains a notify process under traffic: reconnect time and rate, notifications missed.
     Drain(drain::Args),
     /// Cross-process fan-out: per-user notifications at rising rates to tabs on several processes.
-    Targeted(targeted::Args),
+    Targeted(Box<targeted::Args>),
     /// The bare relay: the smallest WebSocket relay on Redis pub/sub, the floor for `targeted`.
     Relay(relay::Args),
     /// Draws PNG plots from the JSON results.
@@ -50,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Orders(args) => orders::run(args).await,
         Command::Idle(args) => idle::run(args).await,
         Command::Drain(args) => drain::run(args).await,
-        Command::Targeted(args) => targeted::run(args).await,
+        Command::Targeted(args) => targeted::run(*args).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Plot(args) => plot::run(args),
         Command::Toast(args) => toast::run(args).await,
