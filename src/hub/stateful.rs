@@ -71,13 +71,13 @@ pub struct Stateful {
 }
 
 impl Stateful {
-    /// A new connection; `journaled`: its record was created.
-    pub fn new(resume: Arc<Resume>, id: Arc<str>, protocol: Protocol, journaled: bool) -> Self {
+    /// A new connection, once its record is created.
+    pub fn new(resume: Arc<Resume>, id: Arc<str>, protocol: Protocol) -> Self {
         Self {
             resume,
             id,
             protocol,
-            journaled,
+            journaled: true,
             out_seq: 0,
             acked: 0,
             acked_saved: 0,
@@ -106,7 +106,7 @@ impl Stateful {
         catch_up: Vec<(Frame, String)>,
         hub: &dyn Hub,
     ) -> Self {
-        let mut st = Self::new(resume, id, claimed.protocol, true);
+        let mut st = Self::new(resume, id, claimed.protocol);
         st.out_seq = claimed.acked + claimed.journal.len() as u64;
         (st.acked, st.acked_saved) = (claimed.acked, claimed.acked);
         st.in_seq = client_first.saturating_sub(1);
@@ -321,7 +321,7 @@ mod tests {
         let resume = Arc::new(Resume::new(Arc::new(MemoryResumeStore::default()), Limits::default()));
         let record = NewRecord { id: "c", user: "u", protocol, owner: &resume.instance, created_ms: 1 };
         assert!(resume.store.create(record, resume.limits).await.unwrap());
-        (resume.clone(), Stateful::new(resume, "c".into(), protocol, true))
+        (resume.clone(), Stateful::new(resume, "c".into(), protocol))
     }
 
     /// Sends `frames` and waits until they are kept; returns what may now be written.
@@ -376,7 +376,7 @@ mod tests {
         let resume = Arc::new(Resume::new(Arc::new(MemoryResumeStore::default()), Limits { max_bytes: 1024, ..Limits::default() }));
         let record = NewRecord { id: "c", user: "u", protocol, owner: &resume.instance, created_ms: 1 };
         resume.store.create(record, resume.limits).await.unwrap();
-        let mut st = Stateful::new(resume.clone(), "c".into(), protocol, true);
+        let mut st = Stateful::new(resume.clone(), "c".into(), protocol);
         let big = Frame::from(Bytes::from(vec![b'x'; 2000]));
         assert_eq!(send(&mut st, vec![big.clone()]).await.len(), 1, "written anyway");
         let mut cx = Context::from_waker(Waker::noop());

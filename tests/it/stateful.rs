@@ -3,8 +3,9 @@
 //! the client had not acknowledged comes again after the server's Sequence, a client message
 //! that ran before the drop is not run again, and the refusals (another user, a forged token, a
 //! connection still open, past the window) answer the upgrade; a process that cannot keep a
-//! connection's messages closes it (the client reconnects) and refuses resumes with 503; a
-//! process cut off from Redis loses its connection to the one that took it over.
+//! connection's messages closes it (the client reconnects) and refuses resumes with 503, and
+//! refuses the handshake of one whose record it cannot create; a process cut off from Redis
+//! loses its connection to the one that took it over.
 
 use std::time::Duration;
 
@@ -223,6 +224,44 @@ async fn a_connection_whose_messages_cannot_be_kept_is_closed_for_a_reconnect_an
     let got = records_until(&mut again, |r| r["type"] == 3).await;
     assert_eq!(got.iter().find(|r| r["type"] == 3).unwrap()["invocationId"], "2", "{got:?}");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_connection_whose_record_cannot_be_created_is_refused_at_its_handshake() {
+    // With the store down at the upgrade, a new stateful connection is refused (503) before it
+    // starts; the store failing between those checks and the record's creation is a race no
+    // outage times, so a fail point makes creating this user's records fail.
+    let (first, second, _) = pair(&[]).await;
+    let user = unique_user("unrecorded");
+    let token = first.token(&user);
+    let negotiated = negotiate(&first, &token, "negotiateVersion=1&useStatefulReconnect=true").await;
+    let id = negotiated["connectionToken"].as_str().unwrap().to_owned();
+    let failures = |metrics: String| {
+        let line = metrics.lines().find(|l| l.starts_with("contoso_hub_handshake_failures_total "))?.to_owned();
+        line.rsplit(' ').next()?.parse::<f64>().ok()
+    };
+    let before = failures(first.get("/metrics", None).await.text().await.unwrap()).unwrap_or(0.0);
+    fail::cfg("resume-create", &format!("return({user})")).unwrap();
+    let mut ws = open(&first, &id, &token).await.expect("the upgrade's checks pass");
+    ws.send(Message::text("{\"protocol\":\"json\",\"version\":2}\u{1e}")).await.unwrap();
+    let reply = records(&mut ws).await;
+    fail::remove("resume-create");
+    // A handshake error, as ASP.NET answers a handshake it cannot accept: the client connects
+    // again instead of holding a connection it could not resume.
+    assert_eq!(reply, vec![json!({ "error": "Connection state is unavailable, connect again." })]);
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("the socket closes after the error");
+    assert!(matches!(end, None | Some(Ok(Message::Close(_))) | Some(Err(_))), "{end:?}");
+    let after = failures(first.get("/metrics", None).await.text().await.unwrap());
+    assert!(after.is_some_and(|n| n > before), "counted as a failed handshake: {before} then {after:?}");
+
+    // The client's next connection is recorded and resumable on any process as usual.
+    let (id, again) = stateful(&first, &token).await;
+    drop(again);
+    let mut resumed = open(&second, &id, &token).await.expect("a recorded connection resumes");
+    send(&mut resumed, json!({ "type": 9, "sequenceId": 1 })).await;
+    assert_eq!(records(&mut resumed).await[0], json!({ "type": 9, "sequenceId": 1 }));
+    second.stop().await;
+    first.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

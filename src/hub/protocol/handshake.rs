@@ -22,6 +22,9 @@ pub enum HandshakeError {
     Canceled,
     #[error("An unexpected error occurred during connection handshake.")]
     Malformed,
+    /// A stateful connection whose record cannot be kept: as an upgrade the store cannot decide.
+    #[error("Connection state is unavailable, connect again.")]
+    StateUnavailable,
 }
 
 impl HandshakeError {

@@ -18,7 +18,7 @@ use crate::hub::{
     connection::Frame,
     metrics_names as m,
     protocol::{HANDSHAKE_OK, HandshakeError, HubMessage, Protocol, parse_handshake},
-    resume::{Claimed, NewRecord, Resume},
+    resume::{Claimed, NewRecord, Resume, ResumeError},
     socket::{Read, WsSocket},
     stateful::Stateful,
 };
@@ -42,23 +42,16 @@ impl Opening<'_> {
         let ctx = self.ctx;
         let protocol = match handshake(ws, records, timer, ctx.settings.max_message_size).await {
             Ok(p) => p,
-            Err(err) => {
-                metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
-                if let Some(err) = err {
-                    let _ = ws.write_data(&err.record(), false);
-                }
-                let _ = ws.write_close();
-                let _ = tokio::time::timeout(CLOSE_GRACE, poll_fn(|cx| ws.poll_flush(cx))).await;
-                return None;
-            }
+            Err(err) => return refuse(ws, err).await,
         };
         let stateful = match (&ctx.resume, stateful) {
-            (Some(resume), true) => Some(Box::new(Stateful::new(
-                resume.clone(),
-                self.id.clone(),
-                protocol,
-                create_record(resume, &self.id, &self.user, protocol).await,
-            ))),
+            // Without its record the connection could not be resumed, and its id, never seen by
+            // the store, would pass for a new one at the next upgrade: refused instead, as an
+            // upgrade the store cannot decide is (the client connects again).
+            (Some(resume), true) if !create_record(resume, &self.id, &self.user, protocol).await => {
+                return refuse(ws, Some(HandshakeError::StateUnavailable)).await;
+            }
+            (Some(resume), true) => Some(Box::new(Stateful::new(resume.clone(), self.id.clone(), protocol))),
             _ => None,
         };
         // The reply goes out before the connection is registered, so no push can precede it.
@@ -120,18 +113,42 @@ impl Opening<'_> {
     }
 }
 
-/// Starts the record of a new stateful connection; `false` (the connection then cannot be
-/// resumed, but keeps the protocol's Acks) when the store fails or the id is taken.
+/// A failed handshake: the error record (none after a timeout or a closed socket), then Close.
+async fn refuse<T>(ws: &mut WsSocket, err: Option<HandshakeError>) -> Option<T> {
+    metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
+    if let Some(err) = err {
+        let _ = ws.write_data(&err.record(), false);
+    }
+    let _ = ws.write_close();
+    let _ = tokio::time::timeout(CLOSE_GRACE, poll_fn(|cx| ws.poll_flush(cx))).await;
+    None
+}
+
+/// Starts the record of a new stateful connection; `false` when the store fails or the id is
+/// taken (two sockets raced with one fresh token).
 async fn create_record(resume: &Resume, id: &str, user: &str, protocol: Protocol) -> bool {
     let created_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let record = NewRecord { id, user, protocol, owner: &resume.instance, created_ms };
-    match resume.store.create(record, resume.limits).await {
+    let created = match store_fails_for(user) {
+        true => Err(ResumeError::Unavailable("fail point resume-create".into())),
+        false => resume.store.create(record, resume.limits).await,
+    };
+    match created {
         Ok(created) => created,
         Err(err) => {
-            tracing::warn!(error = %err, "cannot keep a stateful connection's record: it cannot be resumed");
+            tracing::warn!(error = %err, "cannot keep a stateful connection's record: its handshake is refused");
             false
         }
     }
+}
+
+/// Whether the store is to fail creating `user`'s records: only in tests, built with the
+/// `failpoints` feature and `resume-create` set to `return(<user>)` (the store fails between
+/// the upgrade's checks and the record's creation, which no outage times reliably).
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+fn store_fails_for(user: &str) -> bool {
+    fail::fail_point!("resume-create", |failing: Option<String>| failing.as_deref() == Some(user));
+    false
 }
 
 /// The client's first message on a resumed socket: its Sequence (the id of the first message
