@@ -90,13 +90,21 @@ async fn publish(prefix: &str, user: &str, i: u32) {
 
 /// A stateful connection at `app`: (connection token, socket after the version-2 handshake).
 async fn stateful(app: &TestApp, token: &str) -> (String, Ws) {
+    let (id, ws, reply) = stateful_handshake(app, token).await;
+    assert_eq!(reply, vec![json!({})], "the handshake reply");
+    (id, ws)
+}
+
+/// A stateful connection's negotiate, upgrade and version-2 handshake at `app`: (connection
+/// token, socket, the handshake reply).
+async fn stateful_handshake(app: &TestApp, token: &str) -> (String, Ws, Vec<Value>) {
     let negotiated = negotiate(app, token, "negotiateVersion=1&useStatefulReconnect=true").await;
     assert_eq!(negotiated["useStatefulReconnect"], true, "{negotiated}");
     let id = negotiated["connectionToken"].as_str().unwrap().to_owned();
     let mut ws = open(app, &id, token).await.unwrap();
     ws.send(Message::text("{\"protocol\":\"json\",\"version\":2}\u{1e}")).await.unwrap();
-    assert_eq!(records(&mut ws).await, vec![json!({})], "the handshake reply");
-    (id, ws)
+    let reply = records(&mut ws).await;
+    (id, ws, reply)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,17 +242,13 @@ async fn a_stateful_connection_whose_record_cannot_be_created_is_refused_at_its_
     let (first, second, _) = pair(&[]).await;
     let user = unique_user("unrecorded");
     let token = first.token(&user);
-    let negotiated = negotiate(&first, &token, "negotiateVersion=1&useStatefulReconnect=true").await;
-    let id = negotiated["connectionToken"].as_str().unwrap().to_owned();
     let failures = |metrics: String| {
         let line = metrics.lines().find(|l| l.starts_with("contoso_hub_handshake_failures_total "))?.to_owned();
         line.rsplit(' ').next()?.parse::<f64>().ok()
     };
     let before = failures(first.get("/metrics", None).await.text().await.unwrap()).unwrap_or(0.0);
     fail::cfg("resume-create", &format!("return({user})")).unwrap();
-    let mut ws = open(&first, &id, &token).await.expect("the upgrade's checks pass");
-    ws.send(Message::text("{\"protocol\":\"json\",\"version\":2}\u{1e}")).await.unwrap();
-    let reply = records(&mut ws).await;
+    let (_, mut ws, reply) = stateful_handshake(&first, &token).await;
     fail::remove("resume-create");
     // A handshake error, as ASP.NET answers a handshake it cannot accept: the client connects
     // again instead of holding a connection it could not resume.
