@@ -269,10 +269,18 @@ export function orderStream(server, tok, everyMs) {
   const ids = [];
   const placedAt = [];
   let running = true;
+  let paused = false;
+  let placing = false;
   const done = (async () => {
     while (running) {
+      if (paused) {
+        await sleep(10);
+        continue;
+      }
       const started = Date.now();
+      placing = true;
       ids.push(await placeOrder(server, tok));
+      placing = false;
       placedAt.push(Date.now());
       await sleep(Math.max(0, everyMs - (Date.now() - started)));
     }
@@ -282,6 +290,14 @@ export function orderStream(server, tok, everyMs) {
     ids,
     placedAt,
     after: (t) => placedAt.filter((p) => p > t).length,
+    /** Stops placing orders until `resume`; resolves once no order is being placed. */
+    async pause() {
+      paused = true;
+      await eventually("the order stream to pause", () => !placing);
+    },
+    resume() {
+      paused = false;
+    },
     stop() {
       running = false;
       return within(done, 60000, "the order stream to stop");
