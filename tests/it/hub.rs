@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{
-    AppOptions, env, eventually, spawn_app, unique_user,
+    AppOptions, env, eventually, spawn_app, subscribed, unique_user,
     ws::{Ws, connect},
 };
 
@@ -35,16 +35,8 @@ async fn a_client_that_stops_reading_is_closed_and_delays_no_one_else() {
     // Both connections are registered once the user's channel is subscribed.
     let channels = Channels::new(&prefix, "Contoso.OrderNotification.Hubs.OrderStatusHub");
     let channel = channels.user(&user);
+    subscribed(&channel).await;
     let mut redis = redis::Client::open(env::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    eventually(Duration::from_secs(10), "the user's channel to be subscribed", || {
-        let mut redis = redis.clone();
-        let channel = channel.clone();
-        async move {
-            let subs: Vec<(String, u64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut redis).await.ok()?;
-            (subs.first().map(|(_, n)| *n).unwrap_or(0) > 0).then_some(())
-        }
-    })
-    .await;
 
     // 400 messages of ~60 KiB (24 MB): far more than the slow client's socket buffers and queue
     // hold. The reading client gets each one before the next is sent: it never lags.

@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
 
-use crate::harness::{AppOptions, ChaosProxy, TestApp, env, eventually, spawn_app, unique_user, ws::Ws};
+use crate::harness::{AppOptions, ChaosProxy, TestApp, env, eventually, spawn_app, subscribed, unique_user, ws::Ws};
 
 const HUB: &str = "Contoso.OrderNotification.Hubs.OrderStatusHub";
 
@@ -279,6 +279,7 @@ async fn a_process_cut_off_from_redis_loses_its_connection_to_the_process_that_t
     let user = unique_user("stale");
     let token = first.token(&user);
     let (id, mut stale) = stateful(&first, &token).await;
+    subscribed(&Channels::new(&prefix, HUB).user(&user)).await;
     publish(&prefix, &user, 1).await;
     records_until(&mut stale, |r| r["arguments"][0]["i"] == 1).await;
 

@@ -47,3 +47,18 @@ pub fn unique_user(name: &str) -> String {
 pub fn unlimited_orders() -> Vec<String> {
     vec!["--orders-per-second-per-user".into(), "0".into()]
 }
+
+/// Waits until a process subscribes `channel` on the shared Redis: the handshake reply goes out
+/// before a connection is registered, so a test that publishes right after it waits for this.
+pub async fn subscribed(channel: &str) {
+    let redis = deadpool_redis::redis::Client::open(env::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    eventually(Duration::from_secs(10), &format!("{channel} to be subscribed"), || {
+        let mut redis = redis.clone();
+        async move {
+            let subs: Vec<(String, u64)> =
+                deadpool_redis::redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut redis).await.ok()?;
+            (subs.first().map(|(_, n)| *n).unwrap_or(0) > 0).then_some(())
+        }
+    })
+    .await;
+}
