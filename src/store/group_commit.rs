@@ -155,110 +155,144 @@ async fn write(pool: &Pool<AsyncPgConnection>, jobs: Vec<Job>) {
     }
 }
 
+/// An order of the batch that is to be written: its place in the batch, what was asked, its
+/// pricing and its new id.
+struct Row {
+    index: usize,
+    work: Work,
+    priced: Priced,
+    id: CorrelationId,
+}
+
+impl Row {
+    fn placed(&self) -> PlacedOrder {
+        PlacedOrder {
+            correlation_id: self.id,
+            status: OrderStatus::Accepted,
+            total_cents: self.priced.total,
+            currency: self.priced.currency.clone(),
+        }
+    }
+
+    fn key(&self) -> (&str, Option<&str>) {
+        (self.work.user.as_str(), self.work.idem.as_ref().map(|i| i.key.as_str()))
+    }
+}
+
 /// The batch's statements, inside its transaction; one outcome per order, in order. A failed
 /// `before_commit` (`hooks`, one per order) of any order rolls the whole batch back.
-async fn place_all(
-    conn: &mut AsyncPgConnection,
-    work: Vec<Work>,
-    mut hooks: Vec<Option<BeforeCommit>>,
-) -> Result<Vec<Outcome>, StoreError> {
+async fn place_all(conn: &mut AsyncPgConnection, work: Vec<Work>, hooks: Vec<Option<BeforeCommit>>) -> Result<Vec<Outcome>, StoreError> {
+    let catalogue = catalogue(conn, &work).await?;
+    let (mut outcomes, rows) = plan(work, &catalogue);
+    if rows.is_empty() {
+        return Ok(outcomes);
+    }
+    // Orders first: an idempotency record refers to its order.
+    insert_orders(conn, &rows).await?;
+    let rows = claim_keys(conn, rows).await?;
+    if rows.is_empty() {
+        return Ok(outcomes);
+    }
+    insert_lines(conn, &rows).await?;
+    insert_events(conn, &rows).await?;
+    run_hooks(&rows, hooks, &mut outcomes).await?;
+    Ok(outcomes)
+}
+
+/// The products the batch's orders name, by id, in one read.
+async fn catalogue(conn: &mut AsyncPgConnection, work: &[Work]) -> Result<HashMap<String, Product>, StoreError> {
     let wanted: Vec<&str> = work.iter().flat_map(|w| w.order.lines.iter().map(|l| l.product_id.as_str())).collect();
-    let catalogue: HashMap<String, Product> = products::table
-        .filter(products::id.eq_any(&wanted))
-        .select(Product::as_select())
-        .load(conn)
-        .await?
-        .into_iter()
-        .map(|p| (p.id.clone(), p))
-        .collect();
+    let products = products::table.filter(products::id.eq_any(&wanted)).select(Product::as_select()).load(conn).await?;
+    Ok(products.into_iter().map(|p| (p.id.clone(), p)).collect())
+}
+
+/// Each order's outcome should nothing more happen to it, and the rows to write.
+fn plan(work: Vec<Work>, catalogue: &HashMap<String, Product>) -> (Vec<Outcome>, Vec<Row>) {
     let mut outcomes = Vec::with_capacity(work.len());
-    // (index in `outcomes`, work, its pricing, its new id) of every order to write.
-    let mut writing: Vec<(usize, Work, Priced, CorrelationId)> = Vec::with_capacity(work.len());
+    let mut rows = Vec::with_capacity(work.len());
     let mut keys = HashSet::new();
     for (index, w) in work.into_iter().enumerate() {
-        outcomes.push(match price(&w.order, &catalogue) {
+        outcomes.push(match price(&w.order, catalogue) {
             Err(err) => Outcome::Refused(err),
             // A key twice in one batch: the first one wins, the second replays its answer.
             Ok(_) if w.idem.as_ref().is_some_and(|i| !keys.insert((w.user.clone(), i.key.clone()))) => Outcome::LostRace,
             Ok(priced) => {
-                writing.push((index, w, priced, CorrelationId::new()));
+                rows.push(Row { index, work: w, priced, id: CorrelationId::new() });
                 // Until it is written: its key may still turn out to be taken.
                 Outcome::LostRace
             }
         });
     }
-    let placed = |(_, _, priced, id): &(usize, Work, Priced, CorrelationId)| PlacedOrder {
-        correlation_id: *id,
-        status: OrderStatus::Accepted,
-        total_cents: priced.total,
-        currency: priced.currency.clone(),
-    };
-    if writing.is_empty() {
-        return Ok(outcomes);
-    }
-    // Orders first: an idempotency record refers to its order.
-    let orders: Vec<_> = writing
+    (outcomes, rows)
+}
+
+async fn insert_orders(conn: &mut AsyncPgConnection, rows: &[Row]) -> Result<(), StoreError> {
+    let orders: Vec<_> = rows
         .iter()
-        .map(|(_, w, priced, id)| {
+        .map(|row| {
             (
-                orders::correlation_id.eq(id.0),
-                orders::user_id.eq(w.user.as_str().to_owned()),
+                orders::correlation_id.eq(row.id.0),
+                orders::user_id.eq(row.work.user.as_str().to_owned()),
                 orders::status.eq(OrderStatus::Accepted.as_str()),
-                orders::total_cents.eq(priced.total),
-                orders::currency.eq(priced.currency.clone()),
+                orders::total_cents.eq(row.priced.total),
+                orders::currency.eq(row.priced.currency.clone()),
             )
         })
         .collect();
     diesel::insert_into(orders::table).values(&orders).execute(conn).await?;
+    Ok(())
+}
+
+/// Records the rows' Idempotency-Keys; the rows whose keys requests that committed first hold
+/// are taken out, their orders deleted again.
+async fn claim_keys(conn: &mut AsyncPgConnection, rows: Vec<Row>) -> Result<Vec<Row>, StoreError> {
     // Keys in one order in every batch, so two batches that share keys cannot deadlock.
-    let mut keyed: Vec<_> = writing.iter().filter(|row| row.1.idem.is_some()).collect();
-    fn key(row: &(usize, Work, Priced, CorrelationId)) -> (&str, Option<&str>) {
-        (row.1.user.as_str(), row.1.idem.as_ref().map(|i| i.key.as_str()))
+    let mut keyed: Vec<&Row> = rows.iter().filter(|row| row.work.idem.is_some()).collect();
+    if keyed.is_empty() {
+        return Ok(rows);
     }
-    keyed.sort_by(|a, b| key(a).cmp(&key(b)));
+    keyed.sort_by(|a, b| a.key().cmp(&b.key()));
     let records: Vec<_> = keyed
         .into_iter()
         .filter_map(|row| {
-            let idem = row.1.idem.as_ref()?;
+            let idem = row.work.idem.as_ref()?;
             Some((
-                idempotency_keys::user_id.eq(row.1.user.as_str().to_owned()),
+                idempotency_keys::user_id.eq(row.work.user.as_str().to_owned()),
                 idempotency_keys::key.eq(idem.key.as_str().to_owned()),
                 idempotency_keys::request_hash.eq(idem.request_hash.clone()),
-                idempotency_keys::correlation_id.eq(row.3.0),
-                idempotency_keys::response_body.eq(placed(row).body()),
+                idempotency_keys::correlation_id.eq(row.id.0),
+                idempotency_keys::response_body.eq(row.placed().body()),
             ))
         })
         .collect();
-    if !records.is_empty() {
-        // A key a concurrent request holds makes this wait for its commit, then skip the row.
-        let taken: HashSet<(String, String)> = diesel::insert_into(idempotency_keys::table)
-            .values(&records)
-            .on_conflict(on_constraint("idempotency_keys_pkey"))
-            .do_nothing()
-            .returning((idempotency_keys::user_id, idempotency_keys::key))
-            .get_results::<(String, String)>(conn)
-            .await?
-            .into_iter()
-            .collect();
-        let (kept, lost): (Vec<_>, Vec<_>) = writing.into_iter().partition(|(_, w, _, _)| {
-            w.idem.as_ref().is_none_or(|i| taken.contains(&(w.user.as_str().to_owned(), i.key.as_str().to_owned())))
-        });
-        writing = kept;
-        if !lost.is_empty() {
-            // Their keys were taken by requests that committed first: their orders go again.
-            let ids: Vec<uuid::Uuid> = lost.iter().map(|row| row.3.0).collect();
-            diesel::delete(orders::table.filter(orders::correlation_id.eq_any(&ids))).execute(conn).await?;
-        }
-        if writing.is_empty() {
-            return Ok(outcomes);
-        }
+    // A key a concurrent request holds makes this wait for its commit, then skip the row.
+    let taken: HashSet<(String, String)> = diesel::insert_into(idempotency_keys::table)
+        .values(&records)
+        .on_conflict(on_constraint("idempotency_keys_pkey"))
+        .do_nothing()
+        .returning((idempotency_keys::user_id, idempotency_keys::key))
+        .get_results::<(String, String)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    let (kept, lost): (Vec<_>, Vec<_>) = rows.into_iter().partition(|row| {
+        row.work.idem.as_ref().is_none_or(|i| taken.contains(&(row.work.user.as_str().to_owned(), i.key.as_str().to_owned())))
+    });
+    if !lost.is_empty() {
+        // Their keys were taken by requests that committed first: their orders go again.
+        let ids: Vec<uuid::Uuid> = lost.iter().map(|row| row.id.0).collect();
+        diesel::delete(orders::table.filter(orders::correlation_id.eq_any(&ids))).execute(conn).await?;
     }
-    let lines: Vec<_> = writing
+    Ok(kept)
+}
+
+async fn insert_lines(conn: &mut AsyncPgConnection, rows: &[Row]) -> Result<(), StoreError> {
+    let lines: Vec<_> = rows
         .iter()
-        .flat_map(|(_, _, priced, id)| {
-            priced.lines.iter().map(move |l| {
+        .flat_map(|row| {
+            row.priced.lines.iter().map(move |l| {
                 (
-                    order_lines::correlation_id.eq(id.0),
+                    order_lines::correlation_id.eq(row.id.0),
                     order_lines::line_no.eq(l.line_no),
                     order_lines::product_id.eq(l.product_id.clone()),
                     order_lines::quantity.eq(l.quantity),
@@ -268,29 +302,39 @@ async fn place_all(
         })
         .collect();
     diesel::insert_into(order_lines::table).values(&lines).execute(conn).await?;
+    Ok(())
+}
+
+/// Each order's `order.accepted`, in the outbox with the request's trace.
+async fn insert_events(conn: &mut AsyncPgConnection, rows: &[Row]) -> Result<(), StoreError> {
     let now = Utc::now();
-    let events: Vec<_> = writing
+    let events: Vec<_> = rows
         .iter()
-        .map(|(_, w, _, id)| {
-            let event = Event::new(EventKind::Accepted, *id, now);
+        .map(|row| {
+            let event = Event::new(EventKind::Accepted, row.id, now);
             (
                 outbox::event_id.eq(event.event_id.0),
                 outbox::routing_key.eq(event.kind.routing_key()),
                 outbox::payload.eq(String::from_utf8(event.to_json()).expect("json is utf-8")),
-                outbox::traceparent.eq(w.trace.clone()),
+                outbox::traceparent.eq(row.work.trace.clone()),
             )
         })
         .collect();
     diesel::insert_into(outbox::table).values(&events).execute(conn).await?;
-    let mut pending = Vec::with_capacity(writing.len());
-    for row in &writing {
-        let order = placed(row);
-        let hook = hooks[row.0].take().expect("one hook per order");
-        outcomes[row.0] = Outcome::Created(order.clone());
+    Ok(())
+}
+
+/// Every written order's `before_commit`, at once; the first failure aborts the batch.
+async fn run_hooks(rows: &[Row], mut hooks: Vec<Option<BeforeCommit>>, outcomes: &mut [Outcome]) -> Result<(), StoreError> {
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in rows {
+        let order = row.placed();
+        let hook = hooks[row.index].take().expect("one hook per order");
+        outcomes[row.index] = Outcome::Created(order.clone());
         pending.push(hook(order));
     }
-    if let Some(err) = join_all(pending).await.into_iter().find_map(Result::err) {
-        return Err(StoreError::Aborted(err));
+    match join_all(pending).await.into_iter().find_map(Result::err) {
+        Some(err) => Err(StoreError::Aborted(err)),
+        None => Ok(()),
     }
-    Ok(outcomes)
 }
