@@ -7,31 +7,27 @@
 //! per notification, and the CPU each process of the host spent per notification.
 
 mod book;
+mod source;
 mod step;
 
 use std::{
+    ops::Range,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use contoso::{
-    bus::QueueType,
-    cache::map_key,
-    domain::{CorrelationId, Event, EventKind},
-    hub::{lifetime::envelope, protocol::HubMessage},
-};
-use deadpool_redis::redis;
-use serde_json::json;
+use contoso::{bus::QueueType, domain::CorrelationId};
 
 use self::{
     book::{Book, open_tabs, slow_tab},
+    source::Source,
     step::{HostCpu, StepResult, TICKS_PER_S, host_ticks, print_knee, within_knee},
 };
 use crate::{
     hub::{BackplaneArgs, ClientArgs},
     procfs::{cpu_ticks, rss_kib},
-    redis_nodes::{self, Nodes},
+    redis_nodes::Nodes,
     report::Latency,
     shop::Minter,
 };
@@ -110,163 +106,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let minter = Minter::new(&args.jwt_secret);
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let users: Vec<String> = (0..args.users).map(|u| format!("fan-{run_id}-{u}")).collect();
-    let tabs = args.tabs.max(1);
-
-    // Every notification of the run, decided up front.
-    let mut ids = Vec::new();
-    let mut steps = Vec::new();
-    for rate in &args.rates {
-        let n = (rate / tabs as f64 * args.duration as f64) as usize;
-        steps.push(ids.len()..ids.len() + n);
-        ids.extend((0..n).map(|_| CorrelationId::new().to_string()));
+    let book = Arc::new(plan(&args, users.len()));
+    let nodes = Nodes::discover(args.backplane.redis_mode, &args.backplane.redis_url).await?;
+    let source = Source::connect(&args, &book).await?;
+    if let Driver::Consumer = args.driver {
+        source.map_users(&book, &users).await?;
     }
     // The broker floor has no tabs: this tool is each notification's one reader.
-    let broker = matches!(args.driver, Driver::Broker);
-    let slow = |k: usize| slow_tab(args.slow_fraction, k);
-    let readers: Vec<u32> = match broker {
-        true => vec![1; users.len()],
-        false => (0..users.len()).map(|u| (0..tabs).filter(|t| !slow(u * tabs + t)).count() as u32).collect(),
-    };
-    let book = Arc::new(Book::new(ids, steps, readers));
-
-    let (redis_mode, redis_url) = (args.backplane.redis_mode, args.backplane.redis_url.as_str());
-    let (publisher, publish_command) = redis_nodes::publisher(redis_mode, redis_url)?;
-    let nodes = Nodes::discover(redis_mode, redis_url).await?;
-    if let Driver::Consumer = args.driver {
-        // The consumer finds each order's user through order:map:*, as accept writes it.
-        for (chunk_start, chunk) in book.ids.chunks(1000).enumerate() {
-            let mut sets = Vec::with_capacity(chunk.len());
-            for (i, id) in chunk.iter().enumerate() {
-                let user = &users[(chunk_start * 1000 + i) % users.len()];
-                let mut set = redis::cmd("SET");
-                set.arg(map_key(CorrelationId::parse(id).map_err(anyhow::Error::msg)?)).arg(user).arg("EX").arg(3600);
-                sets.push(set);
-            }
-            publisher.query_all::<()>(sets).await?;
-        }
-    }
-
-    let handles = if broker { Vec::new() } else { open_tabs(&args, &users, &minter, &book, &nodes).await? };
-
-    let channels = args.backplane.channels();
-    let exchange = format!("{}contoso.orders", args.bus_prefix);
-    let amqp = match args.driver {
-        Driver::Consumer | Driver::Broker => {
-            let conn = lapin::Connection::connect(&args.amqp_url, lapin::ConnectionProperties::default()).await?;
-            Some((conn.create_channel().await?, conn))
-        }
-        Driver::Backplane => None,
-    };
-    let routing_key = if broker { crate::broker::ROUTING_KEY } else { "order.processed" };
-    let floor_queue = format!("{}contoso.bench-broker", args.bus_prefix);
-    let floor = match (broker, &amqp) {
-        (true, Some((_, conn))) => {
-            let (channel, book) = (conn.create_channel().await?, book.clone());
-            crate::broker::consume(&channel, &exchange, &floor_queue, args.queue_type, args.prefetch, move |id| book.record(id)).await?;
-            Some(channel)
-        }
-        _ => None,
+    let handles = match args.driver {
+        Driver::Broker => Vec::new(),
+        _ => open_tabs(&args, &users, &minter, &book, &nodes).await?,
     };
     let mut results = Vec::new();
-    for (step, rate) in args.rates.iter().enumerate() {
-        let range = book.steps[step].clone();
-        let notifications_per_s = rate / tabs as f64;
-        let cpu_before: Option<u64> = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
-        let host_before = host_ticks(&args.broker_pids);
-        let redis_before = nodes.counters().await?;
-        let started = Instant::now();
-        let mut next = range.start;
-        let mut rss_max_kib = 0u64;
-        let mut rss_sampled = started;
-        while next < range.end {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            if rss_sampled.elapsed() >= Duration::from_millis(200) {
-                rss_sampled = Instant::now();
-                rss_max_kib = rss_max_kib.max(args.pids.iter().filter_map(|p| rss_kib(*p)).sum());
-            }
-            let due_until = range.start + ((started.elapsed().as_secs_f64() * notifications_per_s) as usize).min(range.len());
-            let mut publishes = Vec::new();
-            for slot in next..due_until {
-                let due = started + Duration::from_secs_f64((slot - range.start) as f64 / notifications_per_s);
-                book.due_nanos[slot].store(due.duration_since(book.epoch).as_nanos() as u64, Ordering::Relaxed);
-                let user = &users[slot % users.len()];
-                match &amqp {
-                    None => {
-                        let payload = json!({ "notificationId": "0-1", "correlationId": book.ids[slot], "orderId": "CS-000001", "status": "COMPLETED", "occurredAt": "2026-01-01T00:00:00.000Z" });
-                        let env = envelope(&HubMessage::push("OrderCompleted", vec![payload]));
-                        let mut publish = redis::cmd(publish_command);
-                        publish.arg(channels.user(user)).arg(env.encode().as_ref());
-                        publishes.push(publish);
-                    }
-                    Some((channel, _)) => {
-                        let id = CorrelationId::parse(&book.ids[slot]).map_err(anyhow::Error::msg)?;
-                        let event = Event::new(EventKind::Processed { order_id: "CS-000001".into() }, id, chrono::Utc::now());
-                        channel
-                            .basic_publish(
-                                exchange.clone().into(),
-                                routing_key.into(),
-                                lapin::options::BasicPublishOptions::default(),
-                                &event.to_json(),
-                                lapin::BasicProperties::default().with_message_id(event.event_id.to_string().into()),
-                            )
-                            .await?;
-                    }
-                }
-            }
-            next = due_until;
-            if !publishes.is_empty() {
-                let publisher = publisher.clone();
-                tokio::spawn(async move {
-                    let _ = publisher.query_all::<()>(publishes).await;
-                });
-            }
-        }
-        let sent_for = started.elapsed();
-        // Wait for the stragglers (bounded), then count.
-        let readers_of = |slot: usize| book.readers[slot % users.len()] as u64;
-        let expected: u64 = range.clone().map(readers_of).sum();
-        let settle = Instant::now() + Duration::from_secs(args.settle);
-        let count = |range: std::ops::Range<usize>| -> (u64, u64) {
-            range.fold((0, 0), |(got, dup), slot| {
-                let n = book.received[slot].load(Ordering::Relaxed) as u64;
-                (got + n.min(readers_of(slot)), dup + n.saturating_sub(readers_of(slot)))
-            })
-        };
-        while count(range.clone()).0 < expected && Instant::now() < settle {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let (received, duplicates) = count(range.clone());
-        let cpu_after: Option<u64> = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
-        let host = host_before.zip(host_ticks(&args.broker_pids));
-        let redis_after = nodes.counters().await?;
-        let redis_nodes = nodes.step(&redis_before, &redis_after, range.len());
-        let notify_ticks = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
-        let result = StepResult {
-            driver: match (args.bare, args.driver, args.client.stateful) {
-                (true, _, _) => "relay",
-                (false, Driver::Backplane, _) if nodes.masters().len() > 1 => "backplane on a cluster",
-                (false, Driver::Backplane, true) => "backplane, stateful reconnect",
-                (false, Driver::Backplane, false) => "backplane",
-                (false, Driver::Consumer, true) => "consumer, stateful reconnect",
-                (false, Driver::Consumer, false) => "consumer",
-                (false, Driver::Broker, _) => "broker",
-            },
-            offered_deliveries_per_s: *rate,
-            achieved_deliveries_per_s: received as f64 / sent_for.as_secs_f64(),
-            notifications: range.len(),
-            expected,
-            received,
-            lost: expected - received,
-            duplicates,
-            latency: Latency::of(&book.latency[step].lock().expect("lock")),
-            server_cpu_us_per_delivery: notify_ticks.filter(|_| received > 0).map(|t| t as f64 / TICKS_PER_S * 1e6 / received as f64),
-            server_rss_mib_max: rss_max_kib as f64 / 1024.0,
-            slow_tabs: users.len() * tabs - book.readers.iter().map(|r| *r as usize).sum::<usize>(),
-            redis_publish_per_notification: redis_nodes.iter().map(|n| n.publishes_per_notification).sum(),
-            host_cpu_us_per_notification: HostCpu::of(notify_ticks, host, &redis_nodes, range.len()),
-            redis_nodes,
-        };
-        result.print(notifications_per_s);
+    for step in 0..args.rates.len() {
+        let result = run_step(&args, &book, &users, &nodes, &source, step).await?;
+        result.print(args.rates[step] / tabs(&args) as f64);
         let past_knee = !within_knee(&result);
         results.push(result);
         if past_knee {
@@ -280,8 +134,116 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for h in handles {
         h.abort();
     }
-    if let Some(channel) = floor {
-        channel.queue_delete(floor_queue.into(), lapin::options::QueueDeleteOptions::default()).await?;
+    source.close().await
+}
+
+fn tabs(args: &Args) -> usize {
+    args.tabs.max(1)
+}
+
+/// Every notification of the run, decided up front, and how many tabs read each user's.
+fn plan(args: &Args, users: usize) -> Book {
+    let tabs = tabs(args);
+    let mut ids = Vec::new();
+    let mut steps = Vec::new();
+    for rate in &args.rates {
+        let n = (rate / tabs as f64 * args.duration as f64) as usize;
+        steps.push(ids.len()..ids.len() + n);
+        ids.extend((0..n).map(|_| CorrelationId::new().to_string()));
     }
-    Ok(())
+    let slow = |k: usize| slow_tab(args.slow_fraction, k);
+    let readers: Vec<u32> = match args.driver {
+        Driver::Broker => vec![1; users],
+        _ => (0..users).map(|u| (0..tabs).filter(|t| !slow(u * tabs + t)).count() as u32).collect(),
+    };
+    Book::new(ids, steps, readers)
+}
+
+/// One rate: its notifications sent on schedule, the late ones awaited (bounded), then counted
+/// beside what every process of the host spent meanwhile.
+async fn run_step(args: &Args, book: &Book, users: &[String], nodes: &Nodes, source: &Source, step: usize) -> anyhow::Result<StepResult> {
+    let range = book.steps[step].clone();
+    let cpu_before: Option<u64> = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
+    let host_before = host_ticks(&args.broker_pids);
+    let redis_before = nodes.counters().await?;
+    let (sent_for, rss_max_kib) = offer(args, book, users, source, step).await?;
+    let (expected, received, duplicates) = settle(book, range.clone(), users.len(), Duration::from_secs(args.settle)).await;
+    let cpu_after: Option<u64> = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
+    let host = host_before.zip(host_ticks(&args.broker_pids));
+    let redis_nodes = nodes.step(&redis_before, &nodes.counters().await?, range.len());
+    let notify_ticks = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    Ok(StepResult {
+        driver: driver_name(args, nodes),
+        offered_deliveries_per_s: args.rates[step],
+        achieved_deliveries_per_s: received as f64 / sent_for.as_secs_f64(),
+        notifications: range.len(),
+        expected,
+        received,
+        lost: expected - received,
+        duplicates,
+        latency: Latency::of(&book.latency[step].lock().expect("lock")),
+        server_cpu_us_per_delivery: notify_ticks.filter(|_| received > 0).map(|t| t as f64 / TICKS_PER_S * 1e6 / received as f64),
+        server_rss_mib_max: rss_max_kib as f64 / 1024.0,
+        slow_tabs: users.len() * tabs(args) - book.readers.iter().map(|r| *r as usize).sum::<usize>(),
+        redis_publish_per_notification: redis_nodes.iter().map(|n| n.publishes_per_notification).sum(),
+        host_cpu_us_per_notification: HostCpu::of(notify_ticks, host, &redis_nodes, range.len()),
+        redis_nodes,
+    })
+}
+
+/// Sends the step's notifications, each at its due time (which its latency counts from): how
+/// long the sending took, and the notify processes' largest RSS meanwhile (KiB).
+async fn offer(args: &Args, book: &Book, users: &[String], source: &Source, step: usize) -> anyhow::Result<(Duration, u64)> {
+    let range = book.steps[step].clone();
+    let per_s = args.rates[step] / tabs(args) as f64;
+    let started = Instant::now();
+    let mut next = range.start;
+    let mut rss_max_kib = 0u64;
+    let mut rss_sampled = started;
+    while next < range.end {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if rss_sampled.elapsed() >= Duration::from_millis(200) {
+            rss_sampled = Instant::now();
+            rss_max_kib = rss_max_kib.max(args.pids.iter().filter_map(|p| rss_kib(*p)).sum());
+        }
+        let due_until = range.start + ((started.elapsed().as_secs_f64() * per_s) as usize).min(range.len());
+        for slot in next..due_until {
+            let due = started + Duration::from_secs_f64((slot - range.start) as f64 / per_s);
+            book.due_nanos[slot].store(due.duration_since(book.epoch).as_nanos() as u64, Ordering::Relaxed);
+        }
+        source.send(book, users, next..due_until).await?;
+        next = due_until;
+    }
+    Ok((started.elapsed(), rss_max_kib))
+}
+
+/// Waits, at most `wait`, for every reading tab to get each notification of `range`:
+/// (deliveries expected, received, received more than once).
+async fn settle(book: &Book, range: Range<usize>, users: usize, wait: Duration) -> (u64, u64, u64) {
+    let readers_of = |slot: usize| book.readers[slot % users] as u64;
+    let expected: u64 = range.clone().map(readers_of).sum();
+    let count = || -> (u64, u64) {
+        range.clone().fold((0, 0), |(got, dup), slot| {
+            let n = book.received[slot].load(Ordering::Relaxed) as u64;
+            (got + n.min(readers_of(slot)), dup + n.saturating_sub(readers_of(slot)))
+        })
+    };
+    let deadline = Instant::now() + wait;
+    while count().0 < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (received, duplicates) = count();
+    (expected, received, duplicates)
+}
+
+fn driver_name(args: &Args, nodes: &Nodes) -> &'static str {
+    match (args.bare, args.driver, args.client.stateful) {
+        (true, _, _) => "relay",
+        (false, Driver::Backplane, _) if nodes.masters().len() > 1 => "backplane on a cluster",
+        (false, Driver::Backplane, true) => "backplane, stateful reconnect",
+        (false, Driver::Backplane, false) => "backplane",
+        (false, Driver::Consumer, true) => "consumer, stateful reconnect",
+        (false, Driver::Consumer, false) => "consumer",
+        (false, Driver::Broker, _) => "broker",
+    }
 }
