@@ -200,15 +200,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let users = args.connections.div_ceil(args.tabs.max(1));
     let tokens = Minter::new(&args.jwt_secret).tokens(&format!("drain-{run_id}"), users)?;
-
-    // Tabs, all on the process to be drained.
     let sigterm = Arc::new(Mutex::new(None::<Instant>));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (tabs, handles) = open_tabs(&args, &tokens, &sigterm, stop_rx).await?;
+    let placed = place_orders(&args, &tokens, &sigterm).await?;
+    // Let the last orders through the pipeline and every replay finish.
+    let settle = Instant::now() + Duration::from_secs(30);
+    while missing(&tabs, &placed) && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop_tx.send(true);
+    for h in handles {
+        let _ = h.await;
+    }
+    let result = tally(&args, &tabs, &placed);
+    result.print();
+    if let Some(out) = &args.out {
+        crate::report::write_json(out, &result)?;
+    }
+    Ok(())
+}
+
+/// Every tab with its user's index.
+type Tabs = Vec<(usize, Arc<Mutex<Tab>>)>;
+
+/// Opens every tab on the process to be drained, each run by its own task until `stop`.
+async fn open_tabs(
+    args: &Args,
+    tokens: &[String],
+    sigterm: &Arc<Mutex<Option<Instant>>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(Tabs, Vec<tokio::task::JoinHandle<()>>)> {
     let mut tabs = Vec::with_capacity(args.connections);
     let mut handles = Vec::with_capacity(args.connections);
     let ramp = Instant::now();
     for i in 0..args.connections {
-        let user = i % users;
+        let user = i % tokens.len();
         let ws = hub::Tab::new(connect(&args.drain_url, &tokens[user]).await?, "json");
         let tab = Arc::new(Mutex::new(Tab::default()));
         tabs.push((user, tab.clone()));
@@ -217,11 +244,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             token: tokens[user].clone(),
             jitter: Duration::from_millis(args.reconnect_jitter_ms),
         };
-        handles.push(tokio::spawn(run_tab(ws, plan, tab, sigterm.clone(), stop_rx.clone())));
+        handles.push(tokio::spawn(run_tab(ws, plan, tab, sigterm.clone(), stop.clone())));
     }
-    eprintln!("{} tabs of {users} users connected in {:.1} s", args.connections, ramp.elapsed().as_secs_f64());
+    eprintln!("{} tabs of {} users connected in {:.1} s", args.connections, tokens.len(), ramp.elapsed().as_secs_f64());
+    Ok((tabs, handles))
+}
 
-    // Orders through the whole pipeline, each for the next user in turn.
+/// Orders through the whole pipeline at `--rate`, each for the next user in turn, with the
+/// SIGTERM sent `--drain-after` seconds in: (user, correlation id) of every order accepted.
+async fn place_orders(args: &Args, tokens: &[String], sigterm: &Mutex<Option<Instant>>) -> anyhow::Result<Vec<(usize, String)>> {
     let client = reqwest::Client::new();
     let placed: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
     let started = Instant::now();
@@ -236,7 +267,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             *sigterm.lock().expect("lock") = Some(Instant::now());
             std::process::Command::new("kill").arg("-TERM").arg(args.drain_pid.to_string()).status()?;
         }
-        let user = n % users;
+        let user = n % tokens.len();
         let (client, placed, url, token) =
             (client.clone(), placed.clone(), format!("{}/api/orders", args.accept_url), tokens[user].clone());
         requests.push(tokio::spawn(async move {
@@ -248,24 +279,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for r in requests {
         let _ = r.await;
     }
-    // Let the last orders through the pipeline and every replay finish.
-    let placed = placed.lock().expect("lock").clone();
-    let settle = Instant::now() + Duration::from_secs(30);
-    loop {
-        let missing = tabs.iter().any(|(user, tab)| {
-            let t = tab.lock().expect("lock");
-            placed.iter().any(|(u, id)| u == user && !t.live.contains(id) && !t.replayed.contains(id))
-        });
-        if !missing || Instant::now() > settle {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let _ = stop_tx.send(true);
-    for h in handles {
-        let _ = h.await;
-    }
+    Ok(placed.lock().expect("lock").clone())
+}
 
+/// Whether a tab still lacks one of its user's orders, live or replayed.
+fn missing(tabs: &Tabs, placed: &[(usize, String)]) -> bool {
+    tabs.iter().any(|(user, tab)| {
+        let t = tab.lock().expect("lock");
+        placed.iter().any(|(u, id)| u == user && !t.live.contains(id) && !t.replayed.contains(id))
+    })
+}
+
+/// What every tab saw of its user's orders, and when it was closed and came back.
+fn tally(args: &Args, tabs: &Tabs, placed: &[(usize, String)]) -> DrainResult {
     let mut result = DrainResult {
         scenario: "drain",
         connections: args.connections,
@@ -282,7 +308,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         incomplete_replays: 0,
     };
     let mut per_bucket = std::collections::BTreeMap::<u64, usize>::new();
-    for (user, tab) in &tabs {
+    for (user, tab) in tabs {
         let t = tab.lock().expect("lock");
         for (_, id) in placed.iter().filter(|(u, _)| u == user) {
             result.expected_deliveries += 1;
@@ -308,23 +334,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     result.peak_reconnects_per_s = per_bucket.values().copied().max().unwrap_or(0);
-    println!(
-        "drain: {} tabs, {} orders ({} deliveries expected); reconnected {} ; Close from {:.2} s to {:.2} s after SIGTERM, all back at {:.2} s; peak {} reconnects/s; missed before replay {}, after replay {}; duplicates {}; incomplete replays {}",
-        result.connections,
-        result.orders,
-        result.expected_deliveries,
-        result.reconnected,
-        result.first_close_after_sigterm_s,
-        result.last_close_after_sigterm_s,
-        result.all_back_after_sigterm_s,
-        result.peak_reconnects_per_s,
-        result.missed_before_replay,
-        result.missed_after_replay,
-        result.duplicates,
-        result.incomplete_replays
-    );
-    if let Some(out) = &args.out {
-        crate::report::write_json(out, &result)?;
+    result
+}
+
+impl DrainResult {
+    fn print(&self) {
+        println!(
+            "drain: {} tabs, {} orders ({} deliveries expected); reconnected {} ; Close from {:.2} s to {:.2} s after SIGTERM, all back at {:.2} s; peak {} reconnects/s; missed before replay {}, after replay {}; duplicates {}; incomplete replays {}",
+            self.connections,
+            self.orders,
+            self.expected_deliveries,
+            self.reconnected,
+            self.first_close_after_sigterm_s,
+            self.last_close_after_sigterm_s,
+            self.all_back_after_sigterm_s,
+            self.peak_reconnects_per_s,
+            self.missed_before_replay,
+            self.missed_after_replay,
+            self.duplicates,
+            self.incomplete_replays
+        );
     }
-    Ok(())
 }
