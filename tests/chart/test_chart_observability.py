@@ -191,7 +191,8 @@ def test_http_alerts_leave_out_the_admin_routes_and_keep_the_api_and_hub():
     """The routes the binary labels requests with: the probe and scrape routes match the exclusion, the order API and
     the hub routes do not (a hub upgrade is recorded at its 101, so its latency is not the socket's lifetime)."""
     excluded = re.compile(r"/health/.*|/metrics")  # PromQL regexes are anchored: fullmatch
-    admin = re.findall(r'\.route\("(/[^"]*)"', (SRC / "health.rs").read_text() + (SRC / "app.rs").read_text())
+    wiring = [SRC / "health.rs", SRC / "app.rs", *sorted((SRC / "app").glob("*.rs"))]  # the listeners: app/servers.rs
+    admin = re.findall(r'\.route\("(/[^"]*)"', "".join(f.read_text() for f in wiring))
     assert {"/health/live", "/health/ready", "/metrics"} <= set(admin), admin
     assert all(excluded.fullmatch(r) for r in admin), admin
     hub = re.search(r'pub const HUB_PATH: &str = "([^"]+)"', (SRC / "roles" / "notify" / "mod.rs").read_text())
